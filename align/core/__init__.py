@@ -1,0 +1,5 @@
+"""Shared by every stage: configs, data records, model loading, run directories, tracking.
+
+Imports no stage. Heavy libraries (torch, transformers) are imported inside functions
+so that `import align.core` stays cheap.
+"""

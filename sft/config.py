@@ -1,0 +1,91 @@
+"""SFTConfig: every knob of stage 1, grouped by concern, each with its default and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from align.core.config import check
+from align.core.modeling import ModelConfig
+from align.core.tracking import TrackingConfig
+
+
+@dataclass
+class DataSource:
+    path: str
+    """An instructions file (jsonl/json/csv/parquet, optionally .gz) or a saved dataset dir."""
+    weight: float = 1.0
+    """Records taken per record in the file: 0.5 samples half, 2.0 repeats each twice."""
+
+    def __post_init__(self):
+        check(self.weight > 0, "weight", f"must be > 0, got {self.weight}")
+
+
+@dataclass
+class SFTData:
+    train: list[DataSource] = field(default_factory=lambda: [DataSource("data/demo/sft.jsonl")])
+    """One or more sources, mixed by weight. A bare path is a source of weight 1."""
+    eval: str | None = None
+    """Held-out instructions; when unset, `eval_fraction` of the training records is held out."""
+    eval_fraction: float = 0.1
+    """Share of the mixed training records held out for eval when `eval` is unset."""
+    template: Literal["chat", "alpaca", "flan"] = "chat"
+    """How a record becomes model input: the model's chat template, the Alpaca prompt, or FLAN zero-shot."""
+    system_prompt: str | None = None
+    """A system message put before every conversation (chat template only)."""
+    max_records: int | None = None
+    """Use at most this many mixed training records (quick runs)."""
+
+    def __post_init__(self):
+        check(bool(self.train), "data.train", "needs at least one source")
+        check(0 <= self.eval_fraction < 1, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        check(self.max_records is None or self.max_records > 0, "data.max_records", "must be > 0")
+
+
+@dataclass
+class SFTTraining:
+    epochs: float = 1.0
+    """Passes over the training records (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimiser steps; -1 = run `epochs`."""
+    batch_size: int = 8
+    """Sequences per device per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimiser step; the effective batch is batch_size x grad_accum x processes."""
+    learning_rate: float = 2e-4
+    """AdamW peak learning rate; 2e-4 is QLoRA's for 7B-13B models with LoRA."""
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = 0.03
+    """Share of steps spent warming the learning rate up from zero."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    max_length: int = 512
+    """Tokens per sequence after the template; longer sequences are truncated."""
+    completion_only_loss: bool = True
+    """Loss on the response tokens only (the prompt is context, not a target)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30% more time. Worth it on GPUs."""
+    eval_steps: int | None = None
+    """Evaluate every this many steps; unset = once per epoch and at the end."""
+    save_steps: int = 50
+    """Checkpoint every this many steps; `--resume` continues from the newest."""
+    save_total_limit: int = 2
+    """Checkpoints kept on disk."""
+    seed: int = 42
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
+            check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
+        check(self.learning_rate > 0, "training.learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.epochs > 0 or self.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0")
+
+
+@dataclass
+class SFTConfig:
+    out_dir: str = "runs/sft"
+    """The stage output directory (DESIGN.md contract)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: SFTData = field(default_factory=SFTData)
+    training: SFTTraining = field(default_factory=SFTTraining)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,147 @@
+"""Stage 1: QLoRA instruction SFT. Load data -> load model -> TRL SFTTrainer -> save adapter."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from align.core import modeling, rundir, tracking
+from align.core.config import dump_yaml
+from align.core.errors import AlignError
+from sft.config import SFTConfig
+from sft.formats import load_sft_examples
+
+
+def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run SFT into `config.out_dir`; returns the figures written to metrics.json."""
+    train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=overwrite, resume=resume)
+    out.write_config(dump_yaml(config))
+    with out.running():
+        return _train(config, out, train_examples, eval_examples, resume)
+
+
+def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool) -> dict[str, Any]:
+    import datasets
+    import trl
+
+    metrics = tracking.MetricsLog(out.path)
+    previous = _read_metrics(out) if resume else {}
+    checkpoint = out.newest_checkpoint() if resume else None
+    if checkpoint is not None:
+        metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
+
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    if config.data.template == "chat" and not tokenizer.chat_template:
+        raise AlignError(f"model {config.model.name!r} has no chat template; set data.template=alpaca or flan")
+    model = modeling.load_base(config.model, tokenizer)
+    model = modeling.attach_tuning(model, config.model)
+    trainable, total = modeling.count_parameters(model)
+
+    t = config.training
+    args = trl.SFTConfig(
+        output_dir=str(out.checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        max_length=t.max_length,
+        completion_only_loss=t.completion_only_loss,
+        gradient_checkpointing=t.gradient_checkpointing,
+        eval_strategy="steps" if t.eval_steps else "epoch",
+        eval_steps=t.eval_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        logging_steps=config.tracking.logging_steps,
+        # TRL defaults to bf16=True, which runs ~17x slower than fp32 on CPUs without bf16 units
+        bf16=modeling.bf16_is_fast(),
+        fp16=False,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=tracking.configure_wandb_env(config.tracking, out.path, "sft"),
+        run_name=config.tracking.run_name or out.path.name,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_examples),
+        eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        callbacks=[tracking.trainer_callback(metrics)],
+    )
+
+    figures: dict[str, Any] = {
+        "params/trainable": trainable,
+        "params/total": total,
+        "params/trainable_pct": round(100 * trainable / total, 4),
+        "data/train_records": len(train_examples),
+        "data/eval_records": len(eval_examples),
+    }
+    if eval_examples and "eval/loss_before" not in previous:
+        figures["eval/loss_before"] = trainer.evaluate()["eval_loss"]
+        figures["eval/perplexity_before"] = _perplexity(figures["eval/loss_before"])
+    metrics.update({**previous, **figures})
+
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    runtime = time.time() - started
+    if eval_examples:
+        figures["eval/loss"] = trainer.evaluate()["eval_loss"]
+        figures["eval/perplexity"] = _perplexity(figures["eval/loss"])
+
+    tokens = _logged(trainer, "num_tokens")
+    figures.update(
+        {
+            "train/loss": _logged(trainer, "loss"),
+            "train/loss_mean": result.training_loss,
+            "train/steps": trainer.state.global_step,
+            "train/runtime_s": round(runtime, 2),
+            "train/tokens": tokens,
+            "train/tokens_per_s": round(tokens / runtime, 1) if tokens and runtime > 0 else None,
+            **tracking.peak_memory_mb(),
+        }
+    )
+    save_weights(trainer.model, tokenizer, config, out)
+    metrics.update(figures)
+    return metrics.final
+
+
+def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.StageDir) -> Path:
+    """adapter/ (LoRA, prompt tuning) or model/ (full), each loadable by peft/transformers alone."""
+    target = out.file(rundir.MODEL if config.model.tuning == "full" else rundir.ADAPTER)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    modeling.save_base_record(target, config.model)
+    return target
+
+
+def _logged(trainer: Any, key: str) -> float | None:
+    """The newest value of `key` in the trainer's log history."""
+    for entry in reversed(trainer.state.log_history):
+        if key in entry:
+            return entry[key]
+    return None
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def _read_metrics(out: rundir.StageDir) -> dict[str, Any]:
+    try:
+        return json.loads(out.file(rundir.METRICS).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}

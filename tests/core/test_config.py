@@ -1,0 +1,70 @@
+"""Configs: defaults <- YAML <- --set; unknown keys and wrong types name the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from align.core.config import dump_yaml, load_config
+from align.core.errors import ConfigError
+from sft.config import DataSource, SFTConfig
+
+
+def test_defaults_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  learning_rate: 1.0e-3\n  batch_size: 4\nmodel:\n  lora: {r: 8}\n")
+    config = load_config(SFTConfig, path, ["training.learning_rate=1e-4", "model.lora.r=16"])
+    assert config.training.learning_rate == 1e-4  # YAML reads "1e-4" as a string; coerced to float
+    assert config.training.batch_size == 4  # from the file
+    assert config.model.lora.r == 16  # override beats file
+    assert config.model.lora.alpha == 32  # default
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  learning_rat: 1.0e-3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'training\.learning_rat'"):
+        load_config(SFTConfig, path)
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.lora\.rank'"):
+        load_config(SFTConfig, None, ["model.lora.rank=4"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.batch_size=eight", "training.batch_size: expected an integer"),
+        ("training.learning_rate=fast", "training.learning_rate: expected a number"),
+        ("model.quantization=int3", "model.quantization: 'int3' is not one of"),
+        ("training.batch_size=0", "training.batch_size: must be > 0"),
+        ("model.lora.r=-4", "lora.r: must be >= 1"),
+        ("tracking.wandb=maybe", "tracking.wandb: expected true or false"),
+        ("training", "expected KEY=VALUE"),
+    ],
+)
+def test_bad_values_are_errors_that_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SFTConfig, None, [override])
+
+
+def test_bare_path_is_a_source_and_lists_mix(tmp_path):
+    config = load_config(SFTConfig, None, ["data.train=a.jsonl"])
+    assert config.data.train == [DataSource("a.jsonl", 1.0)]
+    config = load_config(SFTConfig, None, ["data.train=[a.jsonl, {path: b.jsonl, weight: 0.5}]"])
+    assert config.data.train == [DataSource("a.jsonl"), DataSource("b.jsonl", 0.5)]
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(SFTConfig, tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(SFTConfig, bad)
+
+
+def test_dumped_config_loads_back_to_the_same_config(tmp_path):
+    config = load_config(SFTConfig, None, ["model.lora.r=8", "data.template=alpaca"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(config))
+    assert load_config(SFTConfig, path) == config
+    assert yaml.safe_load(path.read_text())["model"]["lora"]["r"] == 8

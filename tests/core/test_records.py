@@ -1,0 +1,131 @@
+"""Readers and record validation: every shape, every file type, every bad input named FILE:LINE."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from align.core.errors import DataError
+from align.core.records import load_records, parse_rows, read_rows
+
+ALPACA = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
+DOLLY = {"instruction": "Summarise.", "context": "A long text.", "response": "Short.", "category": "summarization"}
+MESSAGES = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}]}
+PROMPT_COMPLETION = {"prompt": "2+2=", "completion": "4"}
+
+
+def test_the_four_instruction_shapes(write_jsonl):
+    records = load_records(write_jsonl("i.jsonl", [ALPACA, DOLLY, MESSAGES, PROMPT_COMPLETION]), "instructions")
+    alpaca, dolly, messages, pc = records
+    assert (alpaca.messages[-1]["content"], alpaca.context, alpaca.response) == ("Add the numbers.", "2 and 3", "5")
+    assert (dolly.context, dolly.response) == ("A long text.", "Short.")
+    assert [m["role"] for m in messages.messages] == ["system", "user"] and messages.response == "Hello."
+    assert pc.messages == ({"role": "user", "content": "2+2="},) and pc.response == "4"
+    assert alpaca.source.endswith("i.jsonl:1") and pc.source.endswith("i.jsonl:4")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"instruction": "Do it.", "input": ""}, 'field "output": missing'),
+        ({"instruction": "Do it.", "input": "", "output": "  "}, 'field "output": empty'),
+        ({"instruction": "Do it.", "output": 5}, 'field "output": expected a string, got int'),
+        ({"messages": [{"role": "user", "content": "Hi"}]}, "the last message must be the assistant's"),
+        ({"messages": [{"role": "bot", "content": "Hi"}]}, r'field "messages\[0\].role"'),
+        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]}, "empty response"),
+        ({"text": "free text"}, "no known shape.*found keys: text"),
+    ],
+)
+def test_bad_instructions_name_line_and_field(write_jsonl, row, message):
+    path = write_jsonl("bad.jsonl", [ALPACA, row])
+    with pytest.raises(DataError, match=rf"bad.jsonl:2: .*{message}"):
+        load_records(path, "instructions")
+
+
+def test_every_problem_is_reported_not_just_the_first(write_jsonl):
+    path = write_jsonl("bad.jsonl", [], raw=b'{"prompt": "a", "completion": "b"}\n{broken\n\xff\xfe\n[1, 2]\n{"prompt": ""}\n')
+    with pytest.raises(DataError) as err:
+        load_records(path, "instructions")
+    text = str(err.value)
+    assert "bad.jsonl:2: malformed JSON" in text
+    assert "bad.jsonl:3: not UTF-8 (byte 0xff at column 1)" in text
+    assert "bad.jsonl:4: expected a JSON object, got list" in text
+    assert 'bad.jsonl:5: field "prompt": empty' in text
+    assert "4 bad of 5 records" in text
+
+
+def test_missing_file_directory_empty_and_unknown_type(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        read_rows(tmp_path / "none.jsonl")
+    with pytest.raises(DataError, match="is a directory"):
+        read_rows(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="no records"):
+        load_records(tmp_path / "empty.jsonl", "instructions")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unknown file type"):
+        read_rows(tmp_path / "x.txt")
+
+
+def test_gzip_and_truncated_gzip(tmp_path):
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress(b"".join(json.dumps(ALPACA).encode() + b"\n" for _ in range(200))))
+    assert len(load_records(path, "instructions")) == 200
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(path.read_bytes()[:-30])
+    with pytest.raises(DataError, match="cut.jsonl.gz: truncated or corrupt gzip"):
+        read_rows(cut)
+
+
+def test_json_array_jsonl_under_json_name_csv_parquet_and_dataset_dir(tmp_path):
+    (tmp_path / "alpaca.json").write_text(json.dumps([ALPACA, ALPACA]))  # Alpaca ships a JSON array
+    (tmp_path / "lines.json").write_text(json.dumps(DOLLY) + "\n" + json.dumps(DOLLY) + "\n")
+    (tmp_path / "t.csv").write_text('instruction,input,output\n"Add.","1, 2","3"\n')
+    import datasets
+
+    datasets.Dataset.from_list([ALPACA] * 3).to_parquet(str(tmp_path / "t.parquet"))
+    datasets.Dataset.from_list([DOLLY] * 4).save_to_disk(str(tmp_path / "ds"))
+    counts = {name: len(load_records(tmp_path / name, "instructions"))
+              for name in ("alpaca.json", "lines.json", "t.csv", "t.parquet", "ds")}
+    assert counts == {"alpaca.json": 2, "lines.json": 2, "t.csv": 1, "t.parquet": 3, "ds": 4}
+    assert load_records(tmp_path / "t.csv", "instructions")[0].source.endswith("t.csv:2")
+
+
+def test_preferences_rankings_prompts(write_jsonl):
+    prefs = load_records(write_jsonl("p.jsonl", [
+        {"prompt": "Q", "chosen": "good", "rejected": "bad", "margin": 2},
+        {"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "assistant", "content": "bad"}]},
+        {"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "good"}],
+         "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "bad"}]},
+    ]), "preferences")
+    assert {(p.prompt[-1]["content"], p.chosen, p.rejected) for p in prefs} == {("Q", "good", "bad")}
+    assert prefs[0].margin == 2.0
+    ranking = load_records(write_jsonl("r.jsonl", [{"prompt": "Q", "completions": ["a", "b", "c"], "ranks": [1, 0, 1]}]),
+                           "rankings")[0]
+    assert ranking.ranks == (1, 0, 1)
+    prompts = load_records(write_jsonl("q.jsonl", [{"prompt": "Q", "reference": "A"}, {"messages": MESSAGES["messages"]}]),
+                           "prompts")
+    assert prompts[0].reference == "A" and prompts[1].reference == "Hello."
+
+
+@pytest.mark.parametrize(
+    ("kind", "row", "message"),
+    [
+        ("preferences", {"prompt": "Q", "chosen": "same", "rejected": "same"}, "identical to chosen"),
+        ("preferences", {"prompt": "Q", "chosen": "a"}, 'field "rejected": missing'),
+        ("rankings", {"prompt": "Q", "completions": ["only"], "ranks": [0]}, "at least 2 completions, got 1"),
+        ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0]}, "has 1 entries for 2 completions"),
+        ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0, -1]}, r'"ranks\[1\]"'),
+        ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [1, 1]}, "all completions tie"),
+        ("prompts", {"reference": "x"}, "no known shape"),
+    ],
+)
+def test_bad_preference_ranking_prompt_records(write_jsonl, kind, row, message):
+    rows, _ = read_rows(write_jsonl("x.jsonl", [row]))
+    _, problems = parse_rows(rows, kind)
+    assert len(problems) == 1 and "x.jsonl:1:" in problems[0]
+    assert __import__("re").search(message, problems[0])

@@ -1,0 +1,67 @@
+"""The stage directory: refuse to clobber, resume rules, status on failure, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from align.core.errors import AlignError
+from align.core.rundir import StageDir, write_json_atomic
+
+
+def test_running_then_done(tmp_path):
+    out = StageDir(tmp_path / "s")
+    out.prepare()
+    with out.running():
+        assert out.status()["state"] == "running" and out.status()["pid"] == os.getpid()
+    assert out.state() == "done"
+    with pytest.raises(AlignError, match="already holds a finished run; pass --overwrite"):
+        StageDir(tmp_path / "s").prepare()
+    StageDir(tmp_path / "s").prepare(overwrite=True)
+    assert not (tmp_path / "s" / "status.json").exists()
+
+
+def test_failure_is_recorded_with_the_error(tmp_path):
+    out = StageDir(tmp_path / "s")
+    out.prepare()
+    with pytest.raises(ValueError):
+        with out.running():
+            raise ValueError("loss is nan")
+    status = out.status()
+    assert status["state"] == "failed" and status["error"] == "ValueError: loss is nan"
+    assert "Traceback" in status["traceback"]
+
+
+def test_a_running_status_whose_process_died_reads_dead(tmp_path):
+    out = StageDir(tmp_path / "s")
+    out.prepare()
+    out.set_status("running")
+    status = out.status()
+    status["pid"] = 2**22 + 7  # no such process
+    write_json_atomic(out.file("status.json"), status)
+    assert out.state() == "dead"
+
+
+def test_resume_rules(tmp_path):
+    out = StageDir(tmp_path / "s")
+    with pytest.raises(AlignError, match="no checkpoint to resume from"):
+        out.prepare(resume=True)
+    out.prepare()
+    (out.checkpoints / "checkpoint-10").mkdir(parents=True)
+    (out.checkpoints / "checkpoint-9").mkdir()
+    with pytest.raises(AlignError, match="pass --resume to continue"):
+        out.prepare()
+    out.prepare(resume=True)
+    assert out.newest_checkpoint().name == "checkpoint-10"  # numeric, not lexical, order
+    with pytest.raises(AlignError, match="contradict"):
+        out.prepare(resume=True, overwrite=True)
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    write_json_atomic(tmp_path / "m.json", {"a": 1})
+    write_json_atomic(tmp_path / "m.json", {"a": 2})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+    assert oct((tmp_path / "m.json").stat().st_mode & 0o777) != oct(0o600)

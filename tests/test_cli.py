@@ -1,0 +1,64 @@
+"""The CLI through click's runner: bad input exits 2 with FILE:LINE before any model loads."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from align.cli import cli
+from tests.conftest import DEMO
+
+
+def run(*args):
+    return CliRunner().invoke(cli, list(map(str, args)), catch_exceptions=False)
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("sft", "data", "demo"):
+        assert command in result.output
+
+
+def test_validate_reports_every_bad_record(write_jsonl):
+    good = run("data", "validate", DEMO / "rankings.jsonl", "--kind", "rankings")
+    assert good.exit_code == 0 and "300 good, 0 bad" in good.output
+    path = write_jsonl("r.jsonl", [{"prompt": "Q", "completions": ["a"], "ranks": [0]}, "{oops"])
+    bad = run("data", "validate", path, "--kind", "rankings")
+    assert bad.exit_code == 2
+    assert "r.jsonl:1: field \"completions\": a ranking needs at least 2" in bad.output
+    assert "r.jsonl:2: malformed JSON" in bad.output and "0 good, 2 bad" in bad.output
+
+
+def test_sft_refuses_bad_data_before_loading_a_model(write_jsonl, tmp_path, monkeypatch):
+    from align.core import modeling
+
+    def must_not_load(*a, **k):
+        raise AssertionError("model loaded before data was validated")
+
+    monkeypatch.setattr(modeling, "load_base", must_not_load)
+    path = write_jsonl("sft.jsonl", [{"instruction": "x", "input": "", "output": ""}])
+    result = CliRunner().invoke(cli, ["sft", "--set", f"data.train={path}", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert 'sft.jsonl:1: field "output": empty' in result.output
+    assert not (tmp_path / "o").exists()  # nothing half-written
+
+
+def test_unknown_override_and_missing_config(tmp_path):
+    result = CliRunner().invoke(cli, ["sft", "--set", "training.lr=1"])
+    assert result.exit_code == 2 and "unknown key 'training.lr'" in result.output
+    result = CliRunner().invoke(cli, ["sft", "--config", str(tmp_path / "no.yaml")])
+    assert result.exit_code == 2 and "no.yaml: config file not found" in result.output
+
+
+def test_sft_through_the_cli(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["sft", "--set", f"model.name={tiny_model_dir}", "--set", f"data.train={DEMO / 'sft.jsonl'}",
+            "--set", "data.max_records=16", "--set", "training.max_steps=2", "--set", "tracking.wandb=false",
+            "--set", "model.lora.r=4", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["train/steps"] == 2
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "already holds a finished run" in again.output
