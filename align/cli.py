@@ -71,6 +71,37 @@ def sft(config_path, overrides, out_dir, overwrite, resume):
     click.echo(f"SFT done: {config.out_dir}")
 
 
+@cli.group(invoke_without_command=True)
+@stage_options
+@click.pass_context
+def reward(ctx, config_path, overrides, out_dir, overwrite, resume):
+    """Stage 2: train a reward model from rankings or preferences (`align reward score` scores with one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from reward.config import RewardConfig
+    from reward.train import train
+
+    config = load_stage_config(RewardConfig, config_path, overrides, out_dir)
+    figures = train(config, overwrite=overwrite, resume=resume)
+    keys = ("eval_before/accuracy", "eval/accuracy", "eval/accuracy_top1", "eval/margin", "train/sec_per_step")
+    click.echo(json.dumps({k: figures.get(k) for k in keys}))
+    click.echo(f"reward model done: {config.out_dir}")
+
+
+@reward.command("score")
+@click.option("--model", "model_path", type=click.Path(), required=True, help="A reward stage dir (or its adapter/).")
+@click.option("--data", "data_path", type=click.Path(), required=True,
+              help='Records with "prompt" and "response", "completions", or "chosen"/"rejected".')
+@click.option("-o", "--out", "out_path", type=click.Path(), required=True, help="Output JSONL.")
+@click.option("--batch-size", default=16, show_default=True)
+def reward_score(model_path, data_path, out_path, batch_size):
+    """Write each record of DATA with its raw and normalised reward."""
+    from reward.score import score_file
+
+    n = score_file(model_path, data_path, out_path, batch_size)
+    click.echo(f"scored {n} completions -> {out_path}")
+
+
 @cli.group()
 def data():
     """Check and convert data files."""
@@ -91,6 +122,25 @@ def validate(path, kind):
     click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({kind})")
     if problems or not records:
         sys.exit(2)
+
+
+@data.command("convert")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--from", "source", type=click.Choice(["hh-rlhf", "oasst", "alpaca", "dolly"]), required=True)
+@click.option("-o", "--out", "out_path", type=click.Path(), required=True)
+@click.option("--lang", multiple=True, help="OpenAssistant: keep only these languages (repeatable), e.g. --lang en.")
+@click.option("--show-skipped", default=10, show_default=True, help="How many skipped records to list.")
+def convert_cmd(inputs, source, out_path, lang, show_skipped):
+    """Convert public data (HH-RLHF, OpenAssistant trees or message tables, Alpaca, Dolly) to ours."""
+    from reward.convert import convert
+
+    report = convert(source, list(inputs), out_path, set(lang) or None)
+    for problem in report.problems[:show_skipped]:
+        click.echo(f"skipped {problem}", err=True)
+    if len(report.problems) > show_skipped:
+        click.echo(f"... and {len(report.problems) - show_skipped} more skipped", err=True)
+    click.echo(json.dumps(report.summary()))
+    click.echo(f"wrote {report.written} records -> {out_path}")
 
 
 @cli.command()

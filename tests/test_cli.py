@@ -17,7 +17,7 @@ def run(*args):
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("sft", "data", "demo"):
+    for command in ("sft", "reward", "data", "demo"):
         assert command in result.output
 
 
@@ -62,3 +62,39 @@ def test_sft_through_the_cli(tiny_model_dir, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["train/steps"] == 2
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 2 and "already holds a finished run" in again.output
+
+
+def test_convert_prints_counts_and_lists_skipped(tmp_path):
+    from tests.reward.test_convert import FIXTURES
+
+    result = CliRunner().invoke(cli, ["data", "convert", "--from", "hh-rlhf", str(FIXTURES / "hh-rlhf.jsonl"),
+                                      "-o", str(tmp_path / "p.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert '"read": 7, "written": 3, "pairs": 3, "skipped": 4' in result.output
+    assert "hh-rlhf.jsonl:6: field \"rejected\": identical to chosen" in result.output
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+
+
+def test_reward_train_and_score_through_the_cli(tiny_model_dir, tmp_path):
+    out = tmp_path / "rm"
+    result = CliRunner().invoke(cli, [
+        "reward", "--set", f"model.name={tiny_model_dir}", "--set", f"data.train={DEMO / 'rankings.jsonl'}",
+        "--set", "training.epochs=0.2", "--set", "tracking.wandb=false", "--set", "model.lora.r=4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["train/steps"] == 7  # 270 groups = 34 batches of 8, x 0.2 epochs
+    scored = CliRunner().invoke(cli, ["reward", "score", "--model", str(out), "--data", str(DEMO / "heldout.jsonl"),
+                                      "-o", str(tmp_path / "s.jsonl")])
+    assert scored.exit_code == 2 and 'no completion to score' in scored.output  # prompts alone have none
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 + 3?", "chosen": "5", "rejected": "6"}) + "\n")
+    scored = CliRunner().invoke(cli, ["reward", "score", "--model", str(out), "--data", str(data), "-o", str(tmp_path / "s.jsonl")])
+    assert scored.exit_code == 0, scored.output
+    record = json.loads((tmp_path / "s.jsonl").read_text())
+    assert {"reward_chosen", "reward_chosen_normalised", "reward_rejected", "reward_rejected_normalised"} <= set(record)
+
+
+def test_reward_refuses_a_ranking_with_one_completion(write_jsonl, tmp_path):
+    path = write_jsonl("r.jsonl", [{"prompt": "Q", "completions": ["a", "b"], "ranks": [0, 1]},
+                                   {"prompt": "Q", "completions": ["a"], "ranks": [0]}])
+    result = CliRunner().invoke(cli, ["reward", "--set", f"data.train={path}", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and 'r.jsonl:2: field "completions": a ranking needs at least 2' in result.output

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from align.core.config import load_config
+from reward.config import RewardConfig
 from sft.config import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_CLASSES = {"sft": SFTConfig}
+STAGE_CLASSES = {"sft": SFTConfig, "reward": RewardConfig}
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 
 

@@ -298,9 +298,15 @@ def attach_tuning(
     if config.tuning == "head":
         for name, param in model.named_parameters():
             param.requires_grad = name.split(".")[0] == "score"
+        cast_trainable_to_fp32(model)
         return model
     if config.adapter:
-        model = load_adapter(model, config.adapter, trainable=True)
+        made_for = json.loads((Path(config.adapter) / "adapter_config.json").read_text()).get("task_type") \
+            if (Path(config.adapter) / "adapter_config.json").exists() else task_type
+        if made_for == task_type:
+            model = load_adapter(model, config.adapter, trainable=True)
+        else:
+            model = start_from_other_head(model, config.adapter, task_type)
     elif config.tuning == "lora":
         lora = config.lora
         model = get_peft_model(
@@ -329,6 +335,29 @@ def attach_tuning(
         )
     if quantized or not bf16_is_fast():
         cast_trainable_to_fp32(model)
+    return model
+
+
+def start_from_other_head(model: "PreTrainedModel", adapter_dir: str, task_type: str) -> Any:
+    """A reward model starting from the SFT adapter (InstructGPT starts its RM from the SFT model):
+    the SFT LoRA weights go onto the backbone; the new scalar head trains in full."""
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir)
+    lora = LoraConfig.from_pretrained(str(path))
+    if lora.peft_type.value != "LORA":
+        raise AlignError(f"{path}: only a LoRA adapter can start a model with another head ({lora.peft_type.value} given)")
+    lora.task_type, lora.inference_mode = task_type, False
+    lora.modules_to_save = ["score"] if task_type == "SEQ_CLS" else None
+    model = get_peft_model(model, lora)
+    weights = load_file(path / "adapter_model.safetensors")
+    # the new head is not in the SFT adapter: keep its fresh initialisation
+    fresh = {k: v for k, v in get_peft_model_state_dict(model).items() if k not in weights}
+    result = set_peft_model_state_dict(model, {**fresh, **weights})
+    if result.unexpected_keys:
+        raise AlignError(f"adapter {path} does not fit base {model.config._name_or_path!r}: "
+                         f"unexpected weights {result.unexpected_keys[:3]}")
     return model
 
 

@@ -73,19 +73,24 @@ def configure_wandb_env(config: TrackingConfig, out_dir: Path, job_type: str) ->
 class MetricsLog:
     """Appends step records to metrics.jsonl and keeps the final figures for metrics.json."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, wandb_run: Any = None):
         self.out_dir = Path(out_dir)
         self.final: dict[str, Any] = {}
+        self.wandb_run = wandb_run
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: clean_number(v) for k, v in metrics.items()}}
         with open(self.out_dir / rundir.METRICS_LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
     def update(self, metrics: dict[str, Any]) -> None:
         self.final.update({k: clean_number(v) for k, v in metrics.items()})
         rundir.write_json_atomic(self.out_dir / rundir.METRICS, self.final)
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update({k: v for k, v in self.final.items() if isinstance(v, (int, float))})
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop log lines past the checkpoint we restart from, so steps stay unique."""
@@ -145,3 +150,14 @@ def trainer_callback(metrics: MetricsLog) -> Any:
                 metrics.log(state.global_step, {hf_key(k): v for k, v in logs.items()})
 
     return MetricsCallback()
+
+
+def start_wandb(config: TrackingConfig, out_dir: Path, job_type: str, run_config: dict[str, Any]) -> Any:
+    """A W&B run for our own training loops (TRL-based stages use `report_to`); None when off."""
+    if not configure_wandb_env(config, out_dir, job_type):
+        return None
+    import wandb
+
+    return wandb.init(project=config.project, group=config.group, job_type=job_type,
+                      name=config.run_name or Path(out_dir).name, dir=str(out_dir), config=run_config,
+                      mode=wandb_mode(), reinit="finish_previous")

@@ -1,0 +1,65 @@
+"""RewardConfig: stage 2's knobs, grouped by concern."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from align.core.config import check
+from align.core.modeling import ModelConfig
+from align.core.tracking import TrackingConfig
+
+
+@dataclass
+class RewardData:
+    train: str = "data/demo/rankings.jsonl"
+    """Rankings or preferences (the kind is read from the first record)."""
+    eval: str | None = None
+    """Held-out rankings or preferences; when unset, `eval_fraction` of the training prompts."""
+    eval_fraction: float = 0.1
+    reference: str | None = None
+    """Rankings/preferences whose completions set the normaliser's mean/std; default: the eval set."""
+    max_length: int = 512
+    """Tokens per prompt + completion; longer ones lose their start (the completion's end is kept)."""
+
+    def __post_init__(self):
+        check(0 <= self.eval_fraction < 1, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+        check(self.max_length > 0, "data.max_length", "must be > 0")
+
+
+@dataclass
+class RewardTraining:
+    epochs: float = 1.0
+    """Passes over the training prompts."""
+    batch_size: int = 8
+    """Prompts (rankings) per step; each brings its K completions, all scored in one forward pass."""
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    """AdamW peak learning rate (head and adapters)."""
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    use_margin: bool = False
+    """Subtract each preference's `margin` inside the sigmoid (Llama 2's margin loss)."""
+    save_steps: int = 50
+    """Checkpoint every this many optimiser steps; `--resume` continues from the newest."""
+    eval_batch_size: int = 16
+    """Completions per forward pass when scoring."""
+    seed: int = 42
+
+    def __post_init__(self):
+        for name in ("batch_size", "grad_accum", "save_steps", "eval_batch_size"):
+            check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
+        check(self.epochs > 0, "training.epochs", "must be > 0")
+        check(self.learning_rate > 0, "training.learning_rate", "must be > 0")
+
+
+@dataclass
+class RewardConfig:
+    out_dir: str = "runs/reward"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """`model.tuning`: `lora` (QLoRA on a 4-bit base, head trained in full; default), `head`
+    (only the head, on a frozen backbone), or `full`. `model.adapter` starts from the SFT adapter."""
+    data: RewardData = field(default_factory=RewardData)
+    training: RewardTraining = field(default_factory=RewardTraining)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -1,0 +1,245 @@
+"""Public preference data -> our formats: Anthropic HH-RLHF, OpenAssistant (oasst1/oasst2),
+and Alpaca/Dolly instructions -> messages.
+
+Each converter reads every record, writes what converts, and counts what it skipped and why,
+with FILE:LINE for each skipped record: nothing is dropped silently.
+
+HH-RLHF (github.com/anthropics/hh-rlhf): one JSON object a line, `chosen` and `rejected` are whole
+transcripts of "\\n\\nHuman: ..." and "\\n\\nAssistant: ..." turns that differ in the final
+assistant turn. The prompt is the shared dialogue up to the final "\\n\\nAssistant:".
+
+OpenAssistant (oasst1/oasst2 exports): message trees, one tree a line (`message_tree_id`,
+`prompt` = the root message, each message with `message_id`, `role` prompter|assistant, `text`,
+`lang`, `rank`, `deleted`, `replies`), or the flat message table (one message a line or row, with
+`parent_id`). At every prompter message, its non-deleted assistant replies that carry a rank form
+one ranking (rank 0 best) when there are at least two; the prompt is the conversation from the
+root down to that prompter message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from align.core import rundir
+from align.core.records import Bad, Row, parse_instruction, read_rows
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+ROLE = {"Human": "user", "Assistant": "assistant", "prompter": "user", "assistant": "assistant"}
+
+
+@dataclass
+class Report:
+    read: int = 0
+    written: int = 0
+    pairs: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def skip(self, where: str, reason: str) -> None:
+        self.skipped[reason] += 1
+        self.problems.append(f"{where}: {reason}")
+
+    def unreadable(self, problems: list[str]) -> None:
+        """Lines the reader could not parse (malformed JSON, not UTF-8): counted and listed."""
+        if problems:
+            self.read += len(problems)
+            self.skipped["unreadable line"] += len(problems)
+            self.problems += problems
+
+    def summary(self) -> dict[str, Any]:
+        return {"read": self.read, "written": self.written, "pairs": self.pairs,
+                "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(self.skipped)}
+
+
+# ---------------------------------------------------------------- HH-RLHF
+
+
+def hh_turns(transcript: str) -> list[dict[str, str]]:
+    """"\\n\\nHuman: a\\n\\nAssistant: b" -> [{"role": "user", "content": "a"}, {"role": "assistant", ...}]."""
+    parts = HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise Bad(None, 'transcript does not start with "\\n\\nHuman:"')
+    return [{"role": ROLE[speaker], "content": text.strip()} for speaker, text in zip(parts[1::2], parts[2::2])]
+
+
+def convert_hh(row: Row) -> dict[str, Any]:
+    d = row.data
+    for name in ("chosen", "rejected"):
+        if not isinstance(d.get(name), str):
+            raise Bad(name, "missing or not a string")
+    chosen, rejected = hh_turns(d["chosen"]), hh_turns(d["rejected"])
+    if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
+        raise Bad("chosen", "transcript does not end with an Assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise Bad("rejected", "chosen and rejected do not share the dialogue before the final Assistant turn")
+    if not chosen[:-1]:
+        raise Bad("chosen", "no Human turn before the final Assistant turn")
+    if not chosen[-1]["content"] or not rejected[-1]["content"]:
+        raise Bad("chosen" if not chosen[-1]["content"] else "rejected", "empty final Assistant turn")
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        raise Bad("rejected", "identical to chosen")
+    return {"prompt": chosen[:-1], "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
+
+
+def convert_hh_file(path: str, report: Report) -> Iterator[dict[str, Any]]:
+    rows, problems = read_rows(path)
+    report.unreadable(problems)
+    for row in rows:
+        report.read += 1
+        try:
+            record = convert_hh(row)
+        except Bad as e:
+            report.skip(row.source, str(e))
+            continue
+        report.pairs += 1
+        yield record
+
+
+# ---------------------------------------------------------------- OpenAssistant
+
+
+def _rank(value: Any) -> int | None:
+    """oasst ranks are ints or null in JSON, floats with NaN for null in parquet exports."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[str] | None) -> Iterator[dict[str, Any]]:
+    """Walk one message tree; yield a ranking at every prompter message with >= 2 ranked replies."""
+    stack: list[tuple[dict[str, Any], list[dict[str, str]], set[str]]] = [(root, [], set())]
+    while stack:
+        message, history, seen = stack.pop()
+        mid = message.get("message_id")
+        if mid in seen:
+            raise Bad("replies", f"cycle at message {mid}")
+        seen = seen | {mid}
+        if message.get("deleted"):
+            continue
+        role, text = message.get("role"), message.get("text")
+        if role not in ROLE or not isinstance(text, str):
+            raise Bad("role" if role not in ROLE else "text", f"message {mid}: bad role or text")
+        conversation = history + [{"role": ROLE[role], "content": text}]
+        replies = [r for r in message.get("replies") or [] if isinstance(r, dict)]
+        if role == "prompter" and (langs is None or message.get("lang") in langs):
+            ranked = [r for r in replies if not r.get("deleted") and r.get("role") == "assistant"
+                      and _rank(r.get("rank")) is not None and isinstance(r.get("text"), str) and r["text"].strip()
+                      and (langs is None or r.get("lang") in langs)]
+            if len(ranked) >= 2:
+                ranks = [_rank(r["rank"]) for r in ranked]
+                if len(set(ranks)) >= 2:
+                    order = sorted(set(ranks))
+                    dense = [order.index(r) for r in ranks]
+                    report.pairs += sum(1 for a in dense for b in dense if a < b)
+                    yield {"prompt": conversation, "completions": [r["text"] for r in ranked], "ranks": dense}
+                else:
+                    report.skip(f"{where} message {mid}", "all ranked replies tie")
+            elif replies:
+                report.skipped["prompter message with fewer than 2 ranked replies"] += 1
+        elif role == "prompter" and langs is not None:
+            report.skipped["language filtered out"] += 1
+        for reply in reversed(replies):
+            stack.append((reply, conversation, seen))
+
+
+def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any], str]]:
+    """The flat message table -> trees, reporting missing parents and cycles."""
+    by_id: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}
+    for row in rows:
+        report.read += 1
+        mid = row.data.get("message_id")
+        if not isinstance(mid, str):
+            report.skip(row.source, 'field "message_id": missing')
+            continue
+        by_id[mid] = {**row.data, "replies": []}
+        where[mid] = row.source
+    roots = []
+    for mid, message in by_id.items():
+        parent = message.get("parent_id")
+        if parent is None or (isinstance(parent, float) and math.isnan(parent)):
+            roots.append(message)
+        elif parent in by_id:
+            by_id[parent]["replies"].append(message)
+        else:
+            report.skip(where[mid], f'field "parent_id": parent {parent} not in the file')
+    reachable = set()
+    for root in roots:
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if node["message_id"] in reachable:
+                continue
+            reachable.add(node["message_id"])
+            stack.extend(node["replies"])
+        yield root, where[root["message_id"]]
+    for mid in by_id.keys() - reachable:
+        parent = by_id[mid].get("parent_id")
+        if parent in by_id:  # has a parent, yet no root reaches it: a cycle
+            report.skip(where[mid], f'field "parent_id": message {mid} is in a cycle')
+
+
+def convert_oasst_file(path: str, report: Report, langs: set[str] | None) -> Iterator[dict[str, Any]]:
+    rows, problems = read_rows(path)
+    report.unreadable(problems)
+    if rows and "prompt" in rows[0].data and "message_tree_id" in rows[0].data:
+        trees = []
+        for row in rows:
+            report.read += 1
+            if not isinstance(row.data.get("prompt"), dict):
+                report.skip(row.source, 'field "prompt": missing or not a message')
+                continue
+            trees.append((row.data["prompt"], row.source))
+    else:
+        trees = list(build_trees(rows, report))
+    for root, where in trees:
+        try:
+            yield from list(oasst_groups(root, where, report, langs))
+        except Bad as e:
+            report.skip(where, str(e))
+
+
+# ---------------------------------------------------------------- instructions
+
+
+def convert_instructions_file(path: str, report: Report) -> Iterator[dict[str, Any]]:
+    rows, problems = read_rows(path)
+    report.unreadable(problems)
+    for row in rows:
+        report.read += 1
+        try:
+            record = parse_instruction(row)
+        except Bad as e:
+            report.skip(row.source, str(e))
+            continue
+        messages = list(record.messages)
+        if record.context:
+            messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{record.context}"}
+        yield {"messages": messages + [{"role": "assistant", "content": record.response}]}
+
+
+SOURCES = ("hh-rlhf", "oasst", "alpaca", "dolly")
+
+
+def convert(source: str, inputs: list[str], out_path: str, langs: set[str] | None = None) -> Report:
+    """Convert `inputs` (concatenated) into `out_path` (JSONL, written atomically)."""
+    report = Report()
+    records: list[dict[str, Any]] = []
+    for path in inputs:
+        if source == "hh-rlhf":
+            records += convert_hh_file(path, report)
+        elif source == "oasst":
+            records += convert_oasst_file(path, report, langs)
+        elif source in ("alpaca", "dolly"):
+            records += convert_instructions_file(path, report)
+        else:
+            raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    report.written = len(records)
+    rundir.write_text_atomic(Path(out_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return report

@@ -1,0 +1,152 @@
+"""Load a trained reward model and score (prompt, completion) pairs; used by PPO and evaluation.
+
+A reward directory holds the weights (`adapter/` for LoRA with its head, `model/` for the head
+alone or a full model), the tokenizer, `align_base.json` (which base, how loaded) and
+`normaliser.json` (mean/std of rewards on a reference set), so callers get normalised rewards.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from align.core import modeling, rundir
+from align.core.errors import AlignError
+
+NORMALISER = "normaliser.json"
+HEAD_FILE = "score.safetensors"
+
+
+def conversation_text(tokenizer: Any, prompt: tuple | list, completion: str) -> str:
+    """The text a reward model reads: the chat-formatted conversation, ending at the final EOS.
+
+    The trailing newline some chat templates add after EOS is dropped, so the text matches what a
+    policy generates (query + response up to EOS) and PPO can reuse its token ids.
+    """
+    messages = [*prompt, {"role": "assistant", "content": completion}]
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, tokenize=False).rstrip("\n")
+    turns = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(turns) + (tokenizer.eos_token or "")
+
+
+def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
+    """Right-padded batch; over-long texts lose their start, so the scored end survives."""
+    tokenizer.truncation_side = "left"
+    return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                     add_special_tokens=False)
+
+
+def weights_dir(path: str | Path) -> Path:
+    """Accept a reward stage directory or the weights directory inside it."""
+    path = Path(path)
+    for candidate in (path, path / rundir.ADAPTER, path / rundir.MODEL):
+        if (candidate / modeling.BASE_FILE).exists():
+            return candidate
+    raise AlignError(f"{path}: not a reward model (no {modeling.BASE_FILE} in it or in its adapter/ or model/)")
+
+
+@dataclass
+class Normaliser:
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __call__(self, raw):
+        return (raw - self.mean) / self.std
+
+    @classmethod
+    def fit(cls, rewards: list[float]) -> "Normaliser":
+        mean = sum(rewards) / len(rewards)
+        std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+        return cls(mean, std if std > 1e-8 else 1.0)
+
+
+class RewardModel:
+    """A scalar reward r(x, y), raw and normalised."""
+
+    def __init__(self, model: Any, tokenizer: Any, normaliser: Normaliser, max_length: int = 512):
+        self.model, self.tokenizer, self.normaliser, self.max_length = model, tokenizer, normaliser, max_length
+
+    @classmethod
+    def load(cls, path: str | Path, max_length: int = 512) -> "RewardModel":
+        directory = weights_dir(path)
+        base = json.loads((directory / modeling.BASE_FILE).read_text(encoding="utf-8"))
+        config = modeling.ModelConfig(name=base["path"], quantization=base["quantization"],
+                                      tuning="lora" if base["tuning"] == "prompt_tuning" else base["tuning"])
+        tokenizer = modeling.load_tokenizer(str(directory))
+        if base["tuning"] == "full":
+            config.name = str(directory)
+        model = modeling.load_base(config, tokenizer, head="score")
+        if (directory / "adapter_config.json").exists():
+            model = modeling.load_adapter(model, str(directory), trainable=False)
+        elif (directory / HEAD_FILE).exists():
+            from safetensors.torch import load_file
+
+            model.score.load_state_dict(load_file(directory / HEAD_FILE))
+        normaliser_path = directory / NORMALISER
+        normaliser = Normaliser(**json.loads(normaliser_path.read_text())) if normaliser_path.exists() else Normaliser()
+        return cls(model.eval(), tokenizer, normaliser, max_length)
+
+    def score_texts(self, texts: list[str], batch_size: int = 16):
+        """Raw rewards of chat-formatted texts, as a float32 CPU tensor (N,)."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = encode(self.tokenizer, texts[start:start + batch_size], self.max_length).to(device)
+                out.append(self.model(**batch).logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, prompts: list, completions: list[str], batch_size: int = 16):
+        """Raw rewards r(x, y) for parallel lists of prompts (message lists) and completions."""
+        texts = [conversation_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
+        return self.score_texts(texts, batch_size)
+
+
+def score_file(model_path: str, data_path: str, out_path: str, batch_size: int = 16) -> int:
+    """Add `reward` and `reward_normalised` to each record of a prompts-with-responses file.
+
+    A record holds `prompt` (or `messages`) and `response`/`completion`, or a list `completions`,
+    or `chosen` and `rejected`; every completion it holds is scored.
+    """
+    from align.core.records import Bad, completion_field, prompt_field, read_rows
+    from align.core.errors import DataError
+
+    rows, problems = read_rows(data_path)
+    jobs = []  # (row index, field, position or None, prompt, completion)
+    for i, row in enumerate(rows):
+        d = row.data
+        try:
+            prompt = prompt_field(d, "messages" if "messages" in d and "prompt" not in d else "prompt")
+            fields = [f for f in ("response", "completion", "chosen", "rejected") if f in d]
+            if "completions" in d:
+                if not isinstance(d["completions"], list) or not d["completions"]:
+                    raise Bad("completions", "expected a non-empty list")
+                for k, c in enumerate(d["completions"]):
+                    jobs.append((i, "completions", k, prompt, completion_field({"c": c}, "c")))
+            elif fields:
+                jobs += [(i, f, None, prompt, completion_field(d, f)) for f in fields]
+            else:
+                raise Bad(None, 'no completion to score: expected "response", "completion", "completions" or "chosen"/"rejected"')
+        except Bad as e:
+            problems.append(f"{row.source}: {e}")
+    if problems:
+        raise DataError(problems, total=len(rows))
+    reward_model = RewardModel.load(model_path)
+    raw = reward_model.score([j[3] for j in jobs], [j[4] for j in jobs], batch_size).tolist()
+    records = [dict(row.data) for row in rows]
+    for (i, field, k, _, _), r in zip(jobs, raw):
+        name = "reward" if field in ("response", "completion", "completions") else f"reward_{field}"
+        value, norm = round(r, 6), round(reward_model.normaliser(r), 6)
+        if k is None:
+            records[i][name], records[i][f"{name}_normalised"] = value, norm
+        else:
+            records[i].setdefault(name, []).append(value)
+            records[i].setdefault(f"{name}_normalised", []).append(norm)
+    rundir.write_text_atomic(Path(out_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return len(jobs)

@@ -1,0 +1,214 @@
+"""Stage 2: a scalar reward model from rankings with the K-wise InstructGPT loss.
+
+Our own loop rather than TRL's RewardTrainer: that trainer takes pairs, and the K-wise loss
+needs each prompt's K completions in one forward pass with its C(K,2) pairs weighted together.
+Read top to bottom: data -> model -> (eval before) -> epochs of batches -> eval -> normaliser -> save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from align.core import checkpoint, modeling, rundir, tracking
+from align.core.config import dump_yaml, to_dict
+from align.core.errors import DataError
+from reward.config import RewardConfig
+from reward.formats import Group, load_groups, split_groups
+from reward.losses import kwise_ranking_loss
+from reward.metrics import ranking_metrics
+from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, encode
+
+
+def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], list[Group]]:
+    """(train, eval, reference) groups; every file is validated before a model loads."""
+    data = config.data
+    groups = load_groups(data.train)
+    if data.eval:
+        train_groups, eval_groups = groups, load_groups(data.eval)
+    else:
+        train_groups, eval_groups = split_groups(groups, data.eval_fraction, config.training.seed)
+    if not train_groups:
+        raise DataError([f"{data.train}: no training groups left after holding out the eval set"])
+    reference = load_groups(data.reference) if data.reference else (eval_groups or train_groups)
+    return train_groups, eval_groups, reference
+
+
+def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train into `config.out_dir`; returns the figures written to metrics.json."""
+    groups = load_reward_data(config)
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=overwrite, resume=resume)
+    out.write_config(dump_yaml(config))
+    with out.running():
+        return _train(config, out, *groups, resume=resume)
+
+
+class Batcher:
+    """Groups -> one padded batch of all their completions, plus the pair indices of the loss."""
+
+    def __init__(self, tokenizer: Any, max_length: int, use_margin: bool):
+        self.tokenizer, self.max_length, self.use_margin = tokenizer, max_length, use_margin
+
+    def __call__(self, groups: list[Group]) -> dict[str, Any]:
+        import torch
+
+        texts, pairs, pair_group, margins = [], [], [], []
+        for g, group in enumerate(groups):
+            offset = len(texts)
+            texts += [conversation_text(self.tokenizer, group.prompt, c) for c in group.completions]
+            for w, l in group.pairs:
+                pairs.append((offset + w, offset + l))
+                pair_group.append(g)
+                margins.append(group.margin or 0.0)
+        batch = encode(self.tokenizer, texts, self.max_length)
+        return {
+            "inputs": batch,
+            "pairs": torch.tensor(pairs, dtype=torch.long),  # (P, 2)
+            "pair_group": torch.tensor(pair_group, dtype=torch.long),  # (P,)
+            "margins": torch.tensor(margins) if self.use_margin else None,  # (P,)
+        }
+
+
+def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: int) -> list[list[float]]:
+    """Rewards of every completion of every group, without gradients."""
+    import torch
+
+    texts = [conversation_text(batcher.tokenizer, g.prompt, c) for g in groups for c in g.completions]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    flat: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = encode(batcher.tokenizer, texts[start:start + batch_size], batcher.max_length).to(device)
+            flat += model(**batch).logits[:, 0].float().cpu().tolist()
+    model.train(was_training)
+    out, i = [], 0
+    for g in groups:
+        out.append(flat[i:i + len(g.completions)])
+        i += len(g.completions)
+    return out
+
+
+def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group], eval_groups: list[Group],
+           reference: list[Group], *, resume: bool) -> dict[str, Any]:
+    import torch
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    t = config.training
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
+                              mixed_precision="bf16" if modeling.bf16_is_fast() else "no")
+    torch.manual_seed(t.seed)
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    model = modeling.load_base(config.model, tokenizer, head="score")
+    model = modeling.attach_tuning(model, config.model, task_type="SEQ_CLS")
+    trainable, total = modeling.count_parameters(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
+                                  weight_decay=t.weight_decay)
+    batches_per_epoch = math.ceil(len(train_groups) / t.batch_size)
+    total_batches = math.ceil(t.epochs * batches_per_epoch)
+    total_steps = math.ceil(total_batches / t.grad_accum)
+    scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batcher = Batcher(tokenizer, config.data.max_length, t.use_margin)
+
+    is_main = accelerator.is_main_process
+    wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
+    metrics = tracking.MetricsLog(out.path, wandb_run)
+    state = {"step": 0, "batch": 0}
+    newest = out.newest_checkpoint() if resume else None
+    if newest is not None:
+        state = checkpoint.load_checkpoint(newest, accelerator.unwrap_model(model), optimizer)
+        scheduler.load_state_dict(state.pop("scheduler"))
+        metrics.final = json.loads(out.file(rundir.METRICS).read_text()) if out.file(rundir.METRICS).exists() else {}
+        metrics.truncate_after(state["step"])
+    elif eval_groups:
+        before = ranking_metrics(eval_groups, score_groups(model, batcher, eval_groups, t.eval_batch_size))
+        metrics.update({k.replace("eval/", "eval_before/"): v for k, v in before.items() if "calibration" not in k})
+    metrics.update({"params/trainable": trainable, "params/total": total, "data/train_groups": len(train_groups),
+                    "data/eval_groups": len(eval_groups)})
+
+    from tqdm import tqdm
+
+    model.train()
+    started, window = time.time(), []
+    progress = tqdm(total=total_steps, initial=state["step"], desc="reward model", disable=not is_main)
+    for b in range(state["batch"], total_batches):
+        epoch, index = divmod(b, batches_per_epoch)
+        order = random.Random(t.seed + epoch).sample(train_groups, len(train_groups))  # same order on resume
+        groups = order[index * t.batch_size:(index + 1) * t.batch_size]
+        groups = groups[accelerator.process_index::accelerator.num_processes] or groups[:1]
+        batch = batcher(groups)
+        with accelerator.accumulate(model):
+            rewards = model(**batch["inputs"].to(accelerator.device)).logits[:, 0].float()  # (N,)
+            loss = kwise_ranking_loss(rewards, batch["pairs"].to(rewards.device), batch["pair_group"].to(rewards.device),
+                                      None if batch["margins"] is None else batch["margins"].to(rewards.device))
+            accelerator.backward(loss)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if accelerator.sync_gradients else None
+            optimizer.step()
+            optimizer.zero_grad()
+        diff = rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]]
+        window.append((loss.item(), (diff > 0).float().mean().item()))
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        progress.update(1)
+        state = {"step": state["step"] + 1, "batch": b + 1}
+        if state["step"] % config.tracking.logging_steps == 0 and is_main:
+            metrics.log(state["step"], {
+                "train/loss": sum(w[0] for w in window) / len(window),
+                "train/accuracy": sum(w[1] for w in window) / len(window),
+                "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/epoch": round(b / batches_per_epoch, 4),
+            })
+            window = []
+        if state["step"] % t.save_steps == 0 and is_main:
+            checkpoint.save_checkpoint(out.checkpoints, accelerator.unwrap_model(model), optimizer,
+                                       {**state, "scheduler": scheduler.state_dict()})
+    progress.close()
+    runtime = time.time() - started
+
+    unwrapped = accelerator.unwrap_model(model)
+    figures: dict[str, Any] = {"train/steps": state["step"], "train/runtime_s": round(runtime, 2),
+                               "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
+    eval_rewards = score_groups(unwrapped, batcher, eval_groups, t.eval_batch_size) if eval_groups else []
+    if eval_groups:
+        figures.update(ranking_metrics(eval_groups, eval_rewards))
+    # the reference set is the eval set unless the user named one: score it once
+    reference_rewards = eval_rewards if reference is eval_groups else score_groups(unwrapped, batcher, reference,
+                                                                                   t.eval_batch_size)
+    normaliser = Normaliser.fit([r for rs in reference_rewards for r in rs])
+    figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std, **tracking.peak_memory_mb()})
+    if is_main:
+        save_reward_model(unwrapped, tokenizer, config, out, normaliser)
+        metrics.update(figures)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return metrics.final
+
+
+def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: rundir.StageDir,
+                      normaliser: Normaliser) -> Path:
+    """adapter/ (LoRA + head), model/score.safetensors (head only) or model/ (full), with the
+    tokenizer, the base record and the normaliser, so `RewardModel.load` needs nothing else."""
+    from safetensors.torch import save_file
+
+    tuning = config.model.tuning
+    target = out.file(rundir.ADAPTER if tuning in ("lora", "prompt_tuning") else rundir.MODEL)
+    target.mkdir(parents=True, exist_ok=True)
+    if tuning == "head":
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.score.state_dict().items()}, target / HEAD_FILE)
+    else:
+        model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    modeling.save_base_record(target, config.model)
+    rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
+    return target

@@ -1,0 +1,77 @@
+"""Converters on fixture files in the published HH-RLHF and OpenAssistant formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from align.core.records import load_records
+from reward.convert import convert
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+def lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_hh_rlhf_prompt_is_the_shared_dialogue(tmp_path):
+    for name in ("hh-rlhf.jsonl", "hh-rlhf.jsonl.gz"):
+        report = convert("hh-rlhf", [str(FIXTURES / name)], str(tmp_path / "prefs.jsonl"))
+        assert report.summary()["read"] == 7 and report.written == 3 and report.pairs == 3
+        assert report.skipped == {
+            "unreadable line": 1,
+            'field "rejected": chosen and rejected do not share the dialogue before the final Assistant turn': 1,
+            'field "rejected": identical to chosen': 1,
+            'field "rejected": empty final Assistant turn': 1,
+        }
+        assert f"{name}:4: field \"rejected\": chosen and rejected do not share" in "\n".join(report.problems)
+        assert f"{name}:5: malformed JSON" in "\n".join(report.problems)
+    first, multi, blank_lines = lines(tmp_path / "prefs.jsonl")
+    assert first == {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
+                     "chosen": [{"role": "assistant", "content": "Paris."}],
+                     "rejected": [{"role": "assistant", "content": "I don't know."}]}
+    assert [m["role"] for m in multi["prompt"]] == ["user", "assistant", "user"]
+    assert multi["prompt"][-1]["content"] == "Tell me a joke." and multi["rejected"][0]["content"] == "No."
+    assert blank_lines["chosen"][0]["content"] == "Sure:\n\n1. Apple\n2. Pear"
+    assert len(load_records(tmp_path / "prefs.jsonl", "preferences")) == 3  # our own validator accepts it
+
+
+def test_oasst_trees_give_one_ranking_per_prompter_message(tmp_path):
+    report = convert("oasst", [str(FIXTURES / "oasst.trees.jsonl")], str(tmp_path / "r.jsonl"))
+    root, follow_up, german = lines(tmp_path / "r.jsonl")
+    # deleted a3 and unranked a7 are left out; ranks 0, 2, 1 stay dense
+    assert root["prompt"] == [{"role": "user", "content": "How do plants grow?"}]
+    assert root["completions"] == ["They use light, water and air.", "Magic.", "Photosynthesis turns light into sugar."]
+    assert root["ranks"] == [0, 2, 1]
+    # the follow-up's prompt is the conversation from the root down to it
+    assert [m["content"] for m in follow_up["prompt"]] == ["How do plants grow?", "They use light, water and air.",
+                                                           "What about soil?"]
+    assert follow_up["ranks"] == [1, 0]
+    assert german["completions"] == ["Gut.", "Schlecht."]
+    assert report.written == 3 and report.pairs == 3 + 1 + 1
+    assert report.skipped["prompter message with fewer than 2 ranked replies"] == 1
+    assert len(load_records(tmp_path / "r.jsonl", "rankings")) == 3
+
+
+def test_oasst_language_filter(tmp_path):
+    report = convert("oasst", [str(FIXTURES / "oasst.trees.jsonl")], str(tmp_path / "r.jsonl"), langs={"en"})
+    assert report.written == 2 and report.skipped["language filtered out"] == 1
+
+
+def test_oasst_flat_message_table_matches_trees_and_reports_bad_links(tmp_path):
+    report = convert("oasst", [str(FIXTURES / "oasst.messages.jsonl")], str(tmp_path / "flat.jsonl"))
+    convert("oasst", [str(FIXTURES / "oasst.trees.jsonl")], str(tmp_path / "trees.jsonl"))
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, lines(tmp_path / "flat.jsonl"))) == sorted(map(key, lines(tmp_path / "trees.jsonl")))
+    problems = "\n".join(report.problems)
+    assert 'oasst.messages.jsonl:15: field "parent_id": parent gone not in the file' in problems
+    assert 'oasst.messages.jsonl:16: field "parent_id": message y1 is in a cycle' in problems
+    assert 'oasst.messages.jsonl:17: field "parent_id": message y2 is in a cycle' in problems
+
+
+def test_alpaca_to_messages(tmp_path):
+    report = convert("alpaca", [str(FIXTURES / "alpaca.json")], str(tmp_path / "i.jsonl"))
+    assert report.written == 2 and report.skipped == {'field "output": empty': 1}
+    assert lines(tmp_path / "i.jsonl")[1]["messages"] == [{"role": "user", "content": "Summarise.\n\nA long text."},
+                                                          {"role": "assistant", "content": "Short."}]

@@ -1,0 +1,86 @@
+"""The reward model on the tiny model: it learns a separable preference; outputs load and score."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from align.core.config import load_config
+from align.demo.tasks import FILLERS, make_task
+from reward.config import RewardConfig
+from reward.score import RewardModel, score_file
+from reward.train import train
+
+
+def separable_preferences(n: int, seed: int = 0) -> list[dict]:
+    """Concise right answers preferred to padded wrong ones: a preference a tiny model can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        task = make_task(rng)
+        rows.append({"prompt": task.prompt, "chosen": task.response, "rejected": f"{task.wrong} {rng.choice(FILLERS)}"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def reward_run(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward")
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(160, seed=1)))
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(40, seed=2)))
+    config = load_config(RewardConfig, None, [
+        f"out_dir={root / 'run'}", f"model.name={tiny_model_dir}", f"data.train={root / 'train.jsonl'}",
+        f"data.eval={root / 'eval.jsonl'}", "training.epochs=2", "training.learning_rate=3e-3", "training.save_steps=10",
+        "model.lora.r=8", "tracking.wandb=false", "tracking.logging_steps=5",
+    ])
+    return root, train(config)
+
+
+def test_heldout_accuracy_rises_above_0_9(reward_run):
+    _, figures = reward_run
+    assert figures["eval_before/accuracy"] < 0.8
+    assert figures["eval/accuracy"] > 0.9
+    assert figures["eval/margin"] > figures["eval_before/margin"]
+
+
+def test_saved_model_reloads_and_scores_like_training(reward_run):
+    root, figures = reward_run
+    model = RewardModel.load(root / "run")
+    rows = separable_preferences(40, seed=2)
+    chosen = model.score([[{"role": "user", "content": r["prompt"]}] for r in rows], [r["chosen"] for r in rows])
+    rejected = model.score([[{"role": "user", "content": r["prompt"]}] for r in rows], [r["rejected"] for r in rows])
+    assert ((chosen > rejected).float().mean().item()) == pytest.approx(figures["eval/accuracy"])
+    normalised = model.normaliser(chosen)
+    assert model.normaliser.std == pytest.approx(figures["normaliser/std"])
+    assert normalised.mean().item() > 0  # chosen answers score above the reference mean
+
+
+def test_score_file_writes_raw_and_normalised_rewards(reward_run, tmp_path):
+    root, _ = reward_run
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"prompt": "What is 2 + 3?", "completions": ["2 + 3 = 5.", "2 + 3 = 6."]}) + "\n"
+                    + json.dumps({"prompt": "What is 1 + 1?", "response": "1 + 1 = 2."}) + "\n")
+    assert score_file(str(root / "run"), str(data), str(tmp_path / "out.jsonl")) == 3
+    first, second = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(first["reward"]) == 2 and len(first["reward_normalised"]) == 2
+    assert isinstance(second["reward"], float) and "reward_normalised" in second
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    rows = separable_preferences(48, seed=3)
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def config(out, epochs):
+        return load_config(RewardConfig, None, [
+            f"out_dir={out}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 't.jsonl'}",
+            "model.quantization=none", "training.batch_size=8", f"training.epochs={epochs}", "training.save_steps=5",
+            "training.lr_scheduler=constant", "tracking.wandb=false", "data.eval_fraction=0.2", "model.lora.dropout=0",
+        ])
+
+    whole = train(config(tmp_path / "whole", 2))
+    train(config(tmp_path / "cut", 1))  # 5 steps, checkpoint at 5
+    (tmp_path / "cut" / "status.json").write_text('{"state": "failed"}')
+    resumed = train(config(tmp_path / "cut", 2), resume=True)
+    assert resumed["train/steps"] == whole["train/steps"] == 10
+    assert resumed["eval/margin"] == pytest.approx(whole["eval/margin"], rel=1e-5)
