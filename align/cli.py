@@ -102,6 +102,52 @@ def reward_score(model_path, data_path, out_path, batch_size):
     click.echo(f"scored {n} completions -> {out_path}")
 
 
+@cli.command()
+@stage_options
+def ppo(config_path, overrides, out_dir, overwrite, resume):
+    """Stage 3: PPO of the policy against the reward model, under a KL penalty to the reference."""
+    from align.ppo.config import PPOConfig
+    from align.ppo.train import train
+
+    config = load_stage_config(PPOConfig, config_path, overrides, out_dir)
+    figures = train(config, overwrite=overwrite, resume=resume)
+    keys = ("eval_before/reward_mean", "eval/reward_mean", "eval/kl", "eval/response_length")
+    click.echo(json.dumps({k: figures.get(k) for k in keys}))
+    click.echo(f"PPO done: {config.out_dir}")
+
+
+@cli.command()
+@stage_options
+def dpo(config_path, overrides, out_dir, overwrite, resume):
+    """DPO on preferences or rankings, through TRL's DPOTrainer."""
+    from align.prefs.config import DPOConfig
+    from align.prefs.train import dpo as run
+
+    config = load_stage_config(DPOConfig, config_path, overrides, out_dir)
+    figures = run(config, overwrite=overwrite, resume=resume)
+    click.echo(json.dumps({k: figures.get(k) for k in ("train/loss_mean", "eval/rewards/accuracies", "train/steps")}))
+    click.echo(f"DPO done: {config.out_dir}")
+
+
+def _online(method: str):
+    def command(config_path, overrides, out_dir, overwrite, resume):
+        from align.prefs.config import OnlineConfig
+        from align.prefs.train import online
+
+        config = load_stage_config(OnlineConfig, config_path, overrides, out_dir)
+        figures = online(config, method, overwrite=overwrite, resume=resume)
+        click.echo(json.dumps({k: figures.get(k) for k in ("train/reward", "train/loss_mean", "train/steps")}))
+        click.echo(f"{method.upper()} done: {config.out_dir}")
+
+    command.__doc__ = {"grpo": "GRPO with our reward model (or a rule function), through TRL's GRPOTrainer.",
+                       "rloo": "RLOO with our reward model (or a rule function), through TRL's RLOOTrainer."}[method]
+    return cli.command(name=method)(stage_options(command))
+
+
+_online("grpo")
+_online("rloo")
+
+
 @cli.group()
 def data():
     """Check and convert data files."""

@@ -87,18 +87,16 @@ def convert_hh(row: Row) -> dict[str, Any]:
     return {"prompt": chosen[:-1], "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
 
 
-def convert_hh_file(path: str, report: Report) -> Iterator[dict[str, Any]]:
+def convert_rows(path: str, report: Report, convert_row: Any) -> Iterator[dict[str, Any]]:
+    """convert_row over every row of a file; a row it rejects (Bad) is skipped and listed."""
     rows, problems = read_rows(path)
     report.unreadable(problems)
     for row in rows:
         report.read += 1
         try:
-            record = convert_hh(row)
+            yield convert_row(row)
         except Bad as e:
             report.skip(row.source, str(e))
-            continue
-        report.pairs += 1
-        yield record
 
 
 # ---------------------------------------------------------------- OpenAssistant
@@ -208,20 +206,12 @@ def convert_oasst_file(path: str, report: Report, langs: set[str] | None) -> Ite
 # ---------------------------------------------------------------- instructions
 
 
-def convert_instructions_file(path: str, report: Report) -> Iterator[dict[str, Any]]:
-    rows, problems = read_rows(path)
-    report.unreadable(problems)
-    for row in rows:
-        report.read += 1
-        try:
-            record = parse_instruction(row)
-        except Bad as e:
-            report.skip(row.source, str(e))
-            continue
-        messages = list(record.messages)
-        if record.context:
-            messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{record.context}"}
-        yield {"messages": messages + [{"role": "assistant", "content": record.response}]}
+def instruction_to_messages(row: Row) -> dict[str, Any]:
+    record = parse_instruction(row)
+    messages = list(record.messages)
+    if record.context:
+        messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{record.context}"}
+    return {"messages": messages + [{"role": "assistant", "content": record.response}]}
 
 
 SOURCES = ("hh-rlhf", "oasst", "alpaca", "dolly")
@@ -233,11 +223,13 @@ def convert(source: str, inputs: list[str], out_path: str, langs: set[str] | Non
     records: list[dict[str, Any]] = []
     for path in inputs:
         if source == "hh-rlhf":
-            records += convert_hh_file(path, report)
+            converted = list(convert_rows(path, report, convert_hh))
+            report.pairs += len(converted)
+            records += converted
         elif source == "oasst":
             records += convert_oasst_file(path, report, langs)
         elif source in ("alpaca", "dolly"):
-            records += convert_instructions_file(path, report)
+            records += convert_rows(path, report, instruction_to_messages)
         else:
             raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     report.written = len(records)

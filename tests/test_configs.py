@@ -7,11 +7,14 @@ from pathlib import Path
 import pytest
 
 from align.core.config import load_config
+from align.ppo.config import PPOConfig
+from align.prefs.config import DPOConfig, OnlineConfig
 from reward.config import RewardConfig
 from sft.config import SFTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_CLASSES = {"sft": SFTConfig, "reward": RewardConfig}
+STAGE_CLASSES = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig,
+                 "grpo": OnlineConfig, "rloo": OnlineConfig}
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 
 

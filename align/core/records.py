@@ -139,14 +139,19 @@ def _read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
-def _read_json(path: Path) -> tuple[list[Row], list[str]]:
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A whole file as text; a non-UTF-8 byte is an error naming its line."""
     with _open_bytes(path) as f:
         raw = f.read()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError([f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})"]) from None
+
+
+def _read_json(path: Path) -> tuple[list[Row], list[str]]:
+    text = _read_text(path)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
@@ -168,13 +173,7 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    with _open_bytes(path) as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError([f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x})"]) from None
+    text = _read_text(path, "utf-8-sig")  # Excel writes a byte-order mark
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
     for record in reader:

@@ -1,0 +1,120 @@
+"""PPOConfig: stage 3's knobs. Defaults follow the N+ implementation details (Huang et al. 2024,
+1B recipe) where they are about the algorithm, and a small CPU-friendly run where about size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from align.core.config import check
+from align.core.modeling import ModelConfig
+from align.core.tracking import TrackingConfig
+
+
+@dataclass
+class PPOData:
+    prompts: str = "data/demo/prompts.jsonl"
+    """Prompts to roll out on ({"prompt"} or {"messages"})."""
+    eval_prompts: str | None = "data/demo/heldout.jsonl"
+    """Held-out prompts for the in-loop greedy evaluation; unset = none."""
+    eval_size: int = 16
+    """How many held-out prompts the in-loop evaluation answers."""
+    max_prompt_length: int = 256
+    """Prompts longer than this (in tokens) keep their end."""
+
+
+@dataclass
+class RewardSettings:
+    model: str | None = "runs/reward"
+    """The reward stage directory (`align reward` output)."""
+    function: str | None = None
+    """Instead of a reward model: a Python `module:function(prompt, response) -> float` (rule-based reward)."""
+    no_eos_penalty: float | None = -1.0
+    """Score given to a response with no EOS within max_new_tokens (N+ details: -1); unset = no penalty."""
+    normalise: bool = True
+    """Use the reward model's saved mean/std to normalise scores."""
+
+
+@dataclass
+class SamplingSettings:
+    max_new_tokens: int = 32
+    temperature: float = 0.7
+    """Sampling temperature, also applied in every log-prob pass (N+ details: 0.7)."""
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        check(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be > 0")
+        check(self.temperature > 0, "sampling.temperature", "must be > 0 (log-probs divide by it)")
+        check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class PPOSettings:
+    updates: int = 20
+    """PPO updates (rollout + optimisation) to run."""
+    batch_size: int = 8
+    """Prompts per rollout."""
+    mini_batch_size: int = 4
+    """Responses per optimiser step inside an update."""
+    grad_accum: int = 1
+    """Micro-batches per mini-batch (memory): mini_batch_size must divide by it."""
+    ppo_epochs: int = 4
+    """Passes over each rollout (N+: 4)."""
+    learning_rate: float = 1e-4
+    """AdamW learning rate for the policy and value adapters (N+ full fine-tuning uses 3e-6; LoRA needs more)."""
+    adam_eps: float = 1e-5
+    """N+ details: 1e-5, not PyTorch's 1e-8."""
+    lr_scheduler: Literal["linear", "constant"] = "linear"
+    kl_coef: float = 0.05
+    """β, the KL penalty coefficient (N+: 0.05; InstructGPT: 0.02)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    """Steer β towards target_kl (Ziegler et al. 2019)."""
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    max_grad_norm: float = 1.0
+    ptx_coef: float = 0.0
+    """PPO-ptx (InstructGPT): weight of a language-modelling loss on `ptx_data`; 0 = off."""
+    ptx_data: str | None = None
+    """Instructions (SFT data) for the PPO-ptx loss."""
+    seed: int = 42
+
+    def __post_init__(self):
+        for name in ("updates", "batch_size", "mini_batch_size", "grad_accum", "ppo_epochs"):
+            check(getattr(self, name) > 0, f"ppo.{name}", f"must be > 0, got {getattr(self, name)}")
+        check(self.batch_size % self.mini_batch_size == 0, "ppo.mini_batch_size", "must divide ppo.batch_size")
+        check(self.mini_batch_size % self.grad_accum == 0, "ppo.grad_accum", "must divide ppo.mini_batch_size")
+        check(self.ptx_coef == 0 or self.ptx_data is not None, "ppo.ptx_data", "needed when ptx_coef > 0")
+
+
+@dataclass
+class GuardSettings:
+    max_kl: float = 50.0
+    """Stop when objective/kl (summed over a response, nats) exceeds this."""
+    max_ratio: float = 5.0
+    """Stop when the mean policy ratio of a mini-batch leaves [1/max_ratio, max_ratio]."""
+
+
+@dataclass
+class PPOConfig:
+    out_dir: str = "runs/ppo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The policy base; `model.adapter` is the SFT adapter to start from (and the frozen reference)."""
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    data: PPOData = field(default_factory=PPOData)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    guards: GuardSettings = field(default_factory=GuardSettings)
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(logging_steps=1))
+    eval_every: int = 5
+    """Greedy evaluation on held-out prompts every this many updates (0 = only at the end)."""
+    sample_every: int = 5
+    """Write sample completions with scores every this many updates."""
+    save_every: int = 10
+    """Checkpoint every this many updates."""

@@ -1,0 +1,138 @@
+"""No-grad experience: sample responses, cut them at EOS, score them, and take the log-probs and
+values the update needs. B prompts, Q query tokens (left-padded), T response tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from align.ppo.losses import logprobs_of
+from align.ppo.models import REF, PolicyStack
+
+
+@dataclass
+class Rollout:
+    query_ids: torch.Tensor  # (B, Q) prompt tokens, left-padded
+    query_mask: torch.Tensor  # (B, Q)
+    response_ids: torch.Tensor  # (B, T) sampled tokens a_t; pad after the first EOS
+    response_mask: torch.Tensor  # (B, T) 1 on real response tokens, EOS included
+    logprobs: torch.Tensor  # (B, T) log π_old(a_t|s_t)
+    ref_logprobs: torch.Tensor  # (B, T) log π_ref(a_t|s_t)
+    values: torch.Tensor  # (B, T) V_old(s_t)
+    raw_scores: torch.Tensor  # (B,) reward model's r(x, y)
+    scores: torch.Tensor  # (B,) normalised r(x, y), or the no-EOS penalty
+    has_eos: torch.Tensor  # (B,) bool: the response ended with EOS within the token budget
+
+    @property
+    def input_ids(self) -> torch.Tensor:  # (B, Q + T)
+        return torch.cat([self.query_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:  # (B, Q + T)
+        return torch.cat([self.query_mask, self.response_mask], dim=1)
+
+    @property
+    def last_index(self) -> torch.Tensor:  # (B,) position of the last real token in input_ids
+        return self.query_ids.shape[1] + self.response_mask.sum(1).long() - 1
+
+
+def truncate_at_eos(responses: torch.Tensor, eos_ids: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep each response up to and including its first EOS; pad the rest.
+
+    Returns (responses (B, T), mask (B, T), has_eos (B,)). A response with no EOS keeps all T tokens.
+    """
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))  # (B, T)
+    T = responses.shape[1]
+    positions = torch.arange(T, device=responses.device)
+    first_eos = torch.where(is_eos, positions, T).min(dim=1).values  # (B,) T where there is none
+    mask = positions[None, :] <= first_eos[:, None]  # (B, T)
+    return torch.where(mask, responses, pad_id), mask.long(), first_eos < T
+
+
+@dataclass
+class Sampling:
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+
+Scorer = Callable[[Rollout, list], torch.Tensor]  # (rollout, prompt messages) -> raw rewards (B,)
+
+
+@torch.no_grad()
+def make_rollout(
+    stack: PolicyStack,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    prompts: list,
+    sampling: Sampling,
+    score: Scorer,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    eos_ids: list[int],
+    pad_id: int,
+    no_eos_penalty: float | None,
+    timings: dict[str, float],
+) -> Rollout:
+    """Generate, truncate at EOS, then one no-grad pass each for π_old, π_ref, V and r."""
+    import time
+
+    start = time.perf_counter()
+    stack.peft.eval()
+    out = stack.generate(
+        query_ids, query_mask, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
+        max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids, use_cache=True,
+    )
+    responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], eos_ids, pad_id)
+    timings["time/generation_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rollout = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)  # filled below
+    T = responses.shape[1]
+    ids, mask = rollout.input_ids, rollout.attention_mask
+    rollout.logprobs = logprobs_of(stack.policy_logits(ids, mask, T), responses, sampling.temperature) * response_mask
+    rollout.ref_logprobs = logprobs_of(stack.policy_logits(ids, mask, T, adapter=REF), responses,
+                                       sampling.temperature) * response_mask
+    rollout.values = stack.values(ids, mask, T) * response_mask
+    timings["time/forward_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    rollout.raw_scores = score(rollout, prompts).to(responses.device).float()
+    scores = normalise(rollout.raw_scores)
+    if no_eos_penalty is not None:
+        # N+ details: a response that never ends gets a fixed low score, not the reward model's
+        scores = torch.where(has_eos, scores, torch.full_like(scores, no_eos_penalty))
+    rollout.scores, rollout.has_eos = scores, has_eos
+    timings["time/scoring_s"] = time.perf_counter() - start
+    stack.peft.train()
+    return rollout
+
+
+def shared_base_scorer(stack: PolicyStack) -> Scorer:
+    """Same base and tokenizer: the reward adapter reads the rollout's own token ids."""
+    return lambda rollout, prompts: stack.rewards(rollout.input_ids, rollout.attention_mask, rollout.last_index)
+
+
+def function_scorer(fn: Callable[[str, str], float], tokenizer: Any) -> Scorer:
+    """A rule-based reward: fn(prompt text, response text) per sample."""
+
+    def score(rollout: Rollout, prompts: list) -> torch.Tensor:
+        texts = decode_responses(rollout, tokenizer)
+        return torch.tensor([float(fn(p[-1]["content"], t)) for p, t in zip(prompts, texts)])
+
+    return score
+
+
+def decode_responses(rollout: Rollout, tokenizer: Any) -> list[str]:
+    ids = torch.where(rollout.response_mask.bool(), rollout.response_ids, tokenizer.pad_token_id)
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def text_scorer(reward_model: Any, tokenizer: Any) -> Scorer:
+    """Another tokenizer or base: decode each response and let the reward model re-tokenise it."""
+
+    def score(rollout: Rollout, prompts: list) -> torch.Tensor:
+        return reward_model.score(prompts, decode_responses(rollout, tokenizer))
+
+    return score

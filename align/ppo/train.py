@@ -1,0 +1,341 @@
+"""Stage 3: PPO against the reward model under a KL leash, in paper order:
+
+    for each update:  rollout (no grad)  ->  KL-shaped rewards, GAE, whitening
+                      -> ppo_epochs x shuffled mini-batches of clipped policy + value loss
+                      -> KL controller, logs (TRL's names), guards, eval, samples, checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from typing import Any
+
+import torch
+
+from align.core import checkpoint, modeling, rundir, tracking
+from align.core.config import dump_yaml, to_dict
+from align.core.errors import AlignError, DataError
+from align.core.records import load_records
+from align.ppo import advantages as adv
+from align.ppo.config import PPOConfig
+from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
+from align.ppo.models import PolicyStack
+from align.ppo.rollout import Rollout, Sampling, make_rollout, shared_base_scorer, text_scorer
+
+
+class TrainingHalted(AlignError):
+    """A health guard stopped the run (after saving a checkpoint)."""
+
+
+class Unhealthy(Exception):
+    """Found before the weights change: the run stops with the last healthy state saved."""
+
+
+def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    prompts = load_records(config.data.prompts, "prompts")
+    eval_prompts = load_records(config.data.eval_prompts, "prompts")[: config.data.eval_size] if config.data.eval_prompts else []
+    if len(prompts) < config.ppo.batch_size:
+        raise DataError([f"{config.data.prompts}: {len(prompts)} prompts, fewer than ppo.batch_size={config.ppo.batch_size}"])
+    if config.reward.model is None and config.reward.function is None:
+        raise AlignError("set reward.model (an `align reward` output directory) or reward.function (module:function)")
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=overwrite, resume=resume)
+    out.write_config(dump_yaml(config))
+    with out.running():
+        return PPOTrainer(config, out).run(prompts, eval_prompts, resume=resume)
+
+
+class PPOTrainer:
+    def __init__(self, config: PPOConfig, out: rundir.StageDir):
+        self.config, self.out = config, out
+        torch.manual_seed(config.ppo.seed)
+        path = modeling.resolve_model_path(config.model.name)
+        self.tokenizer = modeling.load_tokenizer(path, config.model.trust_remote_code)
+        self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
+        use_model = config.reward.function is None
+        self.stack = PolicyStack(config.model, self.tokenizer, config.reward.model if use_model else None)
+        if not use_model:
+            from align.core.callables import load_callable
+            from align.ppo.rollout import function_scorer
+
+            self.normaliser, self.score = (lambda raw: raw), function_scorer(load_callable(config.reward.function),
+                                                                             self.tokenizer)
+        elif self.stack.shares_reward:
+            from reward.score import Normaliser, weights_dir
+
+            saved = weights_dir(config.reward.model) / "normaliser.json"
+            self.normaliser = Normaliser(**json.loads(saved.read_text())) if saved.exists() else Normaliser()
+            self.score = shared_base_scorer(self.stack)
+        else:
+            from reward.score import RewardModel
+
+            reward_model = RewardModel.load(config.reward.model)
+            self.normaliser, self.score = reward_model.normaliser, text_scorer(reward_model, self.tokenizer)
+        if not config.reward.normalise and use_model:
+            self.normaliser = lambda raw: raw
+        p = config.ppo
+        self.optimizer = torch.optim.AdamW(self.stack.trainable_parameters(), lr=p.learning_rate, eps=p.adam_eps)
+        decay = (lambda u: 1 - u / p.updates) if p.lr_scheduler == "linear" else (lambda u: 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
+        self.kl_ctl = (adv.AdaptiveKLController(p.kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl
+                       else adv.FixedKLController(p.kl_coef))
+        eos = self.tokenizer.eos_token_id
+        self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
+        self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p)
+        self.ptx_texts = self._ptx_texts() if p.ptx_coef > 0 else []
+        run_config = to_dict(config)
+        self.metrics = tracking.MetricsLog(out.path, tracking.start_wandb(config.tracking, out.path, "ppo", run_config))
+
+    # ---------------------------------------------------------------- the loop
+
+    def run(self, prompts: list, eval_prompts: list, *, resume: bool) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        c, p = self.config, self.config.ppo
+        start = self._resume() if resume else 0
+        if start == 0 and eval_prompts:
+            self.metrics.update({f"eval_before/{k}": v for k, v in self.evaluate(eval_prompts).items()})
+        for update in tqdm(range(start, p.updates), initial=start, total=p.updates, desc="PPO updates"):
+            batch = self._batch(prompts, update)
+            try:
+                stats = self.step(batch)
+            except Unhealthy as e:
+                self._checkpoint(update)
+                raise TrainingHalted(f"PPO stopped at update {update + 1}: {e}; the weights were not updated. "
+                                     f"Checkpoint of update {update} saved in {self.out.checkpoints}") from None
+            self.metrics.log(update + 1, stats)
+            self._guard(stats, update + 1)
+            if c.sample_every and (update + 1) % c.sample_every == 0:
+                self._write_samples(update + 1, batch)
+            if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts:
+                self.metrics.log(update + 1, {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()})
+            if (update + 1) % c.save_every == 0 or update + 1 == p.updates:
+                self._checkpoint(update + 1)
+        final = {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()} if eval_prompts else {}
+        self._save()
+        self.metrics.update({**final, "train/updates": p.updates, **tracking.peak_memory_mb()})
+        if self.metrics.wandb_run is not None:
+            self.metrics.wandb_run.finish()
+        return self.metrics.final
+
+    def step(self, prompts: list) -> dict[str, float]:
+        """One PPO update: rollout, advantages, optimisation; returns its logged figures."""
+        c, p = self.config, self.config.ppo
+        started, timings = time.perf_counter(), {}
+        query_ids, query_mask = self._encode_prompts(prompts)
+        rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in prompts], self.sampling,
+                               self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
+                               c.reward.no_eos_penalty, timings)
+        mask = rollout.response_mask.float()
+        if not torch.isfinite(rollout.raw_scores).all():
+            raise Unhealthy(f"the reward is not finite for {int((~torch.isfinite(rollout.raw_scores)).sum())} responses")
+        with torch.no_grad():
+            kl = adv.kl_per_token(rollout.logprobs, rollout.ref_logprobs, p.kl_estimator) * mask  # (B, T)
+            rewards = adv.shaped_rewards(rollout.scores, kl, mask, self.kl_ctl.value)
+            if p.whiten_rewards:
+                rewards = adv.whiten(rewards, mask, shift_mean=False)
+            advantages, returns = adv.gae(rewards, rollout.values, mask, p.gamma, p.lam)
+            advantages = adv.whiten(advantages, mask)
+        train_start = time.perf_counter()
+        update_stats = self.optimise(rollout, advantages, returns)
+        timings["time/training_s"] = time.perf_counter() - train_start
+        self.scheduler.step()
+        mean_kl = kl.sum(1).mean().item()
+        self.kl_ctl.update(mean_kl, p.batch_size)
+        non_score = (-self.kl_ctl.value * kl).sum(1).mean().item()
+        elapsed = time.perf_counter() - started
+        n_tokens = int(rollout.response_mask.sum())
+        return {
+            "objective/kl": mean_kl,
+            "objective/entropy": (-rollout.logprobs * mask).sum(1).mean().item(),
+            "objective/non_score_reward": non_score,
+            "objective/rlhf_reward": rollout.scores.mean().item() + non_score,
+            "objective/scores": rollout.scores.mean().item(),
+            "objective/raw_scores": rollout.raw_scores.mean().item(),
+            "objective/no_eos_frac": 1 - rollout.has_eos.float().mean().item(),
+            "objective/response_length": mask.sum(1).mean().item(),
+            **update_stats,
+            "lr": self.scheduler.get_last_lr()[0],
+            "beta": self.kl_ctl.value,
+            "eps": p.batch_size / elapsed,
+            "time/update_s": elapsed,
+            "tokens_per_s": n_tokens / elapsed,
+            **timings,
+        }
+
+    def optimise(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        """ppo_epochs passes of shuffled mini-batches; the clipped losses of losses.py."""
+        p, temperature = self.config.ppo, self.sampling.temperature
+        ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask.float()
+        T = rollout.response_ids.shape[1]
+        micro = p.mini_batch_size // p.grad_accum
+        logs: dict[str, list[float]] = {}
+        for _ in range(p.ppo_epochs):
+            order = torch.randperm(p.batch_size)
+            for mb_start in range(0, p.batch_size, p.mini_batch_size):
+                for mc_start in range(mb_start, mb_start + p.mini_batch_size, micro):
+                    i = order[mc_start:mc_start + micro]
+                    logits = self.stack.policy_logits(ids[i], attn[i], T)
+                    new_logprobs = logprobs_of(logits, rollout.response_ids[i], temperature)
+                    pg = policy_loss(new_logprobs, rollout.logprobs[i], advantages[i], mask[i], p.cliprange)
+                    if not torch.isfinite(pg.loss):
+                        raise Unhealthy("the policy loss is not finite")
+                    (pg.loss / p.grad_accum).backward()
+                    with torch.no_grad():
+                        entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask[i])
+                    if self.ptx_texts:
+                        ptx = self._ptx_loss(len(i))
+                        (p.ptx_coef * ptx / p.grad_accum).backward()
+                        _append(logs, {"loss/ptx_avg": ptx})
+                    values = self.stack.values(ids[i], attn[i], T)
+                    vf = value_loss(values, rollout.values[i], returns[i], mask[i], p.cliprange_value)
+                    (p.vf_coef * vf.loss / p.grad_accum).backward()
+                    _append(logs, {"policy/approxkl_avg": pg.approxkl, "policy/clipfrac_avg": pg.clipfrac,
+                                   "loss/policy_avg": pg.loss, "loss/value_avg": vf.loss, "val/clipfrac_avg": vf.clipfrac,
+                                   "val/ratio": pg.ratio, "policy/entropy_avg": entropy})
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.stack.trainable_parameters(), p.max_grad_norm)
+                _append(logs, {"policy/grad_norm": grad_norm})
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        out = {k: sum(v) / len(v) for k, v in logs.items()}
+        out["val/ratio_max"] = max(logs["val/ratio"])
+        out["val/ratio_min"] = min(logs["val/ratio"])
+        return out
+
+    def _ptx_texts(self) -> list[str]:
+        """PPO-ptx (InstructGPT, eq. 2): whole SFT conversations for a language-modelling loss."""
+        records = load_records(self.config.ppo.ptx_data, "instructions")
+        return [self.tokenizer.apply_chat_template([*r.messages, {"role": "assistant", "content": r.response}],
+                                                   tokenize=False) if self.tokenizer.chat_template
+                else f"{r.messages[-1]['content']}\n{r.response}{self.tokenizer.eos_token}" for r in records]
+
+    def _ptx_loss(self, n: int) -> torch.Tensor:
+        """Mean token cross-entropy of the policy on the next n ptx texts (cycling through them)."""
+        self._ptx_cursor = getattr(self, "_ptx_cursor", 0)
+        texts = [self.ptx_texts[(self._ptx_cursor + k) % len(self.ptx_texts)] for k in range(n)]
+        self._ptx_cursor += n
+        self.tokenizer.padding_side = "right"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.config.data.max_prompt_length, add_special_tokens=False).to(self.stack.device)
+        self.tokenizer.padding_side = "left"
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        self.stack.use("policy")
+        return self.stack.peft(**enc, labels=labels).loss
+
+    # ---------------------------------------------------------------- around the loop
+
+    def _batch(self, prompts: list, update: int) -> list:
+        """The prompts of an update: epochs of a seeded shuffle, so a resumed run sees the same ones."""
+        per_epoch = len(prompts) // self.config.ppo.batch_size
+        epoch, index = divmod(update, per_epoch)
+        order = random.Random(self.config.ppo.seed + epoch).sample(prompts, len(prompts))
+        size = self.config.ppo.batch_size
+        return order[index * size:(index + 1) * size]
+
+    def _encode_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
+                 if self.tokenizer.chat_template else r.messages[-1]["content"] for r in prompts]
+        self.tokenizer.truncation_side = "left"
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.config.data.max_prompt_length, add_special_tokens=False)
+        return enc["input_ids"].to(self.stack.device), enc["attention_mask"].to(self.stack.device)
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list) -> dict[str, float]:
+        """Greedy answers to held-out prompts: mean reward, KL to the reference, length.
+
+        Run every eval_every updates, so reward hacking and length drift show while training runs.
+        """
+        query_ids, query_mask = self._encode_prompts(prompts)
+        greedy = Sampling(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p)
+        self.stack.peft.eval()
+        out = self.stack.generate(query_ids, query_mask, do_sample=False, max_new_tokens=greedy.max_new_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids)
+        from align.ppo.rollout import truncate_at_eos
+
+        responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids,
+                                                            self.tokenizer.pad_token_id)
+        r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
+        T = responses.shape[1]
+        logp = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T), responses, greedy.temperature)
+        ref = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T, adapter="ref"), responses,
+                          greedy.temperature)
+        scores = self.normaliser(self.score(r, [list(x.messages) for x in prompts]).float())
+        self.stack.peft.train()
+        mask = response_mask.float()
+        return {"reward_mean": scores.mean().item(), "kl": ((logp - ref) * mask).sum(1).mean().item(),
+                "response_length": mask.sum(1).mean().item(), "no_eos_frac": 1 - has_eos.float().mean().item()}
+
+    def _guard(self, stats: dict[str, float], update: int) -> None:
+        g = self.config.guards
+        problem = None
+        bad = [k for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            problem = f"non-finite values in {', '.join(bad)}"
+        elif stats["objective/kl"] > g.max_kl:
+            problem = f"objective/kl {stats['objective/kl']:.2f} above guards.max_kl={g.max_kl}"
+        elif not 1 / g.max_ratio <= stats["val/ratio_min"] <= stats["val/ratio_max"] <= g.max_ratio:
+            problem = (f"policy ratio left [1/{g.max_ratio}, {g.max_ratio}] "
+                       f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower ppo.learning_rate")
+        if problem:
+            self._checkpoint(update)
+            raise TrainingHalted(f"PPO stopped at update {update}: {problem}. Checkpoint saved in {self.out.checkpoints}")
+
+    def _write_samples(self, update: int, prompts: list) -> None:
+        rows = self._last_samples = []
+        with torch.no_grad():
+            query_ids, query_mask = self._encode_prompts(prompts[:4])
+            timings: dict[str, float] = {}
+            rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in prompts[:4]],
+                                   self.sampling, self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
+                                   self.config.reward.no_eos_penalty, timings)
+        texts = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
+        for record, text, score in zip(prompts, texts, rollout.scores.tolist()):
+            rows.append({"update": update, "prompt": record.messages[-1]["content"], "response": text.strip(),
+                         "score": round(score, 4)})
+        with open(self.out.file("samples.jsonl"), "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+    def _checkpoint(self, update: int) -> None:
+        state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value}
+        checkpoint.save_checkpoint(self.out.checkpoints, self.stack, self.optimizer, state)
+
+    def _resume(self) -> int:
+        newest = self.out.newest_checkpoint()
+        state = checkpoint.load_checkpoint(newest, self.stack, self.optimizer)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_ctl.value = state["kl_coef"]
+        if self.out.file(rundir.METRICS).exists():
+            self.metrics.final = json.loads(self.out.file(rundir.METRICS).read_text())
+        self.metrics.truncate_after(state["step"])
+        return state["step"]
+
+    def _save(self) -> None:
+        """The aligned policy as a plain LoRA adapter (peft alone loads it), plus the value head."""
+        from safetensors.torch import save_file
+
+        target = self.out.file(rundir.ADAPTER)
+        self.stack.peft.save_pretrained(target, selected_adapters=["policy"])
+        nested = target / "policy"  # peft nests non-default adapters; flatten for plain loading
+        if nested.is_dir():
+            for item in nested.iterdir():
+                item.replace(target / item.name)
+            nested.rmdir()
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.save_pretrained(target)
+        modeling.save_base_record(target, self.config.model)
+        save_file({"weight": self.stack.value_head.weight.detach().cpu()}, self.out.file("value_head.safetensors"))
+
+
+def _append(logs: dict[str, list[float]], values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        logs.setdefault(key, []).append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,136 @@
+"""DPO, GRPO and RLOO: load data -> load model -> TRL trainer -> save adapter. Thin on purpose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align.core import modeling, rundir, tracking
+from align.core.config import dump_yaml
+from align.core.records import load_records
+from align.prefs.config import DPOConfig, OnlineConfig, RecipeTraining
+from reward.formats import load_groups, split_groups
+
+
+def preference_examples(path: str) -> list[dict[str, Any]]:
+    """TRL's conversational preference rows; a ranking gives one row per (better, worse) pair."""
+    rows = []
+    for group in load_groups(path):
+        for w, l in group.pairs:
+            rows.append({"prompt": list(group.prompt),
+                         "chosen": [{"role": "assistant", "content": group.completions[w]}],
+                         "rejected": [{"role": "assistant", "content": group.completions[l]}]})
+    return rows
+
+
+class RewardModelFunction:
+    """Our reward model as a TRL reward function: normalised r(x, y) per completion."""
+
+    __name__ = "reward_model"
+
+    def __init__(self, path: str):
+        from reward.score import RewardModel
+
+        self.model = RewardModel.load(path)
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        prompts = [p if isinstance(p, list) else [{"role": "user", "content": p}] for p in prompts]
+        return self.model.normaliser(self.model.score(prompts, texts)).tolist()
+
+
+class RuleFunction:
+    """A `module:function(prompt, response) -> float` as a TRL reward function."""
+
+    def __init__(self, spec: str):
+        from align.core.callables import load_callable
+
+        self.fn, self.__name__ = load_callable(spec), spec.rpartition(":")[2]
+
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        prompt_texts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(self.fn(p, t)) for p, t in zip(prompt_texts, texts)]
+
+
+def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracking.TrackingConfig, job: str) -> dict:
+    return dict(
+        output_dir=str(out.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
+        beta=t.beta, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
+        logging_steps=tracking_config.logging_steps, seed=t.seed,
+        # TRL defaults to bf16, ~17x slower than fp32 on CPUs without bf16 units
+        bf16=modeling.bf16_is_fast(), fp16=False,
+        report_to=tracking.configure_wandb_env(tracking_config, out.path, job),
+        run_name=tracking_config.run_name or out.path.name, dataloader_num_workers=0,
+    )
+
+
+def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool) -> dict[str, Any]:
+    """The shared frame: output dir contract, model with adapter, metrics files, save."""
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=overwrite, resume=resume)
+    out.write_config(dump_yaml(config))
+    with out.running():
+        metrics = tracking.MetricsLog(out.path)
+        tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+        model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
+        trainer = build_trainer(model, tokenizer, out, [tracking.trainer_callback(metrics)])
+        checkpoint = out.newest_checkpoint() if resume else None
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        figures = {"train/loss_mean": result.training_loss, "train/steps": trainer.state.global_step,
+                   "train/runtime_s": round(result.metrics.get("train_runtime", 0.0), 2), **tracking.peak_memory_mb()}
+        if getattr(trainer, "eval_dataset", None) is not None:
+            figures.update({tracking.hf_key(k): v for k, v in trainer.evaluate().items()})
+        for entry in trainer.state.log_history:  # the newest value of each logged figure
+            figures.update({tracking.hf_key(k): v for k, v in entry.items() if not k.startswith("train_")})
+        target = out.file(rundir.ADAPTER)
+        trainer.model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        modeling.save_base_record(target, config.model)
+        metrics.update(figures)
+        return metrics.final
+
+
+def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    import datasets
+    import trl
+
+    rows = preference_examples(config.data.train)  # bad data fails before a model loads
+    if config.data.eval:
+        train_rows, eval_rows = rows, preference_examples(config.data.eval)
+    else:
+        n_eval = round(config.data.eval_fraction * len(rows)) if config.data.eval_fraction > 0 else 0
+        import random
+
+        random.Random(config.training.seed).shuffle(rows)
+        train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
+
+    def build(model, tokenizer, out, callbacks):
+        args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo"),
+                             max_length=config.training.max_length,
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size)
+        return trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
+                              eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+                              processing_class=tokenizer, callbacks=callbacks)
+
+    return run_recipe(config, "dpo", build, overwrite, resume)
+
+
+def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """GRPO or RLOO with our reward model (normalised) or a rule function as the reward."""
+    import datasets
+    import trl
+
+    prompts = [{"prompt": list(r.messages)} for r in load_records(config.data.prompts, "prompts")]
+    reward_fn = RuleFunction(config.reward.function) if config.reward.function else RewardModelFunction(config.reward.model)
+    trainer_cls, args_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[method]
+    t = config.training
+
+    def build(model, tokenizer, out, callbacks):
+        args = args_cls(**common_args(t, out, config.tracking, method), num_generations=t.num_generations,
+                        max_completion_length=t.max_new_tokens, temperature=t.temperature)
+        return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=datasets.Dataset.from_list(prompts),
+                           processing_class=tokenizer, callbacks=callbacks)
+
+    return run_recipe(config, method, build, overwrite, resume)

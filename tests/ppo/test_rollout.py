@@ -1,0 +1,91 @@
+"""EOS truncation, the no-EOS penalty, and the two reward paths agreeing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from align.core import modeling
+from align.ppo.models import PolicyStack
+from align.ppo.rollout import Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos
+from reward.score import RewardModel
+
+
+def test_truncate_after_the_first_eos():
+    eos, pad = 2, 0
+    responses = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 6, 6, 6], [5, 6, 7, 8, 9], [2, 5, 5, 5, 5]])
+    out, mask, has_eos = truncate_at_eos(responses, [eos], pad)
+    assert out.tolist() == [[5, 6, 2, 0, 0], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert has_eos.tolist() == [True, True, False, True]
+
+
+def test_any_of_several_eos_ids_ends_a_response():
+    out, mask, has_eos = truncate_at_eos(torch.tensor([[4, 9, 4], [4, 3, 4]]), [3, 9], 0)
+    assert mask.tolist() == [[1, 1, 0], [1, 1, 0]] and has_eos.all()
+
+
+def prompts_and_queries(tokenizer, n=6):
+    from align.core.records import load_records
+    from tests.conftest import DEMO
+
+    prompts = load_records(DEMO / "heldout.jsonl", "prompts")[:n]
+    tokenizer.padding_side = "left"
+    texts = [tokenizer.apply_chat_template(list(p.messages), tokenize=False, add_generation_prompt=True) for p in prompts]
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return [list(p.messages) for p in prompts], enc["input_ids"], enc["attention_mask"]
+
+
+def test_missing_eos_gets_the_penalty_instead_of_the_score(tiny_model_dir):
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(cfg, tokenizer, None)
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    torch.manual_seed(0)
+    rollout = make_rollout(stack, ids, mask, prompts, Sampling(6, 1.0, 1.0), lambda r, p: torch.full((len(p),), 5.0),
+                           lambda raw: raw, [tokenizer.eos_token_id], tokenizer.pad_token_id, -1.0, {})
+    assert (~rollout.has_eos).any()  # a random tiny model rarely stops within 6 tokens
+    expected = torch.where(rollout.has_eos, torch.tensor(5.0), torch.tensor(-1.0))
+    assert torch.equal(rollout.scores, expected)
+    assert torch.equal(rollout.raw_scores, torch.full((6,), 5.0))
+    # padding after EOS carries no log-prob, value or reference log-prob
+    for tensor in (rollout.logprobs, rollout.ref_logprobs, rollout.values):
+        assert (tensor[rollout.response_mask == 0] == 0).all()
+
+
+def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, tmp_path):
+    """The reward adapter on the policy's base, reading the rollout's token ids (left-padded
+    queries, right-padded responses), must give what the saved reward model gives on the text."""
+    from tests.reward.test_train import separable_preferences
+    import json
+    from align.core.config import load_config
+    from reward.config import RewardConfig
+    from reward.train import train
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(32)))
+    train(load_config(RewardConfig, None, [
+        f"out_dir={tmp_path / 'rm'}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+        "model.quantization=none", "training.epochs=1", "tracking.wandb=false", "model.lora.r=4"]))
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(modeling.ModelConfig(name=str(tiny_model_dir), quantization="none"), tokenizer, str(tmp_path / "rm"))
+    assert stack.has_reward_adapter
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    torch.manual_seed(1)
+    rollout = make_rollout(stack, ids, mask, prompts, Sampling(8, 1.0, 1.0), shared_base_scorer(stack), lambda raw: raw,
+                           [tokenizer.eos_token_id], tokenizer.pad_token_id, None, {})
+    standalone = RewardModel.load(tmp_path / "rm")
+    # the same tokens, each sequence's real tokens right-padded, through the standalone model
+    rows = [torch.cat([ids[i][mask[i].bool()], rollout.response_ids[i][rollout.response_mask[i].bool()]])
+            for i in range(len(prompts))]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)], attention[i, :len(row)] = row, 1
+    with torch.no_grad():
+        same_tokens = standalone.model(input_ids=input_ids, attention_mask=attention).logits[:, 0]
+    torch.testing.assert_close(rollout.raw_scores, same_tokens, rtol=1e-4, atol=1e-4)
+    # another tokenizer's path decodes and re-tokenises: a score per response, finite
+    decoded = text_scorer(standalone, tokenizer)(rollout, prompts)
+    assert decoded.shape == (len(prompts),) and torch.isfinite(decoded).all()
+    assert len(decode_responses(rollout, tokenizer)) == len(prompts)

@@ -1,0 +1,51 @@
+"""DPO, GRPO and RLOO recipes on the tiny model: our data, our output contract, TRL's trainers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from align.core.config import load_config
+from align.prefs.config import DPOConfig, OnlineConfig
+from align.prefs.train import RuleFunction, dpo, online, preference_examples
+from tests.conftest import DEMO
+from tests.reward.test_train import separable_preferences
+
+
+def test_rankings_become_all_their_pairs(write_jsonl):
+    path = write_jsonl("r.jsonl", [{"prompt": "Q", "completions": ["a", "b", "c"], "ranks": [2, 0, 1]}])
+    rows = preference_examples(str(path))
+    assert [(r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == [("b", "a"), ("b", "c"), ("c", "a")]
+
+
+def test_dpo_learns_a_separable_preference(tiny_model_dir, tmp_path):
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(64)))
+    figures = dpo(load_config(DPOConfig, None, [
+        f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+        "model.quantization=none", "model.lora.r=8", "training.epochs=3", "training.learning_rate=5e-3",
+        "training.max_length=96", "tracking.wandb=false", "tracking.logging_steps=2"]))
+    # the DPO loss starts at log 2 (policy = reference) and falls as the implicit reward separates the pair
+    assert figures["train/loss"] < 0.5 < 0.693
+    assert figures["eval/rewards/accuracies"] > 0.8
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_online_recipes_run_with_a_rule_reward(method, tiny_model_dir, tmp_path):
+    figures = online(load_config(OnlineConfig, None, [
+        f"out_dir={tmp_path / method}", f"model.name={tiny_model_dir}", f"data.prompts={DEMO / 'prompts.jsonl'}",
+        "reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count", "model.quantization=none",
+        "training.max_steps=3", "training.batch_size=8", "training.num_generations=4", "training.max_new_tokens=8",
+        "tracking.wandb=false", "tracking.logging_steps=1"]), method)
+    assert figures["train/steps"] == 3
+    rewards = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rewards if "train/reward" in r]
+    assert len(logged) == 3 and all(r["train/reward"] >= 0 for r in logged)  # digit counts
+    assert (tmp_path / method / "adapter" / "adapter_config.json").exists()
+
+
+def test_rule_function_reads_message_completions():
+    fn = RuleFunction("tests.ppo.toy_reward:digit_count")
+    assert fn([[{"role": "user", "content": "Q"}]], [[{"role": "assistant", "content": "a1b22"}]]) == [3.0]
+    assert fn.__name__ == "digit_count"
