@@ -125,7 +125,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     state = {"step": 0, "batch": 0}
     newest = out.newest_checkpoint() if resume else None
     if newest is not None:
-        state = checkpoint.load_checkpoint(newest, accelerator.unwrap_model(model), optimizer)
+        state = checkpoint.load_checkpoint(newest, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
         metrics.final = json.loads(out.file(rundir.METRICS).read_text()) if out.file(rundir.METRICS).exists() else {}
         metrics.truncate_after(state["step"])
@@ -171,7 +171,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
             })
             window = []
         if state["step"] % t.save_steps == 0 and is_main:
-            checkpoint.save_checkpoint(out.checkpoints, accelerator.unwrap_model(model), optimizer,
+            checkpoint.save_checkpoint(out.checkpoints, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer,
                                        {**state, "scheduler": scheduler.state_dict()})
     progress.close()
     runtime = time.time() - started

@@ -17,20 +17,22 @@ from pathlib import Path
 from typing import Any
 
 
-def trainable_state(model: Any) -> dict[str, Any]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+def trainable(model: Any) -> dict[str, Any]:
+    """The parameters a plain training loop updates (those with requires_grad)."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(directory: Path, model: Any, optimizer: Any, state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(directory: Path, params: dict[str, Any], optimizer: Any, state: dict[str, Any], keep: int = 2,
+                    name: str | None = None) -> Path:
     import torch
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    target = directory / f"checkpoint-{state['step']}"
-    tmp = directory / f".tmp-checkpoint-{state['step']}"
+    target = directory / (name or f"checkpoint-{state['step']}")
+    tmp = directory / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
+    save_file({k: p.detach().cpu().contiguous() for k, p in params.items()}, tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"cpu": torch.get_rng_state(), **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
                tmp / "rng.pt")
@@ -44,17 +46,16 @@ def save_checkpoint(directory: Path, model: Any, optimizer: Any, state: dict[str
     return target
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+def load_checkpoint(path: Path, params: dict[str, Any], optimizer: Any) -> dict[str, Any]:
     """Restore weights, optimiser and RNG in place; return the saved state dict."""
     import torch
     from safetensors.torch import load_file
 
     path = Path(path)
     weights = load_file(path / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [name for name in weights if name not in params]
-    if missing:
-        raise RuntimeError(f"{path}: checkpoint holds weights this model lacks: {missing[:3]}")
+    if set(weights) != set(params):
+        extra, missing = sorted(set(weights) - set(params)), sorted(set(params) - set(weights))
+        raise RuntimeError(f"{path}: checkpoint does not match the model (extra {extra[:3]}, missing {missing[:3]})")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))

@@ -19,6 +19,9 @@ class PPOData:
     """Held-out prompts for the in-loop greedy evaluation; unset = none."""
     eval_size: int = 16
     """How many held-out prompts the in-loop evaluation answers."""
+    eval_samples: int = 4
+    """Sampled answers per held-out prompt (at the training temperature) besides the greedy one: the
+    sampled mean reward is what PPO optimises, and moves before the greedy answers do."""
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) keep their end."""
 
@@ -118,3 +121,7 @@ class PPOConfig:
     """Write sample completions with scores every this many updates."""
     save_every: int = 10
     """Checkpoint every this many updates."""
+
+    def __post_init__(self):
+        check(self.save_every > 0, "save_every", f"must be > 0, got {self.save_every}")
+        check(self.eval_every >= 0 and self.sample_every >= 0, "eval_every", "eval_every and sample_every must be >= 0")

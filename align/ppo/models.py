@@ -12,16 +12,18 @@ loaded on its own and scores decoded text (see rollout.Scorer).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
 from align.core import modeling
 from align.core.errors import AlignError
-from reward.score import HEAD_FILE, RewardModel, weights_dir
+from reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
 
 POLICY, VALUE, REWARD, REF = "policy", "value", "reward", "ref"
 TRAINABLE = (POLICY, VALUE)
@@ -34,13 +36,24 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def lora_weights(adapter_dir: Path) -> tuple[Any, dict[str, torch.Tensor], torch.Tensor | None]:
     """(LoraConfig, LoRA tensors, score-head weight or None) of a saved adapter."""
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftConfig
     from safetensors.torch import load_file
 
+    kind = PeftConfig.from_pretrained(str(adapter_dir)).peft_type.value
+    if kind != "LORA":
+        raise AlignError(f"{adapter_dir}: PPO's shared base takes LoRA adapters; this one is {kind}")
     config = LoraConfig.from_pretrained(str(adapter_dir))
     tensors = load_file(adapter_dir / "adapter_model.safetensors")
     head = next((v for k, v in tensors.items() if k.endswith("score.weight")), None)
     return config, {k: v for k, v in tensors.items() if "score" not in k}, head
+
+
+def load_lora(peft: Any, weights: dict[str, torch.Tensor], adapter: str, source: Path) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft, weights, adapter_name=adapter)
+    if result.unexpected_keys:
+        raise AlignError(f"{source}: adapter does not fit this base (unexpected {result.unexpected_keys[:3]})")
 
 
 class PolicyStack(nn.Module):
@@ -48,9 +61,14 @@ class PolicyStack(nn.Module):
 
     def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None):
         super().__init__()
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from peft import LoraConfig, get_peft_model
 
+        if model_config.tuning != "lora":
+            raise AlignError(f"PPO trains LoRA adapters on a shared base; model.tuning={model_config.tuning!r} is not supported")
         base = modeling.load_base(model_config, tokenizer)
+        for module in base.modules():  # N+ details: no dropout anywhere, or the ratio starts away from 1
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
         if model_config.quantization != "none":
             from peft import prepare_model_for_kbit_training
 
@@ -66,19 +84,24 @@ class PolicyStack(nn.Module):
             policy_weights = None
         policy_config.task_type, policy_config.inference_mode = "CAUSAL_LM", False
         policy_config.lora_dropout = 0.0  # N+ details: dropout off, or log-prob ratios start away from 1
-        self.peft = get_peft_model(base, policy_config, adapter_name=POLICY)
+        self.peft = get_peft_model(base, copy.deepcopy(policy_config), adapter_name=POLICY)
         if policy_weights is not None:
-            set_peft_model_state_dict(self.peft, policy_weights, adapter_name=POLICY)
-            self.peft.add_adapter(REF, policy_config)
-            set_peft_model_state_dict(self.peft, policy_weights, adapter_name=REF)
+            load_lora(self.peft, policy_weights, POLICY, sft)
+            self.peft.add_adapter(REF, copy.deepcopy(policy_config))
+            load_lora(self.peft, policy_weights, REF, sft)
         self.has_ref_adapter = policy_weights is not None
 
         self.reward_on_base = False
+        self.normaliser = Normaliser()
         reward_config = reward_weights = reward_head = None
         if reward_path is not None:
             directory = weights_dir(reward_path)
             base_record = json.loads((directory / modeling.BASE_FILE).read_text())
-            same_base = base_record["path"] == modeling.resolve_model_path(model_config.name)
+            # the same weights at the same precision, or the reward model's scores (and normaliser) shift
+            same_base = (base_record["path"] == modeling.resolve_model_path(model_config.name)
+                         and base_record["quantization"] == model_config.quantization)
+            if (directory / NORMALISER).exists():
+                self.normaliser = Normaliser(**json.loads((directory / NORMALISER).read_text()))
             if same_base and (directory / "adapter_config.json").exists():
                 reward_config, reward_weights, reward_head = lora_weights(directory)
             elif same_base and (directory / HEAD_FILE).exists():
@@ -94,19 +117,23 @@ class PolicyStack(nn.Module):
         if reward_config is not None:
             reward_config.task_type, reward_config.inference_mode, reward_config.modules_to_save = "CAUSAL_LM", False, None
             reward_config.lora_dropout = 0.0
-            self.peft.add_adapter(REWARD, reward_config)
-            set_peft_model_state_dict(self.peft, reward_weights, adapter_name=REWARD)
-            self.peft.add_adapter(VALUE, reward_config)
-            set_peft_model_state_dict(self.peft, reward_weights, adapter_name=VALUE)
+            self.peft.add_adapter(REWARD, copy.deepcopy(reward_config))
+            load_lora(self.peft, reward_weights, REWARD, directory)
+            self.peft.add_adapter(VALUE, copy.deepcopy(reward_config))
+            load_lora(self.peft, reward_weights, VALUE, directory)
         else:
-            self.peft.add_adapter(VALUE, policy_config)
-        self.value_head = nn.Linear(hidden, 1, bias=False)
+            self.peft.add_adapter(VALUE, copy.deepcopy(policy_config))
+        self.value_head = nn.Linear(hidden, 1, bias=True)
         if self.reward_head is not None:
-            self.value_head.weight.data.copy_(self.reward_head.weight.data)
+            # start the critic at the normalised reward: V = (w·h − mean) / std, the scale of the returns
+            self.value_head.weight.data.copy_(self.reward_head.weight.data / self.normaliser.std)
+            self.value_head.bias.data.fill_(-self.normaliser.mean / self.normaliser.std)
         else:
             nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
         self.has_reward_adapter = reward_config is not None
-        self._params = {name: [p for n, p in self.peft.named_parameters() if f".{name}." in n]
+        self._params = {name: [p for n, p in self.peft.named_parameters()
+                               if f".lora_A.{name}." in n or f".lora_B.{name}." in n]
                         for name in (POLICY, VALUE, REWARD, REF)}
         device = next(self.peft.parameters()).device
         self.value_head.to(device)
@@ -115,6 +142,7 @@ class PolicyStack(nn.Module):
         for name in TRAINABLE:
             for p in self._params[name]:
                 p.data = p.data.float()
+        self._active = POLICY
         self.use(POLICY)
 
     @property
@@ -122,14 +150,32 @@ class PolicyStack(nn.Module):
         return next(self.peft.parameters()).device
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return self._params[POLICY] + self._params[VALUE] + list(self.value_head.parameters())
+        return list(self.named_trainable().values())
+
+    def named_trainable(self) -> dict[str, nn.Parameter]:
+        """Policy and value adapters and the value head, by name: what checkpoints hold.
+
+        Chosen by name, not by requires_grad, which peft flips whenever adapters switch."""
+        names = {id(p): n for n, p in self.peft.named_parameters()}
+        out = {names[id(p)]: p for adapter in TRAINABLE for p in self._params[adapter]}
+        out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
+        return out
 
     def use(self, name: str) -> None:
         """Activate one adapter; peft's set_adapter flips requires_grad, so restore ours."""
         self.peft.set_adapter(name)
+        self._active = name
         for adapter, params in self._params.items():
             for p in params:
                 p.requires_grad_(adapter in TRAINABLE)
+
+    @contextlib.contextmanager
+    def base_only(self) -> Iterator[None]:
+        """Adapters off; on exit peft re-enables only the active adapter's grads, so restore ours."""
+        active = self._active
+        with self.peft.disable_adapter():
+            yield
+        self.use(active)
 
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states (B, L, H) with the active adapter."""
@@ -141,7 +187,7 @@ class PolicyStack(nn.Module):
                       adapter: str = POLICY) -> torch.Tensor:
         """Logits (B, n_last, V) predicting the last n_last tokens (the response)."""
         if adapter == REF and not self.has_ref_adapter:
-            with self.peft.disable_adapter():
+            with self.base_only():
                 return self._logits(input_ids, attention_mask, n_last)
         self.use(adapter)
         return self._logits(input_ids, attention_mask, n_last)
@@ -155,14 +201,14 @@ class PolicyStack(nn.Module):
         """V(s_t) (B, n_last) for the states before each of the last n_last tokens."""
         self.use(VALUE)
         hidden = self.backbone(input_ids, attention_mask)[:, -n_last - 1:-1]
-        return self.value_head(hidden.float()).squeeze(-1)
+        return self.value_head(hidden.float()).squeeze(-1)  # (B, n_last)
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
         """Raw reward r(x, y) (B,) read at each sequence's last real token."""
         if self.reward_head is None:
             raise AlignError("no reward model on the shared base")
         if self.reward_on_base:
-            with self.peft.disable_adapter():
+            with self.base_only():
                 hidden = self.backbone(input_ids, attention_mask)
         else:
             self.use(REWARD)
@@ -178,6 +224,3 @@ class PolicyStack(nn.Module):
     def shares_reward(self) -> bool:
         return self.reward_head is not None
 
-
-def separate_reward_model(reward_path: str) -> RewardModel:
-    return RewardModel.load(reward_path)

@@ -3,6 +3,7 @@ values the update needs. B prompts, Q query tokens (left-padded), T response tok
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -75,9 +76,11 @@ def make_rollout(
     no_eos_penalty: float | None,
     timings: dict[str, float],
 ) -> Rollout:
-    """Generate, truncate at EOS, then one no-grad pass each for π_old, π_ref, V and r."""
-    import time
+    """Generate, truncate at EOS, then one no-grad pass each for π_old, π_ref, V and r.
 
+    Log-probs are under the whole tempered distribution, also when top_p < 1 truncated the sampling
+    (as TRL's PPO did; the N+ recipe samples with top_p = 1).
+    """
     start = time.perf_counter()
     stack.peft.eval()
     out = stack.generate(

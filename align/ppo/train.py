@@ -64,11 +64,7 @@ class PPOTrainer:
             self.normaliser, self.score = (lambda raw: raw), function_scorer(load_callable(config.reward.function),
                                                                              self.tokenizer)
         elif self.stack.shares_reward:
-            from reward.score import Normaliser, weights_dir
-
-            saved = weights_dir(config.reward.model) / "normaliser.json"
-            self.normaliser = Normaliser(**json.loads(saved.read_text())) if saved.exists() else Normaliser()
-            self.score = shared_base_scorer(self.stack)
+            self.normaliser, self.score = self.stack.normaliser, shared_base_scorer(self.stack)
         else:
             from reward.score import RewardModel
 
@@ -77,7 +73,9 @@ class PPOTrainer:
         if not config.reward.normalise and use_model:
             self.normaliser = lambda raw: raw
         p = config.ppo
-        self.optimizer = torch.optim.AdamW(self.stack.trainable_parameters(), lr=p.learning_rate, eps=p.adam_eps)
+        # no weight decay: it would pull the adapters towards the base, not the reference (N+, cleanrl, TRL)
+        self.optimizer = torch.optim.AdamW(self.stack.trainable_parameters(), lr=p.learning_rate, eps=p.adam_eps,
+                                           weight_decay=0.0)
         decay = (lambda u: 1 - u / p.updates) if p.lr_scheduler == "linear" else (lambda u: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
         self.kl_ctl = (adv.AdaptiveKLController(p.kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl
@@ -100,11 +98,13 @@ class PPOTrainer:
             self.metrics.update({f"eval_before/{k}": v for k, v in self.evaluate(eval_prompts).items()})
         for update in tqdm(range(start, p.updates), initial=start, total=p.updates, desc="PPO updates"):
             batch = self._batch(prompts, update)
+            snapshot = self._snapshot()
             try:
                 stats = self.step(batch)
             except Unhealthy as e:
+                self._restore(snapshot)
                 self._checkpoint(update)
-                raise TrainingHalted(f"PPO stopped at update {update + 1}: {e}; the weights were not updated. "
+                raise TrainingHalted(f"PPO stopped at update {update + 1}: {e}; its changes were undone. "
                                      f"Checkpoint of update {update} saved in {self.out.checkpoints}") from None
             self.metrics.log(update + 1, stats)
             self._guard(stats, update + 1)
@@ -144,8 +144,9 @@ class PPOTrainer:
         timings["time/training_s"] = time.perf_counter() - train_start
         self.scheduler.step()
         mean_kl = kl.sum(1).mean().item()
+        beta = self.kl_ctl.value  # the β these rewards were shaped with
+        non_score = (-beta * kl).sum(1).mean().item()
         self.kl_ctl.update(mean_kl, p.batch_size)
-        non_score = (-self.kl_ctl.value * kl).sum(1).mean().item()
         elapsed = time.perf_counter() - started
         n_tokens = int(rollout.response_mask.sum())
         return {
@@ -159,7 +160,7 @@ class PPOTrainer:
             "objective/response_length": mask.sum(1).mean().item(),
             **update_stats,
             "lr": self.scheduler.get_last_lr()[0],
-            "beta": self.kl_ctl.value,
+            "beta": beta,
             "eps": p.batch_size / elapsed,
             "time/update_s": elapsed,
             "tokens_per_s": n_tokens / elapsed,
@@ -183,20 +184,25 @@ class PPOTrainer:
                     pg = policy_loss(new_logprobs, rollout.logprobs[i], advantages[i], mask[i], p.cliprange)
                     if not torch.isfinite(pg.loss):
                         raise Unhealthy("the policy loss is not finite")
-                    (pg.loss / p.grad_accum).backward()
                     with torch.no_grad():
                         entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask[i])
+                    del logits  # (micro, T, V) need not outlive the backward
+                    (pg.loss / p.grad_accum).backward()
                     if self.ptx_texts:
                         ptx = self._ptx_loss(len(i))
                         (p.ptx_coef * ptx / p.grad_accum).backward()
                         _append(logs, {"loss/ptx_avg": ptx})
                     values = self.stack.values(ids[i], attn[i], T)
                     vf = value_loss(values, rollout.values[i], returns[i], mask[i], p.cliprange_value)
+                    if not torch.isfinite(vf.loss):
+                        raise Unhealthy("the value loss is not finite")
                     (p.vf_coef * vf.loss / p.grad_accum).backward()
                     _append(logs, {"policy/approxkl_avg": pg.approxkl, "policy/clipfrac_avg": pg.clipfrac,
                                    "loss/policy_avg": pg.loss, "loss/value_avg": vf.loss, "val/clipfrac_avg": vf.clipfrac,
                                    "val/ratio": pg.ratio, "policy/entropy_avg": entropy})
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.stack.trainable_parameters(), p.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    raise Unhealthy("the gradient norm is not finite")
                 _append(logs, {"policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -245,29 +251,42 @@ class PPOTrainer:
 
     @torch.no_grad()
     def evaluate(self, prompts: list) -> dict[str, float]:
-        """Greedy answers to held-out prompts: mean reward, KL to the reference, length.
+        """Held-out prompts: greedy answers (reward, KL to the reference, length) and sampled ones (reward).
 
         Run every eval_every updates, so reward hacking and length drift show while training runs.
         """
-        query_ids, query_mask = self._encode_prompts(prompts)
-        greedy = Sampling(self.sampling.max_new_tokens, self.sampling.temperature, self.sampling.top_p)
-        self.stack.peft.eval()
-        out = self.stack.generate(query_ids, query_mask, do_sample=False, max_new_tokens=greedy.max_new_tokens,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids)
+        messages = [list(x.messages) for x in prompts]
+        greedy = self._answer(prompts, messages, do_sample=False)
+        out = {"reward_mean": greedy["scores"].mean().item(), "kl": greedy["kl"].mean().item(),
+               "response_length": greedy["length"].mean().item(), "no_eos_frac": 1 - greedy["has_eos"].float().mean().item()}
+        n = self.config.data.eval_samples
+        if n > 0:
+            sampled = self._answer([p for p in prompts for _ in range(n)], [m for m in messages for _ in range(n)],
+                                   do_sample=True)
+            out["reward_mean_sampled"] = sampled["scores"].mean().item()
+        return out
+
+    def _answer(self, prompts: list, messages: list, do_sample: bool) -> dict[str, torch.Tensor]:
         from align.ppo.rollout import truncate_at_eos
 
+        query_ids, query_mask = self._encode_prompts(prompts)
+        temperature = self.sampling.temperature
+        self.stack.peft.eval()
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": self.sampling.top_p, "top_k": 0} \
+            if do_sample else {"do_sample": False}
+        out = self.stack.generate(query_ids, query_mask, max_new_tokens=self.sampling.max_new_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids, **sampling)
         responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids,
                                                             self.tokenizer.pad_token_id)
         r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
         T = responses.shape[1]
-        logp = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T), responses, greedy.temperature)
+        logp = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T), responses, temperature)
         ref = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T, adapter="ref"), responses,
-                          greedy.temperature)
-        scores = self.normaliser(self.score(r, [list(x.messages) for x in prompts]).float())
+                          temperature)
+        scores = self.normaliser(self.score(r, messages).float())
         self.stack.peft.train()
         mask = response_mask.float()
-        return {"reward_mean": scores.mean().item(), "kl": ((logp - ref) * mask).sum(1).mean().item(),
-                "response_length": mask.sum(1).mean().item(), "no_eos_frac": 1 - has_eos.float().mean().item()}
+        return {"scores": scores, "kl": ((logp - ref) * mask).sum(1), "length": mask.sum(1), "has_eos": has_eos}
 
     def _guard(self, stats: dict[str, float], update: int) -> None:
         g = self.config.guards
@@ -281,11 +300,14 @@ class PPOTrainer:
             problem = (f"policy ratio left [1/{g.max_ratio}, {g.max_ratio}] "
                        f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower ppo.learning_rate")
         if problem:
-            self._checkpoint(update)
-            raise TrainingHalted(f"PPO stopped at update {update}: {problem}. Checkpoint saved in {self.out.checkpoints}")
+            # kept for inspection under a name --resume does not pick: resume starts from the last healthy one
+            self._checkpoint(update, name=f"halted-update-{update}")
+            raise TrainingHalted(f"PPO stopped at update {update}: {problem}. Its state is in "
+                                 f"{self.out.checkpoints / f'halted-update-{update}'}; --resume starts from the last "
+                                 f"periodic checkpoint")
 
     def _write_samples(self, update: int, prompts: list) -> None:
-        rows = self._last_samples = []
+        rows = []
         with torch.no_grad():
             query_ids, query_mask = self._encode_prompts(prompts[:4])
             timings: dict[str, float] = {}
@@ -299,13 +321,31 @@ class PPOTrainer:
         with open(self.out.file("samples.jsonl"), "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-    def _checkpoint(self, update: int) -> None:
-        state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value}
-        checkpoint.save_checkpoint(self.out.checkpoints, self.stack, self.optimizer, state)
+    def _checkpoint(self, update: int, name: str | None = None) -> None:
+        state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value,
+                 "ptx_cursor": getattr(self, "_ptx_cursor", 0)}
+        checkpoint.save_checkpoint(self.out.checkpoints, self.stack.named_trainable(), self.optimizer, state, name=name)
+
+    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Weights and optimiser state before an update, to undo it if it turns out unhealthy."""
+        import copy
+
+        weights = {k: p.detach().clone() for k, p in self.stack.named_trainable().items()}
+        return weights, copy.deepcopy(self.optimizer.state_dict())
+
+    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
+        weights, optimizer_state = snapshot
+        with torch.no_grad():
+            for k, p in self.stack.named_trainable().items():
+                p.copy_(weights[k])
+        self.optimizer.load_state_dict(optimizer_state)
 
     def _resume(self) -> int:
         newest = self.out.newest_checkpoint()
-        state = checkpoint.load_checkpoint(newest, self.stack, self.optimizer)
+        if newest is None:
+            raise AlignError(f"{self.out.checkpoints}: no checkpoint to resume from")
+        state = checkpoint.load_checkpoint(newest, self.stack.named_trainable(), self.optimizer)
+        self._ptx_cursor = state.get("ptx_cursor", 0)
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.value = state["kl_coef"]
         if self.out.file(rundir.METRICS).exists():

@@ -31,13 +31,13 @@ def step_logs(out):
 @pytest.fixture(scope="module")
 def toy_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo") / "run"
-    return out, train(toy_config(tiny_model_dir, out, "ppo.updates=40"))
+    return out, train(toy_config(tiny_model_dir, out, "ppo.updates=60"))
 
 
 def test_known_reward_rises_and_kl_stays_bounded(toy_run):
     out, figures = toy_run
     logs = step_logs(out)
-    assert len(logs) == 40
+    assert len(logs) == 60
     first = statistics.fmean(r["objective/scores"] for r in logs[:8])
     last = statistics.fmean(r["objective/scores"] for r in logs[-8:])
     assert last > first + 0.4, (first, last)
@@ -62,7 +62,7 @@ def test_telemetry_is_healthy(toy_run):
     r = logs[5]
     assert r["objective/rlhf_reward"] == pytest.approx(r["objective/scores"] + r["objective/non_score_reward"])
     evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/reward_mean" in r]
-    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
 
 
 def test_outputs_the_aligned_adapter_loadable_by_peft(toy_run, tiny_model_dir):
@@ -112,3 +112,28 @@ def test_ppo_ptx_adds_a_language_modelling_loss(tiny_model_dir, tmp_path):
     assert all(r["loss/ptx_avg"] > 0 for r in logs)
     # the tiny random model is far from the SFT text: cross-entropy near log(vocab)
     assert logs[0]["loss/ptx_avg"] > 2.0
+
+
+def test_checkpoints_hold_both_adapters_after_an_eval_with_the_base_as_reference(tiny_model_dir, tmp_path):
+    """peft's disable_adapter() leaves inactive adapters with requires_grad=False; a checkpoint
+    chosen by requires_grad would silently drop the value adapter."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "run"
+    train(toy_config(tiny_model_dir, out, "ppo.updates=2", "ppo.batch_size=8", "eval_every=2", "save_every=2",
+                     "sample_every=0"))
+    names = set(load_file(out / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+    assert any(".lora_A.policy." in n for n in names) and any(".lora_A.value." in n for n in names)
+    assert {"value_head.weight", "value_head.bias"} <= names
+
+
+def test_a_guard_trip_is_kept_apart_from_the_resume_point(tiny_model_dir, tmp_path):
+    from align.core.rundir import StageDir
+
+    out = tmp_path / "run"
+    config = toy_config(tiny_model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "eval_every=0",
+                        "data.eval_prompts=null", "guards.max_ratio=1.0000001")
+    with pytest.raises(TrainingHalted, match=r"update 1: policy ratio left .*lower ppo.learning_rate"):
+        train(config)
+    assert (out / "checkpoints" / "halted-update-1" / "trainable.safetensors").exists()
+    assert StageDir(out).newest_checkpoint() is None
