@@ -46,6 +46,14 @@ def load_stage_config(cls, config_path, overrides, out_dir):
     return load_config(cls, config_path, overrides)
 
 
+def run_stage(cls, train, options: dict, keys: tuple[str, ...], label: str) -> None:
+    """The body of every training command: config, train, headline figures, where the results are."""
+    config = load_stage_config(cls, options["config_path"], options["overrides"], options["out_dir"])
+    figures = train(config, overwrite=options["overwrite"], resume=options["resume"])
+    click.echo(json.dumps({k: figures.get(k) for k in keys}))
+    click.echo(f"{label} done: {config.out_dir}")
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,32 +68,26 @@ def cli():
 
 @cli.command()
 @stage_options
-def sft(config_path, overrides, out_dir, overwrite, resume):
+def sft(**options):
     """Stage 1: instruction SFT (QLoRA by default) with TRL's SFTTrainer."""
     from sft.config import SFTConfig
     from sft.train import train
 
-    config = load_stage_config(SFTConfig, config_path, overrides, out_dir)
-    figures = train(config, overwrite=overwrite, resume=resume)
-    click.echo(json.dumps({k: figures.get(k) for k in ("eval/loss_before", "eval/loss", "train/runtime_s")}))
-    click.echo(f"SFT done: {config.out_dir}")
+    run_stage(SFTConfig, train, options, ("eval/loss_before", "eval/loss", "train/runtime_s"), "SFT")
 
 
 @cli.group(invoke_without_command=True)
 @stage_options
 @click.pass_context
-def reward(ctx, config_path, overrides, out_dir, overwrite, resume):
+def reward(ctx, **options):
     """Stage 2: train a reward model from rankings or preferences (`align reward score` scores with one)."""
     if ctx.invoked_subcommand is not None:
         return
     from reward.config import RewardConfig
     from reward.train import train
 
-    config = load_stage_config(RewardConfig, config_path, overrides, out_dir)
-    figures = train(config, overwrite=overwrite, resume=resume)
     keys = ("eval_before/accuracy", "eval/accuracy", "eval/accuracy_top1", "eval/margin", "train/sec_per_step")
-    click.echo(json.dumps({k: figures.get(k) for k in keys}))
-    click.echo(f"reward model done: {config.out_dir}")
+    run_stage(RewardConfig, train, options, keys, "reward model")
 
 
 @reward.command("score")
@@ -104,40 +106,33 @@ def reward_score(model_path, data_path, out_path, batch_size):
 
 @cli.command()
 @stage_options
-def ppo(config_path, overrides, out_dir, overwrite, resume):
+def ppo(**options):
     """Stage 3: PPO of the policy against the reward model, under a KL penalty to the reference."""
     from align.ppo.config import PPOConfig
     from align.ppo.train import train
 
-    config = load_stage_config(PPOConfig, config_path, overrides, out_dir)
-    figures = train(config, overwrite=overwrite, resume=resume)
-    keys = ("eval_before/reward_mean", "eval/reward_mean", "eval/kl", "eval/response_length")
-    click.echo(json.dumps({k: figures.get(k) for k in keys}))
-    click.echo(f"PPO done: {config.out_dir}")
+    keys = ("eval_before/reward_mean_sampled", "eval/reward_mean_sampled", "eval_before/reward_mean", "eval/reward_mean",
+            "eval/kl", "eval/response_length")
+    run_stage(PPOConfig, train, options, keys, "PPO")
 
 
 @cli.command()
 @stage_options
-def dpo(config_path, overrides, out_dir, overwrite, resume):
+def dpo(**options):
     """DPO on preferences or rankings, through TRL's DPOTrainer."""
     from align.prefs.config import DPOConfig
-    from align.prefs.train import dpo as run
+    from align.prefs.train import dpo as train
 
-    config = load_stage_config(DPOConfig, config_path, overrides, out_dir)
-    figures = run(config, overwrite=overwrite, resume=resume)
-    click.echo(json.dumps({k: figures.get(k) for k in ("train/loss_mean", "eval/rewards/accuracies", "train/steps")}))
-    click.echo(f"DPO done: {config.out_dir}")
+    run_stage(DPOConfig, train, options, ("train/loss_mean", "eval/rewards/accuracies", "train/steps"), "DPO")
 
 
 def _online(method: str):
-    def command(config_path, overrides, out_dir, overwrite, resume):
+    def command(**options):
         from align.prefs.config import OnlineConfig
         from align.prefs.train import online
 
-        config = load_stage_config(OnlineConfig, config_path, overrides, out_dir)
-        figures = online(config, method, overwrite=overwrite, resume=resume)
-        click.echo(json.dumps({k: figures.get(k) for k in ("train/reward", "train/loss_mean", "train/steps")}))
-        click.echo(f"{method.upper()} done: {config.out_dir}")
+        train = lambda config, **kw: online(config, method, **kw)  # noqa: E731
+        run_stage(OnlineConfig, train, options, ("train/reward", "train/loss_mean", "train/steps"), method.upper())
 
     command.__doc__ = {"grpo": "GRPO with our reward model (or a rule function), through TRL's GRPOTrainer.",
                        "rloo": "RLOO with our reward model (or a rule function), through TRL's RLOOTrainer."}[method]
@@ -192,7 +187,7 @@ def convert_cmd(inputs, source, out_path, lang, show_skipped):
 @cli.command()
 @click.option("--out", "out_dir", type=click.Path(), default="runs/demo", show_default=True)
 def demo(out_dir):
-    """Run the demo on the embedded SmolLM2-135M-Instruct and the shipped demo data."""
+    """SFT -> reward model -> PPO on the embedded SmolLM2-135M-Instruct and the shipped demo data."""
     from align.demo.run import run_demo
 
     run_demo(Path(out_dir))

@@ -73,8 +73,8 @@ class RewardModel:
     @classmethod
     def load(cls, path: str | Path, max_length: int = 512) -> "RewardModel":
         directory = weights_dir(path)
-        base = json.loads((directory / modeling.BASE_FILE).read_text(encoding="utf-8"))
-        config = modeling.ModelConfig(name=base["path"], quantization=base["quantization"],
+        base = modeling.recorded_base(directory)
+        config = modeling.ModelConfig(name=base["resolved"], quantization=base["quantization"],
                                       tuning="lora" if base["tuning"] == "prompt_tuning" else base["tuning"])
         tokenizer = modeling.load_tokenizer(str(directory))
         if base["tuning"] == "full":

@@ -409,6 +409,19 @@ def save_base_record(directory: Path, config: ModelConfig) -> None:
     (Path(directory) / BASE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
 
 
+def recorded_base(directory: Path) -> dict[str, Any]:
+    """The base record beside an adapter, with `resolved`: where that base is on this machine.
+
+    The name is resolved first (the embedded model's cache moves between machines); the path
+    recorded at training time is the fallback."""
+    record = json.loads((Path(directory) / BASE_FILE).read_text(encoding="utf-8"))
+    try:
+        record["resolved"] = resolve_model_path(record["name"])
+    except AlignError:
+        record["resolved"] = record["path"]
+    return record
+
+
 def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -96,9 +96,9 @@ class PolicyStack(nn.Module):
         reward_config = reward_weights = reward_head = None
         if reward_path is not None:
             directory = weights_dir(reward_path)
-            base_record = json.loads((directory / modeling.BASE_FILE).read_text())
+            base_record = modeling.recorded_base(directory)
             # the same weights at the same precision, or the reward model's scores (and normaliser) shift
-            same_base = (base_record["path"] == modeling.resolve_model_path(model_config.name)
+            same_base = (base_record["resolved"] == modeling.resolve_model_path(model_config.name)
                          and base_record["quantization"] == model_config.quantization)
             if (directory / NORMALISER).exists():
                 self.normaliser = Normaliser(**json.loads((directory / NORMALISER).read_text()))

@@ -84,3 +84,16 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_dir, tmp
     resumed = train(config(tmp_path / "cut", 2), resume=True)
     assert resumed["train/steps"] == whole["train/steps"] == 10
     assert resumed["eval/margin"] == pytest.approx(whole["eval/margin"], rel=1e-5)
+
+
+def test_a_moved_reward_model_finds_its_base_by_name(reward_run, tmp_path, tiny_model_dir):
+    import shutil
+
+    root, _ = reward_run
+    moved = tmp_path / "moved"
+    shutil.copytree(root / "run", moved)
+    record = json.loads((moved / "adapter" / "align_base.json").read_text())
+    record["path"] = "/nowhere/else/model"  # trained on another machine or cache
+    (moved / "adapter" / "align_base.json").write_text(json.dumps(record))
+    model = RewardModel.load(moved)
+    assert model.model.config._name_or_path == str(tiny_model_dir)
