@@ -119,6 +119,7 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
             raise Bad("replies", f"cycle at message {mid}")
         seen = seen | {mid}
         if message.get("deleted"):
+            report.skipped["deleted message (its replies left out too)"] += 1
             continue
         role, text = message.get("role"), message.get("text")
         if role not in ROLE or not isinstance(text, str):
@@ -129,6 +130,10 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
             ranked = [r for r in replies if not r.get("deleted") and r.get("role") == "assistant"
                       and _rank(r.get("rank")) is not None and isinstance(r.get("text"), str) and r["text"].strip()
                       and (langs is None or r.get("lang") in langs)]
+            unranked = [r for r in replies if not r.get("deleted") and r.get("role") == "assistant"
+                        and _rank(r.get("rank")) is None]
+            if unranked:
+                report.skipped["assistant reply without a rank"] += len(unranked)
             if len(ranked) >= 2:
                 ranks = [_rank(r["rank"]) for r in ranked]
                 if len(set(ranks)) >= 2:

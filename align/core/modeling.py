@@ -283,7 +283,7 @@ def attach_tuning(
     gradient_checkpointing: bool = False,
 ) -> "PreTrainedModel":
     """Make the trainable part: a new or loaded adapter, a soft prompt, the head alone, or all."""
-    from peft import LoraConfig, PeftModel, PromptTuningConfig, PromptTuningInit, get_peft_model
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 
     quantized = config.quantization != "none"
     if quantized:

@@ -56,7 +56,7 @@ def run_demo(out_dir: Path, n_samples: int = 16) -> None:
         words = sum(len(s["response"].split()) for s in samples) / len(samples)
         click.echo(f"[demo] {name:8s} adapter (loaded with peft alone): gold judge {score:.2f}, "
                    f"{words:.1f} words per answer on {len(samples)} held-out prompts")
-    click.echo(f"[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
+    click.echo("[demo] stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))
     click.echo(f"[demo] results: {out_dir} (each stage's metrics.json; samples.jsonl compares SFT and aligned)")
 
 

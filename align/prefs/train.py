@@ -8,7 +8,7 @@ from align.core import modeling, rundir, tracking
 from align.core.config import dump_yaml
 from align.core.records import load_records
 from align.prefs.config import DPOConfig, OnlineConfig, RecipeTraining
-from reward.formats import load_groups, split_groups
+from reward.formats import load_groups
 
 
 def preference_examples(path: str) -> list[dict[str, Any]]:

@@ -51,6 +51,9 @@ def test_oasst_trees_give_one_ranking_per_prompter_message(tmp_path):
     assert german["completions"] == ["Gut.", "Schlecht."]
     assert report.written == 3 and report.pairs == 3 + 1 + 1
     assert report.skipped["prompter message with fewer than 2 ranked replies"] == 1
+    # nothing silently dropped: the deleted reply a3 and the unranked reply a7 are counted
+    assert report.skipped["deleted message (its replies left out too)"] == 1
+    assert report.skipped["assistant reply without a rank"] == 1
     assert len(load_records(tmp_path / "r.jsonl", "rankings")) == 3
 
 
