@@ -33,7 +33,8 @@ def to_group(record: Preference | Ranking) -> Group:
 def detect_kind(path: str) -> str:
     """`rankings` when the first record has completions, else `preferences`."""
     rows, _ = read_rows(path)
-    return "rankings" if rows and "completions" in rows[0].data else "preferences"
+    first = rows[0].data if rows else {}
+    return "rankings" if "completions" in first or "message_tree_id" in first or "message_id" in first else "preferences"
 
 
 def load_groups(path: str) -> list[Group]:

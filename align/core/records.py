@@ -308,6 +308,9 @@ def parse_instruction(row: Row) -> Instruction:
 
 def parse_preference(row: Row) -> Preference:
     d = row.data
+    if "prompt" not in d and isinstance(d.get("chosen"), str) and d["chosen"].lstrip("\n").startswith("Human:"):
+        raise Bad("prompt", "missing: this looks like a raw HH-RLHF transcript; convert the file first with "
+                            "`align data convert --from hh-rlhf FILE -o prefs.jsonl`")
     if "prompt" not in d and isinstance(d.get("chosen"), list) and isinstance(d.get("rejected"), list):
         prompt, chosen, rejected = _split_implicit_prompt(d)
     else:
@@ -338,6 +341,9 @@ def _split_implicit_prompt(d: dict[str, Any]) -> tuple[Messages, str, str]:
 
 def parse_ranking(row: Row) -> Ranking:
     d = row.data
+    if "message_tree_id" in d or ("message_id" in d and "role" in d):
+        raise Bad(None, "this looks like an OpenAssistant export; convert the file first with "
+                        "`align data convert --from oasst FILE -o rankings.jsonl`")
     if "completions" not in d and "ranks" not in d:
         raise Bad(None, _no_shape(d, 'rankings: "prompt", "completions", "ranks"'))
     prompt = prompt_field(d)

@@ -117,11 +117,14 @@ def test_preferences_rankings_prompts(write_jsonl):
     [
         ("preferences", {"prompt": "Q", "chosen": "same", "rejected": "same"}, "identical to chosen"),
         ("preferences", {"prompt": "Q", "chosen": "a"}, 'field "rejected": missing'),
+        ("preferences", {"chosen": "\n\nHuman: hi\n\nAssistant: yo", "rejected": "\n\nHuman: hi\n\nAssistant: no"},
+         "raw HH-RLHF transcript; convert the file first with `align data convert --from hh-rlhf"),
         ("rankings", {"prompt": "Q", "completions": ["only"], "ranks": [0]}, "at least 2 completions, got 1"),
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0]}, "has 1 entries for 2 completions"),
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0, -1]}, r'"ranks\[1\]"'),
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [1, 1]}, "all completions tie"),
         ("prompts", {"reference": "x"}, "no known shape"),
+        ("rankings", {"message_tree_id": "t1", "prompt": {"text": "hi"}}, "OpenAssistant export; convert the file first"),
     ],
 )
 def test_bad_preference_ranking_prompt_records(write_jsonl, kind, row, message):
