@@ -7,7 +7,6 @@ Read top to bottom: data -> model -> (eval before) -> epochs of batches -> eval 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -127,7 +126,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     if newest is not None:
         state = checkpoint.load_checkpoint(newest, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
-        metrics.final = json.loads(out.file(rundir.METRICS).read_text()) if out.file(rundir.METRICS).exists() else {}
+        metrics.final = out.metrics()
         metrics.truncate_after(state["step"])
     elif eval_groups:
         before = ranking_metrics(eval_groups, score_groups(model, batcher, eval_groups, t.eval_batch_size))

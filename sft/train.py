@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     import trl
 
     metrics = tracking.MetricsLog(out.path)
-    previous = _read_metrics(out) if resume else {}
+    previous = out.metrics() if resume else {}
     checkpoint = out.newest_checkpoint() if resume else None
     if checkpoint is not None:
         metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
@@ -139,9 +138,3 @@ def _logged(trainer: Any, key: str) -> float | None:
 def _perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
-
-def _read_metrics(out: rundir.StageDir) -> dict[str, Any]:
-    try:
-        return json.loads(out.file(rundir.METRICS).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}

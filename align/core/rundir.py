@@ -94,6 +94,13 @@ class StageDir:
             return "dead"
         return status.get("state")
 
+    def metrics(self) -> dict[str, Any]:
+        """The figures a previous run of this stage wrote (empty when none): kept across a resume."""
+        try:
+            return read_json(self.file(METRICS))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
     def newest_checkpoint(self) -> Path | None:
         if not self.checkpoints.is_dir():
             return None

@@ -348,8 +348,7 @@ class PPOTrainer:
         self._ptx_cursor = state.get("ptx_cursor", 0)
         self.scheduler.load_state_dict(state["scheduler"])
         self.kl_ctl.value = state["kl_coef"]
-        if self.out.file(rundir.METRICS).exists():
-            self.metrics.final = json.loads(self.out.file(rundir.METRICS).read_text())
+        self.metrics.final = self.out.metrics()
         self.metrics.truncate_after(state["step"])
         return state["step"]
 
