@@ -40,6 +40,22 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
                      add_special_tokens=False)
 
 
+def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16):
+    """Raw rewards of chat-formatted texts, without gradients, as a float32 CPU tensor (N,)."""
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = encode(tokenizer, texts[start:start + batch_size], max_length).to(device)
+            out.append(model(**batch).logits[:, 0].float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def weights_dir(path: str | Path) -> Path:
     """Accept a reward stage directory or the weights directory inside it."""
     path = Path(path)
@@ -92,15 +108,7 @@ class RewardModel:
 
     def score_texts(self, texts: list[str], batch_size: int = 16):
         """Raw rewards of chat-formatted texts, as a float32 CPU tensor (N,)."""
-        import torch
-
-        device = next(self.model.parameters()).device
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                batch = encode(self.tokenizer, texts[start:start + batch_size], self.max_length).to(device)
-                out.append(self.model(**batch).logits[:, 0].float().cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+        return score_texts(self.model, self.tokenizer, texts, self.max_length, batch_size)
 
     def score(self, prompts: list, completions: list[str], batch_size: int = 16):
         """Raw rewards r(x, y) for parallel lists of prompts (message lists) and completions."""

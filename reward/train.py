@@ -20,7 +20,7 @@ from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
 from reward.losses import kwise_ranking_loss
 from reward.metrics import ranking_metrics
-from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, encode
+from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, encode, score_texts
 
 
 def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], list[Group]]:
@@ -75,18 +75,8 @@ class Batcher:
 
 def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: int) -> list[list[float]]:
     """Rewards of every completion of every group, without gradients."""
-    import torch
-
     texts = [conversation_text(batcher.tokenizer, g.prompt, c) for g in groups for c in g.completions]
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    flat: list[float] = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = encode(batcher.tokenizer, texts[start:start + batch_size], batcher.max_length).to(device)
-            flat += model(**batch).logits[:, 0].float().cpu().tolist()
-    model.train(was_training)
+    flat = score_texts(model, batcher.tokenizer, texts, batcher.max_length, batch_size).tolist()
     out, i = [], 0
     for g in groups:
         out.append(flat[i:i + len(g.completions)])

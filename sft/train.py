@@ -121,10 +121,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
 def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.StageDir) -> Path:
     """adapter/ (LoRA, prompt tuning) or model/ (full), each loadable by peft/transformers alone."""
     target = out.file(rundir.MODEL if config.model.tuning == "full" else rundir.ADAPTER)
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    modeling.save_base_record(target, config.model)
-    return target
+    return modeling.save_loadable(model, tokenizer, target, config.model)
 
 
 def _logged(trainer: Any, key: str) -> float | None:

@@ -402,6 +402,14 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def save_loadable(model: Any, tokenizer: Any, directory: Path, config: ModelConfig) -> Path:
+    """Weights, tokenizer and base record: a directory peft/transformers alone can load."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    save_base_record(directory, config)
+    return Path(directory)
+
+
 def save_base_record(directory: Path, config: ModelConfig) -> None:
     """Record which base and loading settings an adapter belongs to, beside the adapter."""
     body = {"name": config.name, "path": resolve_model_path(config.name), "quantization": config.quantization,

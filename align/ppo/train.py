@@ -23,7 +23,7 @@ from align.ppo import advantages as adv
 from align.ppo.config import PPOConfig
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import Rollout, Sampling, make_rollout, shared_base_scorer, text_scorer
+from align.ppo.rollout import Rollout, Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer
 
 
 class TrainingHalted(AlignError):
@@ -100,7 +100,7 @@ class PPOTrainer:
             batch = self._batch(prompts, update)
             snapshot = self._snapshot()
             try:
-                stats = self.step(batch)
+                stats, rollout = self.step(batch)
             except Unhealthy as e:
                 self._restore(snapshot)
                 self._checkpoint(update)
@@ -109,7 +109,7 @@ class PPOTrainer:
             self.metrics.log(update + 1, stats)
             self._guard(stats, update + 1)
             if c.sample_every and (update + 1) % c.sample_every == 0:
-                self._write_samples(update + 1, batch)
+                self._write_samples(update + 1, batch, rollout)
             if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts:
                 self.metrics.log(update + 1, {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()})
             if (update + 1) % c.save_every == 0 or update + 1 == p.updates:
@@ -121,8 +121,8 @@ class PPOTrainer:
             self.metrics.wandb_run.finish()
         return self.metrics.final
 
-    def step(self, prompts: list) -> dict[str, float]:
-        """One PPO update: rollout, advantages, optimisation; returns its logged figures."""
+    def step(self, prompts: list) -> tuple[dict[str, float], Rollout]:
+        """One PPO update: rollout, advantages, optimisation; returns its logged figures and rollout."""
         c, p = self.config, self.config.ppo
         started, timings = time.perf_counter(), {}
         query_ids, query_mask = self._encode_prompts(prompts)
@@ -165,7 +165,7 @@ class PPOTrainer:
             "time/update_s": elapsed,
             "tokens_per_s": n_tokens / elapsed,
             **timings,
-        }
+        }, rollout
 
     def optimise(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         """ppo_epochs passes of shuffled mini-batches; the clipped losses of losses.py."""
@@ -306,18 +306,11 @@ class PPOTrainer:
                                  f"{self.out.checkpoints / f'halted-update-{update}'}; --resume starts from the last "
                                  f"periodic checkpoint")
 
-    def _write_samples(self, update: int, prompts: list) -> None:
-        rows = []
-        with torch.no_grad():
-            query_ids, query_mask = self._encode_prompts(prompts[:4])
-            timings: dict[str, float] = {}
-            rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in prompts[:4]],
-                                   self.sampling, self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
-                                   self.config.reward.no_eos_penalty, timings)
-        texts = self.tokenizer.batch_decode(rollout.response_ids, skip_special_tokens=True)
-        for record, text, score in zip(prompts, texts, rollout.scores.tolist()):
-            rows.append({"update": update, "prompt": record.messages[-1]["content"], "response": text.strip(),
-                         "score": round(score, 4)})
+    def _write_samples(self, update: int, prompts: list, rollout: Rollout, n: int = 4) -> None:
+        """The first n responses of this update's rollout, with the scores they were trained on."""
+        texts = decode_responses(rollout, self.tokenizer)[:n]
+        rows = [{"update": update, "prompt": record.messages[-1]["content"], "response": text, "score": round(score, 4)}
+                for record, text, score in zip(prompts, texts, rollout.scores.tolist())]
         with open(self.out.file("samples.jsonl"), "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -366,7 +359,8 @@ class PPOTrainer:
         self.tokenizer.padding_side = "right"
         self.tokenizer.save_pretrained(target)
         modeling.save_base_record(target, self.config.model)
-        save_file({"weight": self.stack.value_head.weight.detach().cpu()}, self.out.file("value_head.safetensors"))
+        save_file({k: v.detach().cpu() for k, v in self.stack.value_head.state_dict().items()},
+                  self.out.file("value_head.safetensors"))
 
 
 def _append(logs: dict[str, list[float]], values: dict[str, Any]) -> None:

@@ -84,10 +84,7 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
             figures.update({tracking.hf_key(k): v for k, v in trainer.evaluate().items()})
         for entry in trainer.state.log_history:  # the newest value of each logged figure
             figures.update({tracking.hf_key(k): v for k, v in entry.items() if not k.startswith("train_")})
-        target = out.file(rundir.ADAPTER)
-        trainer.model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
-        modeling.save_base_record(target, config.model)
+        modeling.save_loadable(trainer.model, tokenizer, out.file(rundir.ADAPTER), config.model)
         metrics.update(figures)
         return metrics.final
 

@@ -74,6 +74,9 @@ def test_outputs_the_aligned_adapter_loadable_by_peft(toy_run, tiny_model_dir):
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] > 0
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert {"update", "prompt", "response", "score"} <= set(sample)
+    from safetensors.torch import load_file
+
+    assert set(load_file(out / "value_head.safetensors")) == {"weight", "bias"}
 
 
 def test_nan_reward_stops_the_run_with_the_last_healthy_checkpoint(tiny_model_dir, tmp_path):
