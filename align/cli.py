@@ -143,6 +143,42 @@ _online("grpo")
 _online("rloo")
 
 
+@cli.command("eval")
+@stage_options
+@click.option("--models", metavar="NAME=PATH,...",
+              help="Models to compare: base=smollm2-135m-instruct,sft=runs/x/sft,aligned=runs/x/ppo.")
+@click.option("--reward", "reward_dir", type=click.Path(), help="Reward stage dir: rewards, win rates, best-of-n.")
+@click.option("--prompts", type=click.Path(), help="Held-out prompts (JSONL; a `reference` enables ROUGE/BLEU).")
+@click.option("--size", type=int, help="Use the first N prompts (eval_size; 0 = all).")
+@click.option("--best-of", type=int, help="Add a best-of-N row per model, picked by the reward model.")
+@click.option("--judge", metavar="MODULE:FUNCTION", help="Score (prompt, response) -> float, e.g. align.demo.tasks:judge.")
+def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
+    """Stage 4: compare models on held-out prompts; writes report.html, metrics.json, generations.jsonl."""
+    from align.eval.config import EvalConfig
+    from align.eval.report import summary_table
+    from align.eval.run import evaluate
+
+    flags = {"reward": reward_dir, "prompts": prompts, "eval_size": size, "best_of": best_of, "judge": judge}
+    overrides = [*options["overrides"], *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+    if models:
+        overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged
+    config = load_stage_config(EvalConfig, options["config_path"], overrides, options["out_dir"])
+    metrics = evaluate(config, overwrite=options["overwrite"], resume=options["resume"])
+    click.echo(summary_table(metrics))
+    click.echo(f"report: {Path(config.out_dir) / 'report.html'}")
+
+
+def parse_models(text: str) -> dict[str, str]:
+    """`base=a,sft=runs/x/sft` -> {"base": "a", "sft": "runs/x/sft"}."""
+    models = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise AlignError(f"--models: {item!r} is not NAME=PATH (e.g. --models base=smollm2-135m-instruct,sft=runs/x/sft)")
+        models[name.strip()] = path.strip()
+    return models
+
+
 @cli.group()
 def data():
     """Check and convert data files."""

@@ -1,0 +1,92 @@
+"""The comparison: one row per model (and per best-of-n variant), its figures as `<row>/<metric>`.
+
+A row's answers are one per prompt: the greedy answer for a model, the highest-reward sampled answer
+for a best-of-n row. Means carry `_ci_low`/`_ci_high` (bootstrap 95%, see scores.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from align.eval import scores
+from align.eval.config import META
+from align.eval.generate import Answer
+
+
+@dataclass
+class Row:
+    name: str  # `<model>` or `<model>_best_of_<n>`
+    model: str  # the model whose answers these are
+    answers: list[Answer]  # (P,) one per prompt
+    rewards: list[float] | None = None  # (P,) normalised reward of each answer; None without a reward model
+    judged: list[float | None] | None = None  # (P,) judge score, None where the judge raised
+    extra: dict[str, float] = field(default_factory=dict)  # figures only a model row has (KL, perplexity, ...)
+
+    @property
+    def texts(self) -> list[str]:
+        return [a.text for a in self.answers]
+
+
+def best_of_name(model: str, n: int) -> str:
+    return f"{model}_best_of_{n}"
+
+
+def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], references: list[str | None],
+                boot: dict[str, int]) -> dict[str, float]:
+    """Every figure of one row; `rows` holds the rows it is compared with (by name)."""
+    out: dict[str, float] = {}
+    out.update(scores.with_ci("response_length", [float(len(a.token_ids)) for a in row.answers], **boot))
+    out["no_eos_frac"] = scores.mean([0.0 if a.has_eos else 1.0 for a in row.answers])
+    out["distinct_1"] = scores.distinct_n(row.texts, 1)
+    out["distinct_2"] = scores.distinct_n(row.texts, 2)
+    if row.rewards is not None:
+        out.update(scores.with_ci("reward_mean", row.rewards, **boot))
+        for other in compare_to:
+            if other in rows and other != row.name and rows[other].rewards is not None:
+                outcomes = scores.win_outcomes(row.rewards, rows[other].rewards)
+                out.update(scores.with_ci(f"win_rate_vs_{other}", outcomes, **boot))
+    pairs = [(a.text, ref) for a, ref in zip(row.answers, references) if ref is not None]
+    if pairs:
+        predictions, refs = [p for p, _ in pairs], [r for _, r in pairs]
+        for name, values in scores.rouge_scores(predictions, refs).items():
+            out.update(scores.with_ci(name, values, **boot))
+        out["bleu"] = scores.corpus_bleu(predictions, refs)
+    if row.judged is not None:
+        ok = [j for j in row.judged if j is not None]
+        out.update(scores.with_ci("judge_mean", ok, **boot))
+        out["judge_errors"] = float(len(row.judged) - len(ok))
+    out.update(row.extra)
+    return out
+
+
+def flat(per_row: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{row: {metric: v}} -> {"row/metric": v}, with NaN kept out (JSON has none)."""
+    return {f"{row}/{metric}": value for row, figures in per_row.items() for metric, value in figures.items()
+            if not (isinstance(value, float) and math.isnan(value))}
+
+
+def unflat(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """{"row/metric": v} -> {row: {metric: v}}, leaving out the evaluation's own `eval/` figures."""
+    per_row: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        row, sep, metric = key.partition("/")
+        if sep and row != META:
+            per_row.setdefault(row, {})[metric] = value
+    return per_row
+
+
+def headline_metrics(per_row: dict[str, dict[str, float]]) -> list[str]:
+    """The table's columns: every metric some row has, CI bounds folded into their mean, in a fixed order."""
+    order = ["reward_mean", "win_rate_vs_", "reward_mean_sampled", "kl_to_base", "judge_mean", "judge_errors",
+             "response_length", "no_eos_frac", "distinct_1", "distinct_2", "rouge1", "rouge2", "rougeL", "bleu",
+             "perplexity", "mmlu_accuracy"]
+    names = {m for figures in per_row.values() for m in figures if not m.endswith(("_ci_low", "_ci_high"))}
+
+    def rank(metric: str) -> tuple[int, str]:
+        for i, prefix in enumerate(order):
+            if metric == prefix or (prefix.endswith("_") and metric.startswith(prefix)):
+                return i, metric
+        return len(order), metric
+
+    return sorted(names, key=rank)

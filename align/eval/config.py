@@ -1,0 +1,111 @@
+"""EvalConfig: stage 4's knobs. Which models, which prompts, how they answer, what scores them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from align.core.config import check
+from align.core.tracking import TrackingConfig
+
+# `<model>/<metric>` keys: a name with a slash would split in two
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# keys under this prefix describe the evaluation itself, not one model
+META = "eval"
+CURVE_STAGES = ("sft", "reward", "ppo", "dpo", "grpo", "rloo")
+
+
+@dataclass
+class GenerationSettings:
+    """The same for every model, so answers differ only by the model."""
+
+    max_new_tokens: int = 48
+    """Answer length cap in tokens; an answer that reaches it has no EOS (counted in `no_eos_frac`)."""
+    temperature: float = 0.7
+    """Sampling temperature, also the temperature of the log-probs behind `kl_to_base` (N+ details: 0.7)."""
+    top_p: float = 1.0
+    """Nucleus sampling; 1 samples the whole tempered distribution, which `kl_to_base` assumes."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """One sampled pass over the prompts per seed; every model draws with the same seeds."""
+    samples_per_prompt: int = 2
+    """Sampled answers per prompt in each pass, besides the greedy one; 0 = greedy only."""
+    batch_size: int = 16
+    """Prompts per generate call (each with its samples)."""
+    max_prompt_length: int = 256
+    """Prompts longer than this (in tokens) keep their end."""
+
+    def __post_init__(self):
+        check(self.max_new_tokens > 0, "generation.max_new_tokens", "must be > 0")
+        check(self.temperature > 0, "generation.temperature", "must be > 0 (log-probs divide by it)")
+        check(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
+        check(len(self.seeds) > 0, "generation.seeds", "give at least one seed")
+        check(self.samples_per_prompt >= 0, "generation.samples_per_prompt", "must be >= 0")
+        check(self.batch_size > 0, "generation.batch_size", "must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "runs/eval"
+    models: dict[str, str] = field(default_factory=lambda: {"base": "smollm2-135m-instruct"})
+    """name -> model: a base (`smollm2-135m-instruct`, a model directory, a hub id you have cached), or
+    one of our stage directories (`runs/x/sft`, `runs/x/ppo`) whose `adapter/` loads on its recorded base.
+    LoRA adapters on the same base share one loaded copy of it."""
+    reward: str | None = None
+    """An `align reward` stage directory: rewards, win rates and best-of-n use it; unset = none of those."""
+    prompts: str = "data/demo/heldout.jsonl"
+    """Held-out prompts ({"prompt"} or {"messages"}); a `reference` answer enables ROUGE and BLEU."""
+    eval_size: int = 50
+    """Use the first this many prompts; 0 = all."""
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    best_of: int = 0
+    """Best-of-n under the reward model as an extra row per model (`<model>_best_of_<n>`): the sampled
+    answer with the highest reward out of n; 0 = off."""
+    judge: str | None = None
+    """A Python `module:function(prompt, response) -> float`, e.g. `align.demo.tasks:judge`."""
+    perplexity_text: str | None = None
+    """Held-out general text (.txt, documents split by blank lines; or JSONL with "text"): perplexity
+    per model shows what tuning forgot."""
+    perplexity_max_length: int = 256
+    """Perplexity is taken over windows of at most this many tokens."""
+    mmlu: str | None = None
+    """A multiple-choice benchmark in MMLU's layout: CSV rows question,A,B,C,D,answer (no header, as MMLU
+    ships them) or JSONL {"question", "choices": [4], "answer": index}."""
+    mmlu_size: int = 0
+    """Use the first this many questions; 0 = all."""
+    stages: dict[str, str] = field(default_factory=dict)
+    """Stage directories whose training curves go into the report: keys sft, reward, ppo (dpo, grpo, rloo)."""
+    reference: str = "base"
+    """The model `kl_to_base` is measured against. When no model has this name, an adapter's own base
+    (adapters off) is its reference."""
+    compare_to: list[str] = field(default_factory=lambda: ["base", "sft"])
+    """Models every other model meets pairwise (`win_rate_vs_<name>`); names not in `models` are skipped."""
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    """Precision of the loaded bases: `auto` = 4-bit NF4 on a GPU (memory), full precision on CPU, where
+    NF4 dequantisation makes generation about 2.5x slower for a 135M model."""
+    bootstrap_samples: int = 1000
+    """Resamples behind every 95% interval."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    examples_in_report: int = 10
+    """Prompts shown side by side in the report."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        check(bool(self.models), "models", "name at least one model, e.g. base=smollm2-135m-instruct")
+        for name in self.models:
+            check(bool(MODEL_NAME.match(name)) and name != META, f"models.{name}",
+                  f"a model name is letters, digits, _ . - (and not {META!r})")
+        check(self.eval_size >= 0, "eval_size", "must be >= 0 (0 = all prompts)")
+        check(self.best_of == 0 or self.best_of >= 2, "best_of", f"must be 0 (off) or >= 2, got {self.best_of}")
+        check(self.perplexity_max_length >= 2, "perplexity_max_length", "must be >= 2")
+        check(self.mmlu_size >= 0, "mmlu_size", "must be >= 0 (0 = all questions)")
+        unknown = sorted(set(self.stages) - set(CURVE_STAGES))
+        check(not unknown, "stages", f"unknown {unknown}; known: {', '.join(CURVE_STAGES)}")
+        check(self.bootstrap_samples >= 100, "bootstrap_samples", "must be >= 100 for a 95% interval")
+
+    @property
+    def samples_per_seed(self) -> int:
+        """Sampled answers per prompt per seed: enough for best-of-n as well."""
+        need = max(self.generation.samples_per_prompt * len(self.generation.seeds), self.best_of)
+        return -(-need // len(self.generation.seeds))

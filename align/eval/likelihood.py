@@ -1,0 +1,103 @@
+"""Log-likelihoods under a model: of its answers (KL to the base), of general text (perplexity),
+of the choices of a multiple-choice question. B sequences, Q context tokens, T scored tokens, V vocab."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from align.eval.generate import left_pad
+from align.eval.models import View
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only: left padding must not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (B, T), mask (B, T)), padded on the right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, :len(row)] = 1
+    return ids, mask
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / T) at each target: (B, T, V), (B, T) -> (B, T)."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.inference_mode()
+def continuation_logprobs(view: View, contexts: list[list[int]], continuations: list[list[int]],
+                          temperature: float = 1.0, batch_size: int = 16) -> list[float]:
+    """Σ_t log p_T(c_t | context, c_<t) of each continuation: the log-likelihood of an answer after its
+    prompt at the sampling temperature T (KL estimates), or of a choice after its question (T = 1)."""
+    pad = view.tokenizer.pad_token_id
+    out: list[float] = []
+    with view.active() as model:
+        device = next(model.parameters()).device
+        for start in range(0, len(contexts), batch_size):
+            q_ids, q_mask = left_pad(contexts[start:start + batch_size], pad)  # (B, Q)
+            a_ids, a_mask = right_pad(continuations[start:start + batch_size], pad)  # (B, T)
+            ids, mask = torch.cat([q_ids, a_ids], 1).to(device), torch.cat([q_mask, a_mask], 1).to(device)
+            T = a_ids.shape[1]
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                           logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V): position t predicts token t+1
+            logp = token_logprobs(logits, a_ids.to(device), temperature)  # (B, T)
+            out += (logp * a_mask.to(device)).sum(1).tolist()
+    return out
+
+
+@torch.inference_mode()
+def next_token_logprobs(view: View, contexts: list[list[int]], candidates: list[int], batch_size: int = 16) -> list[list[float]]:
+    """log p(candidate | context) for each context and each single-token candidate: one forward per context."""
+    pad = view.tokenizer.pad_token_id
+    out: list[list[float]] = []
+    with view.active() as model:
+        device = next(model.parameters()).device
+        index = torch.tensor(candidates, device=device)
+        for start in range(0, len(contexts), batch_size):
+            ids, mask = (t.to(device) for t in left_pad(contexts[start:start + batch_size], pad))  # (B, Q)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                           logits_to_keep=1).logits[:, -1]  # (B, V)
+            out += torch.log_softmax(logits.float(), -1)[:, index].tolist()
+    return out
+
+
+def nll_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(Σ −log p(x_t | x_<t), number of predicted tokens) of right-padded windows: (B, L, V), (B, L), (B, L).
+    The first token of each window is context only."""
+    logp = token_logprobs(logits[:, :-1], ids[:, 1:])  # (B, L-1)
+    predicted = mask[:, 1:].float()
+    return float(-(logp * predicted).sum()), int(predicted.sum())
+
+
+def windows(tokenizer: Any, documents: list[str], max_length: int) -> list[list[int]]:
+    """Each document's tokens cut into non-overlapping windows of at most max_length."""
+    rows = []
+    for doc in documents:
+        ids = tokenizer(doc, add_special_tokens=True)["input_ids"]
+        rows += [ids[i:i + max_length] for i in range(0, len(ids), max_length) if len(ids[i:i + max_length]) > 1]
+    return rows
+
+
+@torch.inference_mode()
+def perplexity(view: View, documents: list[str], max_length: int, batch_size: int = 8) -> float:
+    """exp(mean negative log-likelihood per predicted token) over all windows of all documents."""
+    rows = windows(view.tokenizer, documents, max_length)
+    total, count = 0.0, 0
+    with view.active() as model:
+        device = next(model.parameters()).device
+        for start in range(0, len(rows), batch_size):
+            ids, mask = (t.to(device) for t in right_pad(rows[start:start + batch_size], view.tokenizer.pad_token_id))
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, L, V)
+            nll, n = nll_sum(logits, ids, mask)
+            total, count = total + nll, count + n
+    return math.exp(total / count) if count else math.nan

@@ -1,0 +1,139 @@
+"""PNG charts for the report (matplotlib, Agg: no display needed): the comparison, and the training
+curves of the stages that made the models, read from their metrics.jsonl."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from align.core import rundir
+
+PLOTS = "plots"
+# stage -> panels, each (title, [(metrics.jsonl key, label)])
+CURVES = {
+    "sft": [("SFT loss", [("train/loss", "train"), ("eval/loss", "held-out")])],
+    "reward": [("reward model pair accuracy", [("train/accuracy", "train"), ("eval/accuracy", "held-out")])],
+    "ppo": [("PPO reward", [("objective/scores", "rollout score"), ("eval/reward_mean", "held-out greedy"),
+                            ("eval/reward_mean_sampled", "held-out sampled")]),
+            ("PPO KL to the reference", [("objective/kl", "rollout"), ("eval/kl", "held-out greedy")])],
+    # TRL's log names, as transformers' callback mirrors them into metrics.jsonl
+    "dpo": [("DPO loss", [("train/loss", "train"), ("eval/loss", "held-out")]),
+            ("DPO reward accuracy", [("train/rewards/accuracies", "train"), ("eval/rewards/accuracies", "held-out")])],
+    "grpo": [("GRPO reward", [("train/reward", "train")]), ("GRPO KL", [("train/kl", "train")])],
+    "rloo": [("RLOO reward", [("train/reward", "train")]), ("RLOO KL", [("train/kl", "train")])],
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def reward_distribution(rewards: dict[str, list[float]], path: Path) -> Path:
+    plt = _pyplot()
+    names = list(rewards)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 4))
+    ax.boxplot([rewards[n] for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, ha="right")
+    ax.set_ylabel("normalised reward")
+    ax.set_title("reward per answer (greedy; best-of-n: chosen sample)")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def win_rates(per_row: dict[str, dict[str, float]], opponents: list[str], path: Path) -> Path:
+    plt = _pyplot()
+    names = list(per_row)
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 4))
+    width = 0.8 / max(1, len(opponents))
+    for k, other in enumerate(opponents):
+        key = f"win_rate_vs_{other}"
+        xs, ys, errs = [], [], [[], []]
+        for i, name in enumerate(names):
+            figures = per_row[name]
+            if key in figures:
+                xs.append(i + k * width)
+                ys.append(figures[key])
+                errs[0].append(figures[key] - figures[f"{key}_ci_low"])
+                errs[1].append(figures[f"{key}_ci_high"] - figures[key])
+        ax.bar(xs, ys, width, yerr=errs, capsize=3, label=f"vs {other}")
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.set_xticks([i + width * (len(opponents) - 1) / 2 for i in range(len(names))], names, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("win rate (ties count 1/2)")
+    ax.set_title("pairwise win rate under the reward model, 95% CI")
+    ax.legend()
+    return _save(fig, path)
+
+
+def reward_vs_kl(per_row: dict[str, dict[str, float]], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, f in per_row.items():
+        if "kl_to_base" not in f or "reward_mean" not in f:
+            continue
+        ax.errorbar(f["kl_to_base"], f["reward_mean"], fmt="o", capsize=3,
+                    xerr=[[f["kl_to_base"] - f["kl_to_base_ci_low"]], [f["kl_to_base_ci_high"] - f["kl_to_base"]]],
+                    yerr=[[f["reward_mean"] - f["reward_mean_ci_low"]], [f["reward_mean_ci_high"] - f["reward_mean"]]])
+        ax.annotate(name, (f["kl_to_base"], f["reward_mean"]), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("KL to the base (nats per answer, sampled answers)")
+    ax.set_ylabel("mean normalised reward (greedy)")
+    ax.set_title("reward against KL, 95% CI")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def read_log(stage_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(stage_dir) / rundir.METRICS_LOG
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write
+    return records
+
+
+def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of one logged figure, skipping records without it or with a non-finite value."""
+    steps, values = [], []
+    for r in records:
+        v = r.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            steps.append(r.get("step", len(steps)))
+            values.append(float(v))
+    return steps, values
+
+
+def training_curves(stage: str, stage_dir: str | Path, path: Path) -> Path | None:
+    """The stage's curves as one PNG; None when its log holds none of the figures."""
+    plt = _pyplot()
+    records = read_log(stage_dir)
+    panels = [(title, [(label, *series(records, key)) for key, label in lines]) for title, lines in CURVES[stage]]
+    panels = [(title, [line for line in lines if line[1]]) for title, lines in panels]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, lines) in zip(axes[0], panels):
+        for label, steps, values in lines:
+            ax.plot(steps, values, marker="o" if len(steps) < 12 else None, ms=3, label=label)
+        ax.set_title(f"{title} ({Path(stage_dir).name})")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)

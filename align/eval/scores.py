@@ -1,0 +1,84 @@
+"""Scores over answers, as pure functions of numbers and strings (no models here).
+
+Conventions, stated once:
+- A mean comes with a percentile bootstrap 95% interval (Efron & Tibshirani 1993, ch. 13):
+  resample the per-prompt values with replacement, take the mean, read the 2.5th and 97.5th
+  percentiles of those means.
+- Win rate of A against B: on each prompt A's answer wins (1) if its reward is higher, ties (0.5)
+  if equal, loses (0); the rate is the mean over prompts. Identical answers are scored once, so
+  they tie exactly.
+- distinct-n (Li et al. 2016): distinct n-grams / all n-grams over all answers, whitespace tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+CONFIDENCE = 0.95
+
+
+def mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else math.nan
+
+
+def bootstrap_ci(values: Sequence[float], *, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean, (low, high); (nan, nan) for no values."""
+    x = np.asarray(values, dtype=np.float64)  # (N,)
+    if x.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(samples, x.size))].mean(axis=1)  # (samples,)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def with_ci(name: str, values: Sequence[float], *, samples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """`name`, `name_ci_low`, `name_ci_high` for the mean of `values`."""
+    low, high = bootstrap_ci(values, samples=samples, seed=seed)
+    return {name: mean(values), f"{name}_ci_low": low, f"{name}_ci_high": high}
+
+
+def win_outcomes(rewards_a: Sequence[float], rewards_b: Sequence[float]) -> list[float]:
+    """Per prompt: 1 when A's reward is higher, 0.5 on a tie, 0 when lower."""
+    if len(rewards_a) != len(rewards_b):
+        raise ValueError(f"win rate needs paired answers: {len(rewards_a)} vs {len(rewards_b)}")
+    return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards_a, rewards_b)]
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams over all n-grams of all texts; nan when there is no n-gram at all."""
+    grams = [g for text in texts for g in ngrams(text.split(), n)]
+    return len(set(grams)) / len(grams) if grams else math.nan
+
+
+def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """Per-answer ROUGE-1/2/L F1 (Lin 2004) with Porter stemming, as `rouge_score` computes it."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)
+        for key, values in out.items():
+            values.append(scores[key].fmeasure)
+    return out
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """SacreBLEU corpus BLEU (0-100) with one reference per answer, its default 13a tokenisation."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+
+
+def best_of(rewards: Sequence[Sequence[float]], n: int) -> list[int]:
+    """Per prompt, the index of the highest-reward answer among its first n (first one on a tie)."""
+    return [int(np.argmax(list(r[:n]))) for r in rewards]

@@ -1,0 +1,131 @@
+"""A whole evaluation on the tiny model: every file, every metric, the report's table, bad input."""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from align.core.config import load_config
+from align.eval.config import EvalConfig
+from align.eval.report import cell
+from align.eval.run import evaluate
+
+
+def make_config(tmp_path, eval_dirs, heldout, **extra) -> EvalConfig:
+    overrides = [
+        f"out_dir={tmp_path / 'eval'}",
+        "models=" + json.dumps({"base": str(eval_dirs["base"]), "sft": str(eval_dirs["sft"])}),
+        f"reward={eval_dirs['reward']}", f"prompts={heldout}", "eval_size=0",
+        "generation.max_new_tokens=8", "generation.samples_per_prompt=2", "generation.batch_size=4",
+        "bootstrap_samples=200", "tracking.wandb=false",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(EvalConfig, None, overrides)
+
+
+class TableReader(HTMLParser):
+    """The cells of <table id="comparison">, row by row."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows, self.inside, self.cell = [], False, None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table" and dict(attrs).get("id") == "comparison":
+            self.inside = True
+        elif self.inside and tag == "tr":
+            self.rows.append([])
+        elif self.inside and tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self.inside = False
+        elif self.inside and tag in ("td", "th"):
+            self.rows[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, eval_dirs):
+    """One full evaluation, shared by the checks below (it is the slow part)."""
+    tmp = tmp_path_factory.mktemp("run")
+    rows = [json.loads(line) for line in (Path(__file__).parents[2] / "data/demo/heldout.jsonl").read_text().splitlines()[:6]]
+    rows.append({"prompt": "Tell me about rivers."})
+    prompts = tmp / "heldout.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = tmp / "general.txt"
+    text.write_text("Rivers carry water to the sea.\n\nA garden needs light and water to grow.\n")
+    mc = tmp / "mc.csv"
+    mc.write_text('What is 2 + 2?,3,4,5,6,B\n"Which is a colour?",red,run,rain,rice,A\n')
+    config = make_config(tmp, eval_dirs, prompts, best_of=3, judge="align.demo.tasks:judge",
+                         perplexity_text=text, mmlu=mc, **{"stages.sft": eval_dirs["sft"]})
+    return config, evaluate(config)
+
+
+def test_every_file_and_metric(finished):
+    config, metrics = finished
+    out = Path(config.out_dir)
+    for name in ("config.yaml", "metrics.json", "metrics.jsonl", "status.json", "generations.jsonl", "report.md",
+                 "report.html", "plots/rewards.png", "plots/win_rates.png", "plots/reward_vs_kl.png",
+                 "plots/curves_sft.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "status.json").read_text())["state"] == "done"
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    for row in ("base", "sft", "base_best_of_3", "sft_best_of_3"):
+        for metric in ("reward_mean", "response_length", "distinct_1", "distinct_2", "rouge1", "rouge2", "rougeL",
+                       "bleu", "judge_mean", "judge_errors"):
+            assert f"{row}/{metric}" in metrics, f"{row}/{metric}"
+    for row in ("base", "sft"):
+        for metric in ("kl_to_base", "perplexity", "mmlu_accuracy", "reward_mean_sampled"):
+            assert f"{row}/{metric}" in metrics, f"{row}/{metric}"
+    assert metrics["sft/win_rate_vs_base"] + metrics["base/win_rate_vs_sft"] == pytest.approx(1.0)
+    assert "base/win_rate_vs_base" not in metrics and "sft/win_rate_vs_sft" not in metrics
+    assert metrics["base/kl_to_base"] == 0.0
+    assert metrics["sft/kl_to_base_ci_low"] <= metrics["sft/kl_to_base"] <= metrics["sft/kl_to_base_ci_high"]
+    # best-of-n picks the highest of its samples, so it can never score below their average
+    assert metrics["sft_best_of_3/reward_mean"] >= metrics["sft/reward_mean_sampled"] - 1e-9
+    # the last prompt is no demo task: the demo judge raises on it, and that is one recorded error per row
+    assert metrics["sft/judge_errors"] == 1.0 and metrics["base/judge_errors"] == 1.0
+    assert 0 <= metrics["sft/mmlu_accuracy"] <= 1 and metrics["sft/perplexity"] > 1
+    assert metrics["eval/prompts"] == 7
+
+
+def test_generations_hold_every_answer_and_score(finished):
+    config, metrics = finished
+    records = [json.loads(line) for line in (Path(config.out_dir) / "generations.jsonl").read_text().splitlines()]
+    assert len(records) == 7
+    for record in records:
+        assert set(record["answers"]) == {"base", "sft", "base_best_of_3", "sft_best_of_3"}
+        assert len(record["answers"]["sft"]["samples"]) == 3  # enough samples for best-of-3
+        chosen = record["answers"]["sft_best_of_3"]
+        assert chosen["reward"] == max(s["reward"] for s in record["answers"]["sft"]["samples"])
+    assert "not a demo prompt" in records[-1]["answers"]["sft"]["judge_error"]
+    assert records[-1]["reference"] is None
+    mean = sum(r["answers"]["sft"]["reward"] for r in records) / len(records)
+    assert mean == pytest.approx(metrics["sft/reward_mean"])
+
+
+def test_report_table_matches_the_metrics(finished):
+    config, metrics = finished
+    reader = TableReader()
+    reader.feed((Path(config.out_dir) / "report.html").read_text())
+    header, *rows = reader.rows
+    assert header[0] == "model" and "reward_mean" in header and "win_rate_vs_sft" in header
+    assert [r[0] for r in rows] == ["base", "sft", "base_best_of_3", "sft_best_of_3"]
+    per_row = {r[0]: dict(zip(header[1:], r[1:])) for r in rows}
+    for name, cells in per_row.items():
+        figures = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(name + "/")}
+        for column, text in cells.items():
+            assert text == cell(figures, column), (name, column)
+    assert per_row["base"]["kl_to_base"].startswith("0.000")
+    assert per_row["sft_best_of_3"]["perplexity"] == "—"
+    assert "data:image/png;base64," in (Path(config.out_dir) / "report.html").read_text()
+    md = (Path(config.out_dir) / "report.md").read_text()
+    assert "![Win rates](plots/win_rates.png)" in md and "| sft_best_of_3 |" in md

@@ -1,0 +1,94 @@
+"""Each score against numbers worked out by hand (the arithmetic is in the comments)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from align.eval import scores
+from align.eval.compare import Row, row_metrics
+from align.eval.generate import Answer
+
+
+def test_bootstrap_of_two_values_spans_both():
+    # resampling [0, 1] twice gives means 0 (p 1/4), 1/2 (p 1/2), 1 (p 1/4): the 2.5th and 97.5th percentiles are 0 and 1
+    assert scores.bootstrap_ci([0.0, 1.0], samples=2000) == (0.0, 1.0)
+
+
+def test_bootstrap_of_a_constant_is_that_constant():
+    assert scores.bootstrap_ci([3.5] * 10) == (3.5, 3.5)
+
+
+def test_bootstrap_matches_the_normal_interval_on_a_large_sample():
+    # 200 ones and 200 zeros: mean 0.5, standard error sqrt(0.25 / 400) = 0.025, so about 0.5 ± 1.96 · 0.025 = [0.451, 0.549]
+    low, high = scores.bootstrap_ci([1.0] * 200 + [0.0] * 200, samples=4000, seed=1)
+    assert low == pytest.approx(0.451, abs=0.008) and high == pytest.approx(0.549, abs=0.008)
+
+
+def test_bootstrap_is_seeded_and_empty_is_nan():
+    assert scores.bootstrap_ci([1.0, 2.0, 7.0], seed=3) == scores.bootstrap_ci([1.0, 2.0, 7.0], seed=3)
+    assert all(math.isnan(x) for x in scores.bootstrap_ci([]))
+
+
+def test_with_ci_names_the_bounds():
+    figures = scores.with_ci("reward_mean", [1.0, 2.0, 3.0], samples=500)
+    assert figures["reward_mean"] == 2.0
+    assert 1.0 <= figures["reward_mean_ci_low"] <= 2.0 <= figures["reward_mean_ci_high"] <= 3.0
+
+
+def test_win_outcomes_count_ties_as_half():
+    # A vs B per prompt: 2 > 1 win, 1 = 1 tie, 0 < 3 loss, 5 > -1 win -> [1, 0.5, 0, 1], rate 2.5 / 4
+    outcomes = scores.win_outcomes([2.0, 1.0, 0.0, 5.0], [1.0, 1.0, 3.0, -1.0])
+    assert outcomes == [1.0, 0.5, 0.0, 1.0] and scores.mean(outcomes) == 0.625
+    with pytest.raises(ValueError, match="paired"):
+        scores.win_outcomes([1.0], [1.0, 2.0])
+
+
+def test_distinct_n():
+    # "a b a" and "a b": unigrams a b a a b -> 2 distinct of 5; bigrams (a b)(b a)(a b) -> 2 of 3
+    assert scores.distinct_n(["a b a", "a b"], 1) == pytest.approx(2 / 5)
+    assert scores.distinct_n(["a b a", "a b"], 2) == pytest.approx(2 / 3)
+    assert math.isnan(scores.distinct_n(["one", "two"], 2))  # no bigram at all
+
+
+def test_rouge():
+    # "the cat sat" vs reference "the cat ran": unigrams 2 of 3 each way -> F1 2/3; bigrams (the cat) 1 of 2 -> 1/2;
+    # longest common subsequence "the cat" = 2 of 3 -> 2/3
+    out = scores.rouge_scores(["the cat sat"], ["the cat ran"])
+    assert out["rouge1"] == [pytest.approx(2 / 3)]
+    assert out["rouge2"] == [pytest.approx(1 / 2)]
+    assert out["rougeL"] == [pytest.approx(2 / 3)]
+
+
+def test_bleu():
+    # "a b c d e" vs "a b c d f": n-gram precisions 4/5, 3/4, 2/3, 1/2, same length (no brevity penalty):
+    # 100 · (0.8 · 0.75 · 0.6667 · 0.5)^(1/4) = 100 · 0.2^(1/4) = 66.87
+    assert scores.corpus_bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25, abs=0.01)
+    assert scores.corpus_bleu(["the same words here"], ["the same words here"]) == pytest.approx(100.0)
+
+
+def test_best_of_takes_the_highest_of_the_first_n():
+    assert scores.best_of([[0.1, 0.9, 5.0], [2.0, 2.0, 1.0]], 2) == [1, 0]  # 5.0 is sample 3, beyond n; a tie keeps the first
+
+
+def answer(text: str, tokens: int, eos: bool = True) -> Answer:
+    return Answer(text, list(range(tokens)), eos)
+
+
+def test_row_metrics_by_hand():
+    base = Row("base", "base", [answer("x y", 3), answer("x", 2, eos=False)], rewards=[0.0, 1.0])
+    sft = Row("sft", "sft", [answer("the cat sat", 4), answer("a b", 2)], rewards=[1.0, 1.0], judged=[1.0, None])
+    rows = {"base": base, "sft": sft}
+    refs = ["the cat ran", None]
+    boot = {"samples": 200, "seed": 0}
+    f = row_metrics(sft, rows, ["base", "sft"], refs, boot)
+    assert f["reward_mean"] == 1.0
+    assert f["win_rate_vs_base"] == 0.75  # 1 > 0 wins, 1 = 1 ties: (1 + 0.5) / 2
+    assert "win_rate_vs_sft" not in f
+    assert f["response_length"] == 3.0 and f["no_eos_frac"] == 0.0
+    assert f["rouge1"] == pytest.approx(2 / 3)  # only the first prompt has a reference
+    assert f["judge_mean"] == 1.0 and f["judge_errors"] == 1.0
+    g = row_metrics(base, rows, ["base", "sft"], refs, boot)
+    assert g["win_rate_vs_sft"] == 0.25 and g["no_eos_frac"] == 0.5
+    assert g["distinct_1"] == pytest.approx(2 / 3)  # x y x -> 2 distinct of 3
