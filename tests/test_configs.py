@@ -1,28 +1,43 @@
-"""Every shipped YAML config loads into its stage's config class."""
+"""Every shipped YAML config loads: stage configs into their classes, pipeline presets into every
+stage config they wire, accelerate configs into the fields `accelerate launch` needs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from align.core.config import load_config
-from align.ppo.config import PPOConfig
-from align.prefs.config import DPOConfig, OnlineConfig
-from reward.config import RewardConfig
-from sft.config import SFTConfig
+from align.pipeline import STAGES, Pipeline, stage_entry
+from align.pipeline import load_config as load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_CLASSES = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "dpo": DPOConfig,
-                 "grpo": OnlineConfig, "rloo": OnlineConfig}
 CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 
 
 def test_there_are_configs_for_every_stage_directory():
-    stages = {p.parent.name for p in CONFIGS}
-    assert stages <= set(STAGE_CLASSES) | {"accelerate"}, stages - set(STAGE_CLASSES)
+    kinds = {p.parent.name for p in CONFIGS}
+    assert kinds <= set(STAGES) | {"pipeline", "accelerate"}, kinds - set(STAGES)
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name in STAGE_CLASSES], ids=lambda p: p.name)
-def test_config_loads(path):
-    load_config(STAGE_CLASSES[path.parent.name], path)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.parent.name in STAGES], ids=lambda p: p.name)
+def test_stage_config_loads(path):
+    cls, _ = stage_entry(path.parent.name)
+    load_config(cls, path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipeline").glob("*.yaml")), ids=lambda p: p.name)
+def test_pipeline_preset_builds_every_stage(path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # presets name their stage configs relative to the repository
+    pipeline = Pipeline(load_pipeline(path))
+    for stage in pipeline.config.stages:
+        config = pipeline.stage_config(stage)
+        assert Path(config.out_dir) == pipeline.root / stage
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_config_names_a_distributed_type(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] in ("MULTI_GPU", "DEEPSPEED", "FSDP")
+    assert config["num_processes"] >= 1

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from align.core import tiny
 from align.core.config import check
 from align.core.errors import AlignError
 
@@ -127,6 +128,8 @@ def resolve_model_path(name: str) -> str:
     key = ALIASES.get(name.lower(), name.lower())
     if key in EMBEDDED:
         return str(ensure_embedded(key))
+    if key == tiny.NAME:
+        return str(ensure_tiny())
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -135,6 +138,23 @@ def resolve_model_path(name: str) -> str:
     if name.startswith((".", "/", "~")) or path.suffix:
         raise AlignError(f"model {name!r}: no such directory")
     return name
+
+
+def ensure_tiny() -> Path:
+    """Build the tiny random model into the cache once (a second or two)."""
+    target = cache_root() / "models" / tiny.NAME
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{tiny.NAME}."))
+    try:
+        tiny.build_tiny_llama(tmp, tiny.demo_texts())
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():  # not another process that built it first
+            raise
+    return target
 
 
 def embedded_gguf(key: str) -> Path:

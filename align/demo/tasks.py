@@ -162,10 +162,14 @@ def judge(prompt: str, response: str) -> float:
 def ranked_variants(task: Task, rng: random.Random) -> list[tuple[str, int]]:
     """Four responses with their ranks under the demo rule (0 best)."""
     filler = rng.choice(FILLERS)
-    verbose = lambda text: f"{text}{'' if text.endswith('.') else '.'} {filler}"  # noqa: E731
     return [
         (task.response, 0),  # right, concise
-        (verbose(task.response), 1),  # right, verbose
+        (padded(task.response, filler), 1),  # right, verbose
         (task.wrong, 2),  # wrong, concise
-        (verbose(task.wrong), 3),  # wrong, verbose
+        (padded(task.wrong, filler), 3),  # wrong, verbose
     ]
+
+
+def padded(text: str, filler: str) -> str:
+    """A response made verbose by a filler sentence."""
+    return f"{text}{'' if text.endswith('.') else '.'} {filler}"

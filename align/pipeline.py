@@ -1,0 +1,323 @@
+"""`align run`: the stages of one alignment run in order, under runs/NAME/, with a manifest.
+
+One pipeline file names the base model, which stages run, and each stage's config file plus
+overrides. The pipeline wires the stages together (the SFT adapter feeds the reward model and
+the policy, the reward model feeds PPO/GRPO/RLOO and the evaluation), gives every stage the
+same W&B group, and records each stage's status, time and headline figures in
+runs/NAME/manifest.json. A finished stage is skipped on a re-run; a killed or failed stage
+resumes from its newest checkpoint; `from_stage` reruns from a point.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from align.core import rundir
+from align.core.config import build, parse_override, read_yaml_mapping, set_dotted, to_dict
+from align.core.errors import AlignError, ConfigError
+from align.core.tracking import TrackingConfig
+
+STAGES = ("sft", "reward", "ppo", "dpo", "grpo", "rloo", "eval")
+POLICY_STAGES = ("ppo", "dpo", "grpo", "rloo")
+# the figures `align status` and the manifest show for each stage
+HEADLINES = {
+    "sft": ("eval/loss_before", "eval/loss"),
+    "reward": ("eval_before/accuracy", "eval/accuracy"),
+    "ppo": ("eval_before/reward_mean", "eval/reward_mean", "eval/kl"),
+    "dpo": ("train/loss_mean", "eval/rewards/accuracies"),
+    "grpo": ("train/reward", "train/loss_mean"),
+    "rloo": ("train/reward", "train/loss_mean"),
+    "eval": ("sft/reward_mean", "aligned/reward_mean", "aligned/win_rate_vs_sft"),
+}
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageSpec:
+    config: str | None = None
+    """The stage's own YAML config (e.g. configs/sft/smollm2-qlora.yaml); its defaults when absent."""
+    set: dict[str, Any] = field(default_factory=dict)
+    """Dotted overrides on top of it, e.g. {training.epochs: 2}."""
+
+
+@dataclass
+class PipelineConfig:
+    name: str = "demo"
+    """The run's name: outputs go to RUNS_DIR/NAME/<stage>, and it is the W&B group."""
+    runs_dir: str = "runs"
+    model: str = "smollm2-135m-instruct"
+    """The base model of every stage: the embedded default, a local dir or a hub id."""
+    stages: list[str] = field(default_factory=lambda: ["sft", "reward", "ppo", "eval"])
+    """Which stages run, in this order; at most one of ppo, dpo, grpo, rloo."""
+    sft: StageSpec = field(default_factory=StageSpec)
+    reward: StageSpec = field(default_factory=StageSpec)
+    ppo: StageSpec = field(default_factory=StageSpec)
+    dpo: StageSpec = field(default_factory=StageSpec)
+    grpo: StageSpec = field(default_factory=StageSpec)
+    rloo: StageSpec = field(default_factory=StageSpec)
+    eval: StageSpec = field(default_factory=StageSpec)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B for every stage (the group is the run name)."""
+
+    def __post_init__(self):
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ConfigError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"stages: a stage is listed twice: {self.stages}")
+        if not self.stages:
+            raise ConfigError("stages: name at least one stage")
+        if sum(s in POLICY_STAGES for s in self.stages) > 1:
+            raise ConfigError(f"stages: pick one of {', '.join(POLICY_STAGES)} (got {self.stages})")
+        order = [STAGES.index(s) for s in self.stages]
+        if order != sorted(order):
+            raise ConfigError(f"stages: {self.stages} are out of order; the order is {', '.join(STAGES)}")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: {self.name!r} must be a non-empty directory name")
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """A pipeline config from YAML, then overrides. `--set sft.training.epochs=2` reaches into a
+    stage's settings (its `set`); `--set name=x`, `--set model=...`, `--set stages=[sft,eval]` are
+    the pipeline's own."""
+    data = read_yaml_mapping(Path(path)) if path is not None else {}
+    for item in overrides:
+        key, value = parse_override(item)
+        stage, _, rest = key.partition(".")
+        if stage in STAGES and rest and rest != "config" and not rest.startswith("set"):
+            spec = data.setdefault(stage, {})
+            if not isinstance(spec, dict):
+                spec = data[stage] = {"config": spec}
+            spec.setdefault("set", {})[rest] = value
+        else:
+            set_dotted(data, key, value)
+    source = f"{path if path is not None else 'defaults'}{' + --set' if overrides else ''}"
+    return build(PipelineConfig, data, source)
+
+
+@dataclass
+class PipelineResult:
+    root: Path
+    manifest: dict[str, Any]
+    stages: dict[str, dict[str, Any]]
+    """Each stage's metrics.json."""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The evaluation's figures (`aligned/reward_mean`, ...) when it ran, else the last stage's."""
+        if "eval" in self.stages:
+            return self.stages["eval"]
+        return self.stages[list(self.stages)[-1]] if self.stages else {}
+
+    @property
+    def report(self) -> Path | None:
+        path = self.root / "eval" / "report.html"
+        return path if path.exists() else None
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig, echo: Callable[[str], None] = print):
+        self.config = config
+        self.root = Path(config.runs_dir) / config.name
+        self.echo = echo
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def stage_config(self, stage: str) -> Any:
+        """The stage's typed config: its file, then the pipeline's wiring, then the user's overrides."""
+        cls, _ = stage_entry(stage)
+        spec: StageSpec = getattr(self.config, stage)
+        data = read_yaml_mapping(Path(spec.config)) if spec.config else {}
+        for key, value in self.wiring(stage).items():
+            set_dotted(data, key, value)
+        for key, value in spec.set.items():
+            set_dotted(data, key, value)
+        # always the pipeline's, whatever a stage file or override said: the manifest points here
+        data["out_dir"] = str(self.stage_dir(stage))
+        data.setdefault("tracking", {}).update(
+            wandb=self.config.tracking.wandb, project=self.config.tracking.project, group=self.config.name,
+            run_name=f"{self.config.name}-{stage}",
+        )
+        return build(cls, data, f"{spec.config or 'defaults'} (pipeline stage {stage!r})")
+
+    def wiring(self, stage: str) -> dict[str, Any]:
+        """How the stages feed each other: the SFT adapter starts the reward model and the policy,
+        the reward model scores PPO/GRPO/RLOO and the evaluation."""
+        runs = set(self.config.stages)
+        sft_adapter = str(self.stage_dir("sft") / rundir.ADAPTER) if "sft" in runs else None
+        reward_dir = str(self.stage_dir("reward")) if "reward" in runs else None
+        if stage == "eval":
+            models = {"base": self.config.model}
+            if "sft" in runs:
+                models["sft"] = str(self.stage_dir("sft"))
+            policy = next((s for s in self.config.stages if s in POLICY_STAGES), None)
+            if policy:
+                models["aligned"] = str(self.stage_dir(policy))
+            curves = {s: str(self.stage_dir(s)) for s in self.config.stages if s != "eval"}
+            wired: dict[str, Any] = {"models": models, "stages": curves}
+            if reward_dir:
+                wired["reward"] = reward_dir
+            return wired
+        wired = {"model.name": self.config.model}
+        if stage != "sft":
+            wired["model.adapter"] = sft_adapter
+        if stage in ("ppo", "grpo", "rloo") and reward_dir:
+            wired["reward.model"] = reward_dir
+            wired["reward.function"] = None
+        return wired
+
+    def run(self, *, from_stage: str | None = None) -> PipelineResult:
+        """Run what is not done yet (everything from `from_stage` on, when given)."""
+        if from_stage is not None and from_stage not in self.config.stages:
+            raise ConfigError(f"--from-stage {from_stage!r} is not one of this run's stages: {', '.join(self.config.stages)}")
+        # every config is built before any stage runs: a typo in the last stage fails in seconds, not hours
+        configs = {stage: self.stage_config(stage) for stage in self.config.stages}
+        manifest = self.read_manifest()
+        rerun = False
+        results: dict[str, dict[str, Any]] = {}
+        for stage in self.config.stages:
+            rerun = rerun or stage == from_stage
+            results[stage] = self.run_stage(stage, configs[stage], manifest, rerun=rerun)
+        manifest["finished"] = _now()
+        self.write_manifest(manifest)
+        return PipelineResult(self.root, manifest, results)
+
+    def run_stage(self, stage: str, config: Any, manifest: dict[str, Any], *, rerun: bool) -> dict[str, Any]:
+        out = rundir.StageDir(self.stage_dir(stage))
+        state = out.state()
+        if state == "running":
+            raise AlignError(f"{out.path} is in use by a running process (pid {out.status().get('pid')})")
+        entry = manifest["stages"].setdefault(stage, {"out_dir": str(out.path)})
+        if state == "done" and not rerun:
+            check_same_config(out, config, stage)
+            self.echo(f"[{self.config.name}] {stage}: done before, skipped ({out.path})")
+            entry.update(status="done", headline=headline(stage, out.metrics()))
+            self.write_manifest(manifest)
+            return out.metrics()
+        resume = not rerun and state in ("failed", "dead") and out.newest_checkpoint() is not None
+        how = f"resuming from {out.newest_checkpoint().name}" if resume else "starting"
+        self.echo(f"[{self.config.name}] {stage}: {how} -> {out.path}")
+        _, train = stage_entry(stage)
+        started = time.time()
+        entry.update(status="running", started=_now(), finished=None, error=None)
+        self.write_manifest(manifest)
+        try:
+            figures = train(config, overwrite=not resume, resume=resume)
+        except BaseException as e:
+            entry.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.time() - started, 1))
+            self.write_manifest(manifest)
+            raise
+        entry.update(status="done", finished=_now(), seconds=round(time.time() - started, 1),
+                     headline=headline(stage, figures))
+        self.write_manifest(manifest)
+        self.echo(f"[{self.config.name}] {stage}: done in {entry['seconds']:.0f} s "
+                  + " ".join(f"{k}={v:.4g}" for k, v in entry["headline"].items()))
+        return figures
+
+    def read_manifest(self) -> dict[str, Any]:
+        try:
+            manifest = rundir.read_json(self.root / MANIFEST)
+        except FileNotFoundError:
+            manifest = {"name": self.config.name, "created": _now(), "stages": {}}
+        manifest["config"] = to_dict(self.config)
+        manifest["stages"] = {s: manifest["stages"][s] for s in self.config.stages if s in manifest.get("stages", {})}
+        return manifest
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        manifest["updated"] = _now()
+        rundir.write_json_atomic(self.root / MANIFEST, manifest)
+
+
+def check_same_config(out: rundir.StageDir, config: Any, stage: str) -> None:
+    """A finished stage is reused only for the settings it ran with: reusing it under changed
+    settings would report figures of a run that was never made."""
+    import yaml
+
+    try:
+        before = yaml.safe_load(out.file(rundir.CONFIG).read_text(encoding="utf-8"))
+    except (FileNotFoundError, yaml.YAMLError):
+        return
+    now = to_dict(config)
+    changed = [k for k in sorted(set(_flat(before)) | set(_flat(now))) if _flat(before).get(k) != _flat(now).get(k)]
+    if changed:
+        k = changed[0]
+        raise ConfigError(
+            f"{out.path} finished with different settings ({k}: {_flat(before).get(k)!r} then, "
+            f"{_flat(now).get(k)!r} now{f', and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
+            f"rerun it with --from-stage {stage}, or give the run a new --name"
+        )
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def headline(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: metrics[k] for k in HEADLINES[stage] if isinstance(metrics.get(k), (int, float))}
+
+
+def stage_entry(stage: str) -> tuple[type, Callable[..., dict[str, Any]]]:
+    """The config class and training function of a stage; imported only when used."""
+    if stage == "sft":
+        from sft.config import SFTConfig
+        from sft.train import train
+
+        return SFTConfig, train
+    if stage == "reward":
+        from reward.config import RewardConfig
+        from reward.train import train
+
+        return RewardConfig, train
+    if stage == "ppo":
+        from align.ppo.config import PPOConfig
+        from align.ppo.train import train
+
+        return PPOConfig, train
+    if stage == "dpo":
+        from align.prefs.config import DPOConfig
+        from align.prefs.train import dpo
+
+        return DPOConfig, dpo
+    if stage in ("grpo", "rloo"):
+        from align.api import train_grpo, train_rloo
+        from align.prefs.config import OnlineConfig
+
+        return OnlineConfig, train_grpo if stage == "grpo" else train_rloo
+    if stage == "eval":
+        from align.eval.config import EvalConfig
+        from align.eval.run import evaluate
+
+        return EvalConfig, evaluate
+    raise ConfigError(f"unknown stage {stage!r}")
+
+
+def status_rows(root: Path) -> list[dict[str, Any]]:
+    """The manifest of runs/NAME, each stage's state taken from its own status.json (the truth
+    when the pipeline process was killed before it could update the manifest)."""
+    try:
+        manifest = rundir.read_json(Path(root) / MANIFEST)
+    except FileNotFoundError:
+        raise ConfigError(f"{root}: no {MANIFEST} here; is it a run directory of `align run`?") from None
+    rows = []
+    stages = manifest.get("stages", {})
+    order = [s for s in manifest.get("config", {}).get("stages", []) if s in stages]
+    for stage, entry in ((s, stages[s]) for s in order):
+        out = rundir.StageDir(entry.get("out_dir", Path(root) / stage))
+        state = out.state() or "pending"  # listed, never started: killed before it could begin
+        figures = headline(stage, out.metrics()) or entry.get("headline", {})
+        rows.append({"stage": stage, "status": state, "seconds": entry.get("seconds"), "out_dir": str(out.path),
+                     "headline": figures, "error": (out.status() or {}).get("error") if state == "failed" else None})
+    return rows
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
