@@ -10,6 +10,7 @@ resumes from its newest checkpoint; `from_stage` reruns from a point.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,9 @@ class Pipeline:
         return manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
+        # under `accelerate launch` every process runs the pipeline; one writes its manifest
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         manifest["updated"] = _now()
         rundir.write_json_atomic(self.root / MANIFEST, manifest)
 
