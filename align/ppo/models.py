@@ -142,8 +142,17 @@ class PolicyStack(nn.Module):
         for name in TRAINABLE:
             for p in self._params[name]:
                 p.data = p.data.float()
-        self._active = POLICY
-        self.use(POLICY)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        # the LoRA layers, found once: adapters switch on every pass of an update (see use())
+        self._adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
+        self._trainable: dict[str, nn.Parameter] | None = None
+        for adapter, params in self._params.items():
+            for p in params:
+                p.requires_grad_(adapter in TRAINABLE)
+        self._active = None
+        self._base_pass: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._check_fast_switch()
 
     @property
     def device(self) -> torch.device:
@@ -155,27 +164,53 @@ class PolicyStack(nn.Module):
     def named_trainable(self) -> dict[str, nn.Parameter]:
         """Policy and value adapters and the value head, by name: what checkpoints hold.
 
-        Chosen by name, not by requires_grad, which peft flips whenever adapters switch."""
-        names = {id(p): n for n, p in self.peft.named_parameters()}
-        out = {names[id(p)]: p for adapter in TRAINABLE for p in self._params[adapter]}
-        out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
-        return out
+        Chosen by name, not by requires_grad, which peft's own adapter switching flips."""
+        if self._trainable is None:  # the same Parameter objects for the stack's life (only .data is replaced)
+            names = {id(p): n for n, p in self.peft.named_parameters()}
+            self._trainable = {names[id(p)]: p for adapter in TRAINABLE for p in self._params[adapter]}
+            self._trainable.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
+        return dict(self._trainable)
 
     def use(self, name: str) -> None:
-        """Activate one adapter; peft's set_adapter flips requires_grad, so restore ours."""
-        self.peft.set_adapter(name)
+        """Activate one adapter.
+
+        Policy and value alternate in every micro-batch, so this is on the hot path. peft's
+        PeftModel.set_adapter walks every module of the model and flips requires_grad on every
+        adapter, which cost a fifth of a tiny model's PPO update (bench/README.md). Here the LoRA
+        layers found at start-up get the active adapter that BaseTunerLayer.set_adapter would give
+        them, and requires_grad stays as ours: policy and value trainable, the rest frozen.
+        Adapters never carry modules_to_save here, so the LoRA layers are all there is to switch.
+        """
+        if name == self._active:
+            return
+        if name not in self.peft.peft_config:
+            raise ValueError(f"no adapter {name!r} on the shared base")
+        for layer in self._adapter_layers:
+            layer._active_adapter = [name]
+        self.peft.active_adapter = self.peft.base_model.active_adapter = name  # as PeftModel.set_adapter sets them
         self._active = name
-        for adapter, params in self._params.items():
-            for p in params:
-                p.requires_grad_(adapter in TRAINABLE)
 
     @contextlib.contextmanager
     def base_only(self) -> Iterator[None]:
-        """Adapters off; on exit peft re-enables only the active adapter's grads, so restore ours."""
-        active = self._active
-        with self.peft.disable_adapter():
+        """Adapters off (the reference, or a reward head on the base), on the LoRA layers alone as
+        in use(), and without peft's requires_grad flips."""
+        for layer in self._adapter_layers:
+            layer._disable_adapters = True
+        try:
             yield
-        self.use(active)
+        finally:
+            for layer in self._adapter_layers:
+                layer._disable_adapters = False
+
+    def _check_fast_switch(self) -> None:
+        """use() and base_only() set peft's own per-layer state; fail loudly if a peft release renames it."""
+        layer = self._adapter_layers[0]
+        self.use(POLICY)
+        with self.base_only():
+            off = layer.disable_adapters
+        if layer.active_adapters != [POLICY] or not off or layer.disable_adapters:
+            raise AlignError("this peft release keeps a LoRA layer's active adapter elsewhere; "
+                             "PolicyStack.use() needs updating")
 
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states (B, L, H) with the active adapter."""
@@ -188,13 +223,17 @@ class PolicyStack(nn.Module):
         """Logits (B, n_last, V) predicting the last n_last tokens (the response)."""
         if adapter == REF and not self.has_ref_adapter:
             with self.base_only():
-                return self._logits(input_ids, attention_mask, n_last)
+                # a reward head on the base reads this very pass's hidden states: keep them for rewards()
+                return self._logits(input_ids, attention_mask, n_last,
+                                    keep_hidden=self.reward_on_base and not torch.is_grad_enabled())
         self.use(adapter)
         return self._logits(input_ids, attention_mask, n_last)
 
-    def _logits(self, input_ids, attention_mask, n_last):
+    def _logits(self, input_ids, attention_mask, n_last, keep_hidden=False):
         out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                        logits_to_keep=n_last + 1)
+                        logits_to_keep=n_last + 1, output_hidden_states=keep_hidden)
+        if keep_hidden:
+            self._base_pass = (input_ids, attention_mask, out.hidden_states[-1])  # post-norm, as backbone() gives
         return out.logits[:, :-1]  # position t predicts token t+1
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_last: int) -> torch.Tensor:
@@ -208,17 +247,33 @@ class PolicyStack(nn.Module):
         if self.reward_head is None:
             raise AlignError("no reward model on the shared base")
         if self.reward_on_base:
-            with self.base_only():
-                hidden = self.backbone(input_ids, attention_mask)
+            hidden = self._kept_base_pass(input_ids, attention_mask)
+            if hidden is None:
+                with self.base_only():
+                    hidden = self.backbone(input_ids, attention_mask)
         else:
             self.use(REWARD)
             hidden = self.backbone(input_ids, attention_mask)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
         return self.reward_head(picked.float()).squeeze(-1)
 
+    def _kept_base_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """The reference pass's hidden states when it read these very tokens (the base is frozen, so they
+        are what a second base pass would give): the rollout then runs the base once for the reference
+        log-probs and the reward, not twice."""
+        kept, self._base_pass = self._base_pass, None
+        if (kept is None or kept[0].shape != input_ids.shape or not torch.equal(kept[0], input_ids)
+                or not torch.equal(kept[1], attention_mask)):
+            return None
+        return kept[2]
+
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         self.use(POLICY)
-        return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        # sampling needs no autograd bookkeeping at all (13% faster than no_grad on the tiny model);
+        # the clone is a normal tensor again, which the update may index and embed under autograd
+        with torch.inference_mode():
+            out = self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return out.clone()
 
     @property
     def shares_reward(self) -> bool:
