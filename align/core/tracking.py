@@ -71,14 +71,20 @@ def configure_wandb_env(config: TrackingConfig, out_dir: Path, job_type: str) ->
 
 
 class MetricsLog:
-    """Appends step records to metrics.jsonl and keeps the final figures for metrics.json."""
+    """Appends step records to metrics.jsonl and keeps the final figures for metrics.json.
 
-    def __init__(self, out_dir: Path, wandb_run: Any = None):
+    With many processes only the main one writes (`write=False` elsewhere); the others keep the
+    final figures in memory, so every process returns the same result."""
+
+    def __init__(self, out_dir: Path, wandb_run: Any = None, write: bool = True):
         self.out_dir = Path(out_dir)
         self.final: dict[str, Any] = {}
         self.wandb_run = wandb_run
+        self.write = write
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.write:
+            return
         record = {"step": step, **{k: clean_number(v) for k, v in metrics.items()}}
         with open(self.out_dir / rundir.METRICS_LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
@@ -88,6 +94,8 @@ class MetricsLog:
 
     def update(self, metrics: dict[str, Any]) -> None:
         self.final.update({k: clean_number(v) for k, v in metrics.items()})
+        if not self.write:
+            return
         rundir.write_json_atomic(self.out_dir / rundir.METRICS, self.final)
         if self.wandb_run is not None:
             self.wandb_run.summary.update({k: v for k, v in self.final.items() if isinstance(v, (int, float))})
@@ -95,7 +103,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """On resume, drop log lines past the checkpoint we restart from, so steps stay unique."""
         path = self.out_dir / rundir.METRICS_LOG
-        if not path.exists():
+        if not self.write or not path.exists():
             return
         kept = []
         for line in path.read_text(encoding="utf-8").splitlines():
