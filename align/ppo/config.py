@@ -56,11 +56,12 @@ class PPOSettings:
     updates: int = 20
     """PPO updates (rollout + optimisation) to run."""
     batch_size: int = 8
-    """Prompts per rollout."""
+    """Prompts per rollout, over all processes: each of n rolls out batch_size / n."""
     mini_batch_size: int = 4
-    """Responses per optimiser step inside an update."""
+    """Responses per optimiser step inside an update, over all processes (each of n takes 1/n)."""
     grad_accum: int = 1
-    """Micro-batches per mini-batch (memory): mini_batch_size must divide by it."""
+    """Micro-batches per mini-batch and process (memory, not maths): mini_batch_size / processes must
+    divide by it."""
     ppo_epochs: int = 4
     """Passes over each rollout (N+: 4)."""
     learning_rate: float = 1e-4

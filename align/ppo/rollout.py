@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from align.core.distributed import World
 from align.ppo.losses import logprobs_of
 from align.ppo.models import REF, PolicyStack
 
@@ -110,6 +111,30 @@ def make_rollout(
     timings["time/scoring_s"] = time.perf_counter() - start
     stack.peft.train()
     return rollout
+
+
+def gather_rollout(rollout: Rollout, world: World, pad_id: int) -> Rollout:
+    """Every process's rollout joined in rank order: the global batch, on every process.
+
+    Queries stay left-padded and responses right-padded, to the longest across processes, so
+    positions (counted from the masks), the last real token and every masked figure are unchanged.
+    Small next to the model, and it lets the advantages, whitening and logged figures be computed
+    on the global batch by the single-process code."""
+    if world.size == 1:
+        return rollout
+    Q, T = world.max([rollout.query_ids.shape[1], rollout.response_ids.shape[1]])
+
+    def left(x: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (Q - x.shape[1], 0), value=value)
+
+    def right(x: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
+
+    r = rollout
+    return Rollout(world.gather(left(r.query_ids, pad_id)), world.gather(left(r.query_mask, 0)),
+                   world.gather(right(r.response_ids, pad_id)), world.gather(right(r.response_mask, 0)),
+                   *(world.gather(right(x, 0.0)) for x in (r.logprobs, r.ref_logprobs, r.values)),
+                   world.gather(r.raw_scores), world.gather(r.scores), world.gather(r.has_eos))
 
 
 def shared_base_scorer(stack: PolicyStack) -> Scorer:
