@@ -31,7 +31,8 @@ class RewardTraining:
     epochs: float = 1.0
     """Passes over the training prompts."""
     batch_size: int = 8
-    """Prompts (rankings) per step; each brings its K completions, all scored in one forward pass."""
+    """Prompts (rankings) per step, over all processes (each of n takes batch_size / n); each brings its
+    K completions, all scored in one forward pass."""
     grad_accum: int = 1
     learning_rate: float = 1e-4
     """AdamW peak learning rate (head and adapters)."""

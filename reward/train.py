@@ -3,6 +3,9 @@
 Our own loop rather than TRL's RewardTrainer: that trainer takes pairs, and the K-wise loss
 needs each prompt's K completions in one forward pass with its C(K,2) pairs weighted together.
 Read top to bottom: data -> model -> (eval before) -> epochs of batches -> eval -> normaliser -> save.
+
+Under `accelerate launch` training.batch_size stays the global batch: each process takes its share
+of every batch, the figures are over the whole batch, and only the main process writes files.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import checkpoint, modeling, rundir, tracking
+from align.core import checkpoint, distributed, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
-from align.core.errors import DataError
+from align.core.errors import AlignError, DataError
 from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
 from reward.losses import kwise_ranking_loss
@@ -40,11 +43,13 @@ def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], li
 def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Train into `config.out_dir`; returns the figures written to metrics.json."""
     groups = load_reward_data(config)
+    processes = distributed.world().size
+    if config.training.batch_size % processes:
+        raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
+                         f"processes it must divide by {processes}")
     out = rundir.StageDir(config.out_dir)
-    out.prepare(overwrite=overwrite, resume=resume)
-    out.write_config(dump_yaml(config))
-    with out.running():
-        return _train(config, out, *groups, resume=resume)
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+        return _train(config, out, *groups, world=world, resume=resume)
 
 
 class Batcher:
@@ -73,10 +78,18 @@ class Batcher:
         }
 
 
-def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: int) -> list[list[float]]:
-    """Rewards of every completion of every group, without gradients."""
+def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: int,
+                 world: distributed.World = distributed.World()) -> list[list[float]]:
+    """Rewards of every completion of every group, without gradients; each process scores its share.
+
+    `model` is the bare model, not a DDP wrapper: DDP syncs buffers in every forward, and the
+    processes' shares need not take the same number of forwards."""
     texts = [conversation_text(batcher.tokenizer, g.prompt, c) for g in groups for c in g.completions]
-    flat = score_texts(model, batcher.tokenizer, texts, batcher.max_length, batch_size).tolist()
+    share = -(-len(texts) // world.size)
+    mine = texts[world.rank * share:(world.rank + 1) * share]
+    rewards = score_texts(model, batcher.tokenizer, mine, batcher.max_length, batch_size)
+    flat = world.gather(rewards.to(next(model.parameters()).device)).tolist()
+
     out, i = [], 0
     for g in groups:
         out.append(flat[i:i + len(g.completions)])
@@ -85,7 +98,7 @@ def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: 
 
 
 def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group], eval_groups: list[Group],
-           reference: list[Group], *, resume: bool) -> dict[str, Any]:
+           reference: list[Group], *, world: distributed.World, resume: bool) -> dict[str, Any]:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -110,7 +123,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
 
     is_main = accelerator.is_main_process
     wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
-    metrics = tracking.MetricsLog(out.path, wandb_run)
+    metrics = tracking.MetricsLog(out.path, wandb_run, write=is_main)
     state = {"step": 0, "batch": 0}
     newest = out.newest_checkpoint() if resume else None
     if newest is not None:
@@ -119,7 +132,8 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
         metrics.final = out.metrics()
         metrics.truncate_after(state["step"])
     elif eval_groups:
-        before = ranking_metrics(eval_groups, score_groups(model, batcher, eval_groups, t.eval_batch_size))
+        before = ranking_metrics(eval_groups, score_groups(accelerator.unwrap_model(model), batcher, eval_groups,
+                                                           t.eval_batch_size, world))
         metrics.update({k.replace("eval/", "eval_before/"): v for k, v in before.items() if "calibration" not in k})
     metrics.update({"params/trainable": trainable, "params/total": total, "data/train_groups": len(train_groups),
                     "data/eval_groups": len(eval_groups)})
@@ -133,27 +147,35 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
         epoch, index = divmod(b, batches_per_epoch)
         order = random.Random(t.seed + epoch).sample(train_groups, len(train_groups))  # same order on resume
         groups = order[index * t.batch_size:(index + 1) * t.batch_size]
-        groups = groups[accelerator.process_index::accelerator.num_processes] or groups[:1]
-        batch = batcher(groups)
+        mine = groups[world.rank::world.size]
+        # DDP averages the processes' gradients; weighting each process's mean loss by its share of
+        # the batch's groups makes that the batch mean, also for a last batch that does not split
+        # evenly (a process with no group runs one at weight 0 to join the all-reduce)
+        weight = len(mine) * world.size / len(groups)
+        batch = batcher(mine or groups[:1])
         with accelerator.accumulate(model):
             rewards = model(**batch["inputs"].to(accelerator.device)).logits[:, 0].float()  # (N,)
             loss = kwise_ranking_loss(rewards, batch["pairs"].to(rewards.device), batch["pair_group"].to(rewards.device),
                                       None if batch["margins"] is None else batch["margins"].to(rewards.device))
-            accelerator.backward(loss)
+            accelerator.backward(loss * weight)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if accelerator.sync_gradients else None
             optimizer.step()
             optimizer.zero_grad()
         diff = rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]]
-        window.append((loss.item(), (diff > 0).float().mean().item()))
+        pairs_in_batch = sum(len(g.pairs) for g in groups)
+        # this process's part of the batch's loss and pair accuracy; summed across processes at logging
+        window.append(torch.stack([loss.detach() * weight / world.size,
+                                   (diff > 0).float().sum() * (1.0 if mine else 0.0) / pairs_in_batch]))
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
         progress.update(1)
         state = {"step": state["step"] + 1, "batch": b + 1}
-        if state["step"] % config.tracking.logging_steps == 0 and is_main:
+        if state["step"] % config.tracking.logging_steps == 0:
+            loss_sum, accuracy_sum = accelerator.reduce(torch.stack(window).sum(0), "sum").tolist()
             metrics.log(state["step"], {
-                "train/loss": sum(w[0] for w in window) / len(window),
-                "train/accuracy": sum(w[1] for w in window) / len(window),
+                "train/loss": loss_sum / len(window),
+                "train/accuracy": accuracy_sum / len(window),
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "train/learning_rate": scheduler.get_last_lr()[0],
                 "train/epoch": round(b / batches_per_epoch, 4),
@@ -168,17 +190,17 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     unwrapped = accelerator.unwrap_model(model)
     figures: dict[str, Any] = {"train/steps": state["step"], "train/runtime_s": round(runtime, 2),
                                "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
-    eval_rewards = score_groups(unwrapped, batcher, eval_groups, t.eval_batch_size) if eval_groups else []
+    eval_rewards = score_groups(unwrapped, batcher, eval_groups, t.eval_batch_size, world) if eval_groups else []
     if eval_groups:
         figures.update(ranking_metrics(eval_groups, eval_rewards))
     # the reference set is the eval set unless the user named one: score it once
     reference_rewards = eval_rewards if reference is eval_groups else score_groups(unwrapped, batcher, reference,
-                                                                                   t.eval_batch_size)
+                                                                                   t.eval_batch_size, world)
     normaliser = Normaliser.fit([r for rs in reference_rewards for r in rs])
     figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std, **tracking.peak_memory_mb()})
     if is_main:
         save_reward_model(unwrapped, tokenizer, config, out, normaliser)
-        metrics.update(figures)
+    metrics.update(figures)
     if wandb_run is not None:
         wandb_run.finish()
     return metrics.final

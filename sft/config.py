@@ -49,9 +49,10 @@ class SFTTraining:
     max_steps: int = -1
     """Stop after this many optimiser steps; -1 = run `epochs`."""
     batch_size: int = 8
-    """Sequences per device per forward pass."""
+    """Sequences per forward pass, over all processes: under `accelerate launch` with n processes each
+    takes batch_size / n, so a run card trains alike on any number of them."""
     grad_accum: int = 1
-    """Forward passes per optimiser step; the effective batch is batch_size x grad_accum x processes."""
+    """Forward passes per optimiser step; the batch of one step is batch_size x grad_accum."""
     learning_rate: float = 2e-4
     """AdamW peak learning rate; 2e-4 is QLoRA's for 7B-13B models with LoRA."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"

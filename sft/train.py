@@ -1,4 +1,8 @@
-"""Stage 1: QLoRA instruction SFT. Load data -> load model -> TRL SFTTrainer -> save adapter."""
+"""Stage 1: QLoRA instruction SFT. Load data -> load model -> TRL SFTTrainer -> save adapter.
+
+Under `accelerate launch` training.batch_size stays the global batch (TRL's is per device): each
+of n processes takes batch_size / n, and only the main process writes files.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import modeling, rundir, tracking
+from align.core import distributed, modeling, rundir, tracking
 from align.core.config import dump_yaml
 from align.core.errors import AlignError
 from sft.config import SFTConfig
@@ -17,18 +21,22 @@ from sft.formats import load_sft_examples
 def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
     """Run SFT into `config.out_dir`; returns the figures written to metrics.json."""
     train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
+    processes = distributed.world().size
+    if config.training.batch_size % processes:
+        raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
+                         f"processes it must divide by {processes}")
     out = rundir.StageDir(config.out_dir)
-    out.prepare(overwrite=overwrite, resume=resume)
-    out.write_config(dump_yaml(config))
-    with out.running():
-        return _train(config, out, train_examples, eval_examples, resume)
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+        return _train(config, out, train_examples, eval_examples, resume, world)
 
 
-def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool) -> dict[str, Any]:
+def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool,
+           world: distributed.World) -> dict[str, Any]:
     import datasets
+    import torch
     import trl
 
-    metrics = tracking.MetricsLog(out.path)
+    metrics = tracking.MetricsLog(out.path, write=world.is_main)
     previous = out.metrics() if resume else {}
     checkpoint = out.newest_checkpoint() if resume else None
     if checkpoint is not None:
@@ -37,6 +45,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
     if config.data.template == "chat" and not tokenizer.chat_template:
         raise AlignError(f"model {config.model.name!r} has no chat template; set data.template=alpaca or flan")
+    torch.manual_seed(config.training.seed)  # the new adapter's initial weights: the same on every run
     model = modeling.load_base(config.model, tokenizer)
     model = modeling.attach_tuning(model, config.model)
     trainable, total = modeling.count_parameters(model)
@@ -46,8 +55,8 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         output_dir=str(out.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
+        per_device_train_batch_size=t.batch_size // world.size,
+        per_device_eval_batch_size=t.batch_size // world.size,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -72,6 +81,9 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         run_name=config.tracking.run_name or out.path.name,
         dataloader_num_workers=0,
         dataset_num_proc=None,
+        # without CUDA, transformers joins the launched processes (gloo) only when told to use the
+        # CPU; otherwise each trains alone on the whole data
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = trl.SFTTrainer(
         model=model,
@@ -91,6 +103,10 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     }
     if eval_examples and "eval/loss_before" not in previous:
         figures["eval/loss_before"] = trainer.evaluate()["eval_loss"]
+        # evaluate() prepares the model for evaluation (no DDP) and marks it prepared; train() would
+        # then skip the DDP wrap, and the processes would never sum gradients (accelerate 1.15,
+        # transformers 5.24). Unmarked, train() wraps it.
+        trainer.model._is_accelerate_prepared = False
         figures["eval/perplexity_before"] = _perplexity(figures["eval/loss_before"])
     metrics.update({**previous, **figures})
 
@@ -113,7 +129,8 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
             **tracking.peak_memory_mb(),
         }
     )
-    save_weights(trainer.model, tokenizer, config, out)
+    if world.is_main:
+        save_weights(trainer.model, tokenizer, config, out)
     metrics.update(figures)
     return metrics.final
 
