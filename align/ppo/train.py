@@ -3,6 +3,11 @@
     for each update:  rollout (no grad)  ->  KL-shaped rewards, GAE, whitening
                       -> ppo_epochs x shuffled mini-batches of clipped policy + value loss
                       -> KL controller, logs (TRL's names), guards, eval, samples, checkpoint
+
+Under `accelerate launch` each of n processes rolls out its 1/n of the global batch; the rollouts
+are joined on every process, so advantages, whitening, the KL controller and the logged figures
+see the global batch; each process then takes its 1/n of every mini-batch and the gradients are
+summed across processes. Only the main process writes files.
 """
 
 from __future__ import annotations
@@ -15,15 +20,20 @@ from typing import Any
 
 import torch
 
-from align.core import checkpoint, modeling, rundir, tracking
+from align.core import checkpoint, distributed, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError
 from align.core.records import load_records
 from align.ppo import advantages as adv
-from align.ppo.config import PPOConfig
+from align.ppo.config import PPOConfig, PPOSettings
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import Rollout, Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer
+from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollout, make_rollout, shared_base_scorer,
+                               text_scorer)
+
+# what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
+MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
+                   "loss/value_avg", "val/clipfrac_avg", "loss/ptx_avg", "nonfinite/policy_loss", "nonfinite/value_loss")
 
 
 class TrainingHalted(AlignError):
@@ -41,16 +51,23 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False) -
         raise DataError([f"{config.data.prompts}: {len(prompts)} prompts, fewer than ppo.batch_size={config.ppo.batch_size}"])
     if config.reward.model is None and config.reward.function is None:
         raise AlignError("set reward.model (an `align reward` output directory) or reward.function (module:function)")
+    check_shards(config.ppo, distributed.world().size)
     out = rundir.StageDir(config.out_dir)
-    out.prepare(overwrite=overwrite, resume=resume)
-    out.write_config(dump_yaml(config))
-    with out.running():
-        return PPOTrainer(config, out).run(prompts, eval_prompts, resume=resume)
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+        return PPOTrainer(config, out, world).run(prompts, eval_prompts, resume=resume)
+
+
+def check_shards(p: PPOSettings, processes: int) -> None:
+    """batch_size and mini_batch_size are global: each process takes an equal share of both."""
+    if p.batch_size % processes or p.mini_batch_size % processes or (p.mini_batch_size // processes) % p.grad_accum:
+        raise AlignError(f"ppo.batch_size={p.batch_size} and ppo.mini_batch_size={p.mini_batch_size} are global: "
+                         f"under {processes} processes both must divide by {processes}, and mini_batch_size / "
+                         f"{processes} by ppo.grad_accum={p.grad_accum}")
 
 
 class PPOTrainer:
-    def __init__(self, config: PPOConfig, out: rundir.StageDir):
-        self.config, self.out = config, out
+    def __init__(self, config: PPOConfig, out: rundir.StageDir, world: distributed.World = distributed.World()):
+        self.config, self.out, self.world = config, out, world
         torch.manual_seed(config.ppo.seed)
         path = modeling.resolve_model_path(config.model.name)
         self.tokenizer = modeling.load_tokenizer(path, config.model.trust_remote_code)
@@ -72,6 +89,7 @@ class PPOTrainer:
             self.normaliser, self.score = reward_model.normaliser, text_scorer(reward_model, self.tokenizer)
         if not config.reward.normalise and use_model:
             self.normaliser = lambda raw: raw
+        world.broadcast_(self.stack.trainable_parameters())  # one start, whatever each process drew
         p = config.ppo
         # no weight decay: it would pull the adapters towards the base, not the reference (N+, cleanrl, TRL)
         # fused: one kernel over every adapter tensor (0.5 ms a step instead of 3 on the tiny model, 22 instead
@@ -86,8 +104,8 @@ class PPOTrainer:
         self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
         self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p)
         self.ptx_texts = self._ptx_texts() if p.ptx_coef > 0 else []
-        run_config = to_dict(config)
-        self.metrics = tracking.MetricsLog(out.path, tracking.start_wandb(config.tracking, out.path, "ppo", run_config))
+        wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
+        self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
 
     # ---------------------------------------------------------------- the loop
 
@@ -98,11 +116,15 @@ class PPOTrainer:
         start = self._resume() if resume else 0
         if start == 0 and eval_prompts:
             self.metrics.update({f"eval_before/{k}": v for k, v in self.evaluate(eval_prompts).items()})
-        for update in tqdm(range(start, p.updates), initial=start, total=p.updates, desc="PPO updates"):
+        for update in tqdm(range(start, p.updates), initial=start, total=p.updates, desc="PPO updates",
+                           disable=not self.world.is_main):
             batch = self._batch(prompts, update)
+            # the sampling noise of an update depends on (seed, update, process) alone: a resumed run
+            # draws what an uninterrupted one would, and no two processes draw the same
+            torch.manual_seed(p.seed + update * self.world.size + self.world.rank)
             snapshot = self._snapshot()
             try:
-                stats, rollout = self.step(batch)
+                stats, rollout = self.step(batch, update)
             except Unhealthy as e:
                 self._restore(snapshot)
                 self._checkpoint(update)
@@ -123,14 +145,17 @@ class PPOTrainer:
             self.metrics.wandb_run.finish()
         return self.metrics.final
 
-    def step(self, prompts: list) -> tuple[dict[str, float], Rollout]:
-        """One PPO update: rollout, advantages, optimisation; returns its logged figures and rollout."""
+    def step(self, prompts: list, update: int = 0) -> tuple[dict[str, float], Rollout]:
+        """One PPO update of the global batch `prompts`: rollout, advantages, optimisation; returns its
+        logged figures and the (global) rollout."""
         c, p = self.config, self.config.ppo
         started, timings = time.perf_counter(), {}
-        query_ids, query_mask = self._encode_prompts(prompts)
-        rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in prompts], self.sampling,
+        mine = self._shard(prompts)
+        query_ids, query_mask = self._encode_prompts(mine)
+        rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
                                self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
                                c.reward.no_eos_penalty, timings)
+        rollout = gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
         mask = rollout.response_mask.float()
         if not torch.isfinite(rollout.raw_scores).all():
             raise Unhealthy(f"the reward is not finite for {int((~torch.isfinite(rollout.raw_scores)).sum())} responses")
@@ -142,7 +167,7 @@ class PPOTrainer:
             advantages, returns = adv.gae(rewards, rollout.values, mask, p.gamma, p.lam)
             advantages = adv.whiten(advantages, mask)
         train_start = time.perf_counter()
-        update_stats = self.optimise(rollout, advantages, returns)
+        update_stats = self.optimise(rollout, advantages, returns, update)
         timings["time/training_s"] = time.perf_counter() - train_start
         self.scheduler.step()
         mean_kl = kl.sum(1).mean().item()
@@ -169,49 +194,78 @@ class PPOTrainer:
             **timings,
         }, rollout
 
-    def optimise(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
-        """ppo_epochs passes of shuffled mini-batches; the clipped losses of losses.py."""
-        p, temperature = self.config.ppo, self.sampling.temperature
-        ids, attn, mask = rollout.input_ids, rollout.attention_mask, rollout.response_mask.float()
-        T = rollout.response_ids.shape[1]
-        micro = p.mini_batch_size // p.grad_accum
+    def optimise(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, update: int) -> dict[str, float]:
+        """ppo_epochs passes of shuffled mini-batches; the clipped losses of losses.py.
+
+        The losses are token means over the whole mini-batch, whichever micro-batch or process holds
+        the tokens, and gradients are summed across processes: the step is the one a single process
+        takes on that mini-batch, so grad_accum and the number of processes change memory, not maths.
+        """
+        p, world = self.config.ppo, self.world
+        mask = rollout.response_mask.float()
+        per_process = p.mini_batch_size // world.size
+        micro = per_process // p.grad_accum
+        params = self.stack.trainable_parameters()
+        shuffle = torch.Generator().manual_seed(p.seed + update)  # the same mini-batches on every process
         logs: dict[str, list[float]] = {}
         for _ in range(p.ppo_epochs):
-            order = torch.randperm(p.batch_size)
+            order = torch.randperm(p.batch_size, generator=shuffle)
             for mb_start in range(0, p.batch_size, p.mini_batch_size):
-                for mc_start in range(mb_start, mb_start + p.mini_batch_size, micro):
-                    i = order[mc_start:mc_start + micro]
-                    logits = self.stack.policy_logits(ids[i], attn[i], T)
-                    new_logprobs = logprobs_of(logits, rollout.response_ids[i], temperature)
-                    pg = policy_loss(new_logprobs, rollout.logprobs[i], advantages[i], mask[i], p.cliprange)
-                    if not torch.isfinite(pg.loss):
-                        raise Unhealthy("the policy loss is not finite")
-                    with torch.no_grad():
-                        entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask[i])
-                    del logits  # (micro, T, V) need not outlive the backward
-                    (pg.loss / p.grad_accum).backward()
-                    if self.ptx_texts:
-                        ptx = self._ptx_loss(len(i))
-                        (p.ptx_coef * ptx / p.grad_accum).backward()
-                        _append(logs, {"loss/ptx_avg": ptx})
-                    values = self.stack.values(ids[i], attn[i], T)
-                    vf = value_loss(values, rollout.values[i], returns[i], mask[i], p.cliprange_value)
-                    if not torch.isfinite(vf.loss):
-                        raise Unhealthy("the value loss is not finite")
-                    (p.vf_coef * vf.loss / p.grad_accum).backward()
-                    _append(logs, {"policy/approxkl_avg": pg.approxkl, "policy/clipfrac_avg": pg.clipfrac,
-                                   "loss/policy_avg": pg.loss, "loss/value_avg": vf.loss, "val/clipfrac_avg": vf.clipfrac,
-                                   "val/ratio": pg.ratio, "policy/entropy_avg": entropy})
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.stack.trainable_parameters(), p.max_grad_norm)
+                minibatch = order[mb_start:mb_start + p.mini_batch_size]
+                n_tokens = mask[minibatch].sum()
+                mine = minibatch[world.rank * per_process:(world.rank + 1) * per_process]
+                sums = sum(self._micro_step(rollout, advantages, returns, mine[k:k + micro], n_tokens)
+                           for k in range(0, per_process, micro))
+                # not DDP: PolicyStack runs the policy and value adapters of one shared base in turn, and
+                # peft flips requires_grad on every switch, which DDP's per-parameter hooks do not
+                # follow; one all-reduce per optimiser step is what DDP with no_sync would send anyway
+                grads = [q.grad if q.grad is not None else torch.zeros_like(q) for q in params]
+                for q, g in zip(params, grads):
+                    q.grad = g
+                world.sum_([*grads, sums])
+                stats = dict(zip(MINIBATCH_STATS, sums.tolist()))
+                for name in ("policy_loss", "value_loss"):
+                    if stats.pop(f"nonfinite/{name}"):
+                        raise Unhealthy(f"the {name.replace('_', ' ')} is not finite")
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise Unhealthy("the gradient norm is not finite")
-                _append(logs, {"policy/grad_norm": grad_norm})
+                if not self.ptx_texts:
+                    del stats["loss/ptx_avg"]
+                _append(logs, {**stats, "policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
         out = {k: sum(v) / len(v) for k, v in logs.items()}
         out["val/ratio_max"] = max(logs["val/ratio"])
         out["val/ratio_min"] = min(logs["val/ratio"])
         return out
+
+    def _micro_step(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, i: torch.Tensor,
+                    n_tokens: torch.Tensor) -> torch.Tensor:
+        """Backward of one micro-batch's share of its mini-batch's losses; returns its share of the
+        MINIBATCH_STATS (token means times this micro-batch's share of the mini-batch's tokens)."""
+        p, temperature = self.config.ppo, self.sampling.temperature
+        ids, attn, mask = rollout.input_ids[i], rollout.attention_mask[i], rollout.response_mask[i].float()
+        T = rollout.response_ids.shape[1]
+        share = mask.sum() / n_tokens
+        logits = self.stack.policy_logits(ids, attn, T)
+        new_logprobs = logprobs_of(logits, rollout.response_ids[i], temperature)
+        pg = policy_loss(new_logprobs, rollout.logprobs[i], advantages[i], mask, p.cliprange)
+        with torch.no_grad():
+            entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask)
+        del logits  # (micro, T, V) need not outlive the backward
+        (pg.loss * share).backward()
+        ptx = torch.zeros((), device=ids.device)
+        if self.ptx_texts:
+            # each process's ptx mean counts by its share of the mini-batch's sequences
+            ptx = self._ptx_loss(len(i)) * (len(i) / p.mini_batch_size)
+            (p.ptx_coef * ptx).backward()
+        values = self.stack.values(ids, attn, T)
+        vf = value_loss(values, rollout.values[i], returns[i], mask, p.cliprange_value)
+        (p.vf_coef * vf.loss * share).backward()
+        parts = [pg.loss * share, pg.approxkl * share, pg.clipfrac * share, pg.ratio * share, entropy * share,
+                 vf.loss * share, vf.clipfrac * share, ptx, ~torch.isfinite(pg.loss), ~torch.isfinite(vf.loss)]
+        return torch.stack([x.detach().float() for x in parts])
 
     def _ptx_texts(self) -> list[str]:
         """PPO-ptx (InstructGPT, eq. 2): whole SFT conversations for a language-modelling loss."""
@@ -221,10 +275,12 @@ class PPOTrainer:
                 else f"{r.messages[-1]['content']}\n{r.response}{self.tokenizer.eos_token}" for r in records]
 
     def _ptx_loss(self, n: int) -> torch.Tensor:
-        """Mean token cross-entropy of the policy on the next n ptx texts (cycling through them)."""
+        """Mean token cross-entropy of the policy on this process's n of the next n x processes ptx
+        texts (cycling through them)."""
         self._ptx_cursor = getattr(self, "_ptx_cursor", 0)
-        texts = [self.ptx_texts[(self._ptx_cursor + k) % len(self.ptx_texts)] for k in range(n)]
-        self._ptx_cursor += n
+        first = self._ptx_cursor + self.world.rank * n
+        texts = [self.ptx_texts[(first + k) % len(self.ptx_texts)] for k in range(n)]
+        self._ptx_cursor += n * self.world.size
         self.tokenizer.padding_side = "right"
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                              max_length=self.config.data.max_prompt_length, add_special_tokens=False).to(self.stack.device)
@@ -243,6 +299,12 @@ class PPOTrainer:
         size = self.config.ppo.batch_size
         return order[index * size:(index + 1) * size]
 
+    def _shard(self, items: list) -> list:
+        """This process's contiguous share of a global list, in the order gather joins them."""
+        size = -(-len(items) // self.world.size)
+        return items[self.world.rank * size:(self.world.rank + 1) * size]
+
+
     def _encode_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
                  if self.tokenizer.chat_template else r.messages[-1]["content"] for r in prompts]
@@ -256,7 +318,9 @@ class PPOTrainer:
         """Held-out prompts: greedy answers (reward, KL to the reference, length) and sampled ones (reward).
 
         Run every eval_every updates, so reward hacking and length drift show while training runs.
+        Each process answers its share of the prompts; the figures are over all of them.
         """
+        prompts = self._shard(prompts)
         messages = [list(x.messages) for x in prompts]
         greedy = self._answer(prompts, messages, do_sample=False)
         out = {"reward_mean": greedy["scores"].mean().item(), "kl": greedy["kl"].mean().item(),
@@ -269,8 +333,13 @@ class PPOTrainer:
         return out
 
     def _answer(self, prompts: list, messages: list, do_sample: bool) -> dict[str, torch.Tensor]:
+        """Per answer (of every process's prompts, in rank order): score, KL to the reference, length, has_eos."""
         from align.ppo.rollout import truncate_at_eos
 
+        if not prompts:  # fewer prompts than processes: this one only joins the gather
+            empty = torch.zeros(0, device=self.stack.device)
+            return {k: self.world.gather(v) for k, v in
+                    {"scores": empty, "kl": empty, "length": empty, "has_eos": empty.bool()}.items()}
         query_ids, query_mask = self._encode_prompts(prompts)
         temperature = self.sampling.temperature
         self.stack.peft.eval()
@@ -288,7 +357,9 @@ class PPOTrainer:
         scores = self.normaliser(self.score(r, messages).float())
         self.stack.peft.train()
         mask = response_mask.float()
-        return {"scores": scores, "kl": ((logp - ref) * mask).sum(1), "length": mask.sum(1), "has_eos": has_eos}
+        local = {"scores": scores.to(mask.device), "kl": ((logp - ref) * mask).sum(1), "length": mask.sum(1),
+                 "has_eos": has_eos}
+        return {k: self.world.gather(v) for k, v in local.items()}
 
     def _guard(self, stats: dict[str, float], update: int) -> None:
         g = self.config.guards
@@ -310,6 +381,8 @@ class PPOTrainer:
 
     def _write_samples(self, update: int, prompts: list, rollout: Rollout, n: int = 4) -> None:
         """The first n responses of this update's rollout, with the scores they were trained on."""
+        if not self.world.is_main:
+            return
         texts = decode_responses(rollout, self.tokenizer)[:n]
         rows = [{"update": update, "prompt": record.messages[-1]["content"], "response": text, "score": round(score, 4)}
                 for record, text, score in zip(prompts, texts, rollout.scores.tolist())]
@@ -317,6 +390,8 @@ class PPOTrainer:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def _checkpoint(self, update: int, name: str | None = None) -> None:
+        if not self.world.is_main:  # every process holds the same weights and optimiser state
+            return
         state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value,
                  "ptx_cursor": getattr(self, "_ptx_cursor", 0)}
         checkpoint.save_checkpoint(self.out.checkpoints, self.stack.named_trainable(), self.optimizer, state, name=name)
@@ -349,6 +424,8 @@ class PPOTrainer:
         """The aligned policy as a plain LoRA adapter (peft alone loads it), plus the value head."""
         from safetensors.torch import save_file
 
+        if not self.world.is_main:
+            return
         target = self.out.file(rundir.ADAPTER)
         self.stack.peft.save_pretrained(target, selected_adapters=["policy"])
         nested = target / "policy"  # peft nests non-default adapters; flatten for plain loading
