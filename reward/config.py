@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from align.core.config import check
 from align.core.modeling import ModelConfig
@@ -36,7 +37,7 @@ class RewardTraining:
     grad_accum: int = 1
     learning_rate: float = 1e-4
     """AdamW peak learning rate (head and adapters)."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -51,8 +52,13 @@ class RewardTraining:
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "save_steps", "eval_batch_size"):
             check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
-        check(self.epochs > 0, "training.epochs", "must be > 0")
-        check(self.learning_rate > 0, "training.learning_rate", "must be > 0")
+        check(self.epochs > 0, "training.epochs", f"must be > 0, got {self.epochs}")
+        check(self.learning_rate > 0, "training.learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(0 <= self.warmup_ratio < 1, "training.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        # clipping to a norm of 0 zeroes every gradient: training would silently do nothing
+        check(self.max_grad_norm > 0, "training.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        check(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass

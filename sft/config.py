@@ -80,6 +80,13 @@ class SFTTraining:
             check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
         check(self.learning_rate > 0, "training.learning_rate", f"must be > 0, got {self.learning_rate}")
         check(self.epochs > 0 or self.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0")
+        check(self.max_steps == -1 or self.max_steps > 0, "training.max_steps", f"must be -1 (run epochs) or > 0, got {self.max_steps}")
+        check(0 <= self.warmup_ratio < 1, "training.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.weight_decay >= 0, "training.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.max_grad_norm >= 0, "training.max_grad_norm", f"must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
+        check(self.eval_steps is None or self.eval_steps > 0, "training.eval_steps", f"must be > 0 or unset, got {self.eval_steps}")
+        check(self.save_total_limit > 0, "training.save_total_limit", f"must be > 0, got {self.save_total_limit}")
+        check(self.seed >= 0, "training.seed", f"must be >= 0 (numpy refuses negative seeds), got {self.seed}")
 
 
 @dataclass

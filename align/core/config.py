@@ -24,29 +24,60 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     """Defaults of `cls`, updated by the YAML file at `path`, then by `key.sub=value` overrides."""
     data: dict[str, Any] = {}
     source = "defaults"
+    lines: dict[str, str] = {}
     if path is not None:
         source = str(path)
-        data = read_yaml_mapping(Path(path))
+        data = read_yaml_mapping(Path(path), lines)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
+        # a key the command line set is no longer the file's: its line would mislead
+        lines = {k: v for k, v in lines.items() if not (k == key or k.startswith(f"{key}.") or k.startswith(f"{key}["))}
     if overrides:
         source = f"{source} + --set"
-    return build(cls, data, source)
+    return build(cls, data, source, lines=lines)
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, lines: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings in a YAML file; `lines`, when given, is filled with dotted key -> "FILE:LINE"."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     if data is None:
-        return {}
+        # an empty file is far more often a save gone wrong than a wish for every default
+        raise ConfigError(f"{path}: holds no settings; leave out --config to run with the defaults")
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+        raise ConfigError(f"{path}:1: expected a mapping of settings at the top level, got {type(data).__name__}")
+    if lines is not None:
+        _key_lines(yaml.compose(text), "", str(path), lines)
     return data
+
+
+def _key_lines(node: Any, prefix: str, path: str, out: dict[str, str]) -> None:
+    """Dotted key (as build() names it) -> "FILE:LINE" for every key in a composed YAML tree."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                name = f"{prefix}.{key.value}" if prefix else str(key.value)
+                out[name] = f"{path}:{key.start_mark.line + 1}"
+                _key_lines(value, name, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            name = f"{prefix}[{i}]"
+            out[name] = f"{path}:{item.start_mark.line + 1}"
+            _key_lines(item, name, path, out)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -73,12 +104,16 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def build(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
-    """Construct dataclass `cls` from a mapping, checking every key and type."""
+def build(cls: type[T], data: Any, source: str, prefix: str = "", lines: dict[str, str] | None = None) -> T:
+    """Construct dataclass `cls` from a mapping, checking every key and type.
+
+    `lines` maps dotted keys to "FILE:LINE" (see read_yaml_mapping), so errors point at the line."""
+    lines = lines or {}
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {prefix or 'config'}: expected a mapping, got {_show(data)}")
+        name = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{lines.get(name, source)}: {name}: expected a mapping, got {_show(data)}")
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
@@ -86,17 +121,39 @@ def build(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
         name = f"{prefix}{key}"
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{source}: unknown key {name!r} (known here: {known})")
-        kwargs[key] = _coerce(hints[key], value, source, name)
+            raise ConfigError(f"{lines.get(name, source)}: unknown key {name!r} (known here: {known})")
+        kwargs[key] = _coerce(hints[key], value, source, name, lines)
     try:
         return cls(**kwargs)
     except ConfigError as e:
-        raise ConfigError(f"{source}: {prefix}{e}") from None
+        field = qualify(prefix, getattr(e, "field", None) or prefix.rstrip(".") or "config")
+        reason = getattr(e, "reason", str(e))
+        raise ConfigError(f"{lines.get(field, source)}: {field}: {reason}") from None
     except TypeError as e:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {e}") from None
 
 
-def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
+def qualify(prefix: str, field: str) -> str:
+    """The full dotted name of a field a `check` named from inside a nested config.
+
+    Checks name fields as a reader of the YAML would (`training.batch_size`, or `lora.r` inside
+    model.lora): the components they share with the end of the prefix are not repeated."""
+    outer = [p for p in prefix.rstrip(".").split(".") if p]
+    inner = field.split(".")
+    for k in range(min(len(outer), len(inner)), 0, -1):
+        if outer[-k:] == inner[:k]:
+            return ".".join(outer[:-k] + inner)
+    return ".".join(outer + inner)
+
+
+def _coerce(tp: Any, value: Any, source: str, name: str, lines: dict[str, str] | None = None) -> Any:
+    if lines and name in lines:
+        return _coerce_at(tp, value, source, lines[name], name, lines)
+    return _coerce_at(tp, value, source, source, name, lines)
+
+
+def _coerce_at(tp: Any, value: Any, source: str, where: str, name: str, lines: dict[str, str] | None) -> Any:
+    """`source` is the config's origin (passed down); `where` is this key's FILE:LINE when known."""
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -109,41 +166,44 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(option, value, source, name)
+                return _coerce(option, value, source, name, lines)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{source}: {name}: {_show(value)} fits none of {tp}")
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {name}: {_show(value)} fits none of {tp}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{source}: {name}: {_show(value)} is not one of {', '.join(map(repr, choices))}")
+            raise ConfigError(f"{where}: {name}: {_show(value)} is not one of {', '.join(map(repr, choices))}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            # a bare value fills the dataclass's first field: `train: a.jsonl` means `train: {path: a.jsonl}`
+            # a bare path fills the dataclass's first field when that is a path: `train: a.jsonl` means
+            # `train: {path: a.jsonl}`; `training: 5` is a mistake, not 5 epochs
             first = dataclasses.fields(tp)[0].name
+            if not isinstance(value, str) or str not in (get_type_hints(tp)[first], *get_args(get_type_hints(tp)[first])):
+                raise ConfigError(f"{where}: {name}: expected a mapping of settings, got {_show(value)}")
             value = {first: value}
-        return build(tp, value, source, prefix=f"{name}.")
+        return build(tp, value, source, prefix=f"{name}.", lines=lines)
     if origin in (list, tuple):
         (item_tp, *_) = get_args(tp) or (Any,)
         items = value if isinstance(value, list) else [value]
-        out = [_coerce(item_tp, v, source, f"{name}[{i}]") for i, v in enumerate(items)]
+        out = [_coerce(item_tp, v, source, f"{name}[{i}]", lines) for i, v in enumerate(items)]
         return out if origin is list else tuple(out)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: {name}: expected a mapping, got {_show(value)}")
+            raise ConfigError(f"{where}: {name}: expected a mapping, got {_show(value)}")
         _, val_tp = get_args(tp) or (Any, Any)
-        return {str(k): _coerce(val_tp, v, source, f"{name}.{k}") for k, v in value.items()}
+        return {str(k): _coerce(val_tp, v, source, f"{name}.{k}", lines) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: {name}: expected true or false, got {_show(value)}")
+        raise ConfigError(f"{where}: {name}: expected true or false, got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{source}: {name}: expected an integer, got {_show(value)}")
+        raise ConfigError(f"{where}: {name}: expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -153,12 +213,12 @@ def _coerce(tp: Any, value: Any, source: str, name: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: {name}: expected a number, got {_show(value)}")
+        raise ConfigError(f"{where}: {name}: expected a number, got {_show(value)}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{source}: {name}: expected a string, got {_show(value)}")
-    raise ConfigError(f"{source}: {name}: unsupported config type {tp}")
+        raise ConfigError(f"{where}: {name}: expected a string, got {_show(value)}")
+    raise ConfigError(f"{where}: {name}: unsupported config type {tp}")
 
 
 def _show(value: Any) -> str:
@@ -177,4 +237,6 @@ def dump_yaml(config: Any) -> str:
 def check(condition: bool, field: str, message: str) -> None:
     """For `__post_init__`: raise a ConfigError naming the field."""
     if not condition:
-        raise ConfigError(f"{field}: {message}")
+        error = ConfigError(f"{field}: {message}")
+        error.field, error.reason = field, message  # build() prefixes the field with where it sits
+        raise error

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from align.core import rundir
+from align.core.config import check
 
 
 @dataclass
@@ -32,6 +33,9 @@ class TrackingConfig:
     """W&B run name; defaults to the stage directory's name."""
     logging_steps: int = 5
     """Log training figures every this many optimiser steps."""
+
+    def __post_init__(self):
+        check(self.logging_steps > 0, "tracking.logging_steps", f"must be > 0, got {self.logging_steps}")
 
 
 def wandb_mode() -> Literal["online", "offline", "disabled"]:

@@ -25,6 +25,11 @@ class PPOData:
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) keep their end."""
 
+    def __post_init__(self):
+        check(self.eval_size > 0, "data.eval_size", f"must be > 0, got {self.eval_size}")
+        check(self.eval_samples >= 0, "data.eval_samples", f"must be >= 0, got {self.eval_samples}")
+        check(self.max_prompt_length > 0, "data.max_prompt_length", f"must be > 0, got {self.max_prompt_length}")
+
 
 @dataclass
 class RewardSettings:
@@ -95,6 +100,13 @@ class PPOSettings:
         check(self.batch_size % self.mini_batch_size == 0, "ppo.mini_batch_size", "must divide ppo.batch_size")
         check(self.mini_batch_size % self.grad_accum == 0, "ppo.grad_accum", "must divide ppo.mini_batch_size")
         check(self.ptx_coef == 0 or self.ptx_data is not None, "ppo.ptx_data", "needed when ptx_coef > 0")
+        for name in ("learning_rate", "adam_eps", "target_kl", "kl_horizon", "cliprange", "cliprange_value", "max_grad_norm"):
+            check(getattr(self, name) > 0, f"ppo.{name}", f"must be > 0, got {getattr(self, name)}")
+        for name in ("kl_coef", "vf_coef", "ptx_coef"):
+            check(getattr(self, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            check(0 <= getattr(self, name) <= 1, f"ppo.{name}", f"must be in [0, 1], got {getattr(self, name)}")
+        check(self.seed >= 0, "ppo.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -103,6 +115,15 @@ class GuardSettings:
     """Stop when objective/kl (summed over a response, nats) exceeds this."""
     max_ratio: float = 5.0
     """Stop when the mean policy ratio of a mini-batch leaves [1/max_ratio, max_ratio]."""
+    constant_reward_updates: int = 3
+    """Stop when the reward gives every response of a rollout the same score this many updates in a
+    row: a collapsed reward model (or a rule that never fires) leaves PPO nothing to learn. 0 = off."""
+
+    def __post_init__(self):
+        check(self.max_kl > 0, "guards.max_kl", f"must be > 0, got {self.max_kl}")
+        check(self.max_ratio > 1, "guards.max_ratio", f"must be > 1, got {self.max_ratio}")
+        check(self.constant_reward_updates >= 0, "guards.constant_reward_updates",
+              f"must be >= 0 (0 = off), got {self.constant_reward_updates}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from align.core.config import check
 from align.core.modeling import ModelConfig
@@ -17,7 +18,7 @@ class RecipeTraining:
     batch_size: int = 8
     grad_accum: int = 1
     learning_rate: float = 5e-5
-    lr_scheduler: str = "linear"
+    lr_scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"] = "linear"
     warmup_ratio: float = 0.0
     beta: float = 0.1
     """DPO: the β of the implicit reward (Rafailov et al. 2023: 0.1). GRPO/RLOO: the KL coefficient."""
@@ -29,6 +30,11 @@ class RecipeTraining:
         for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
             check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
         check(self.epochs > 0 or self.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0")
+        check(self.max_steps == -1 or self.max_steps > 0, "training.max_steps", f"must be -1 (run epochs) or > 0, got {self.max_steps}")
+        check(self.learning_rate > 0, "training.learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(0 <= self.warmup_ratio < 1, "training.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.beta >= 0, "training.beta", f"must be >= 0, got {self.beta}")
+        check(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -37,6 +43,9 @@ class DPOData:
     """Preferences, or rankings (each ranking gives all its (better, worse) pairs)."""
     eval: str | None = None
     eval_fraction: float = 0.1
+
+    def __post_init__(self):
+        check(0 <= self.eval_fraction < 1, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
 
 
 @dataclass
@@ -76,6 +85,8 @@ class OnlineTraining(RecipeTraining):
     def __post_init__(self):
         super().__post_init__()
         check(self.num_generations >= 2, "training.num_generations", "needs >= 2 for a group baseline")
+        check(self.max_new_tokens > 0, "training.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        check(self.temperature > 0, "training.temperature", f"must be > 0, got {self.temperature}")
 
 
 @dataclass

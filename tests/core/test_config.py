@@ -23,7 +23,7 @@ def test_defaults_file_then_overrides(tmp_path):
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("training:\n  learning_rat: 1.0e-3\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'training\.learning_rat'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:2: unknown key 'training\.learning_rat'"):
         load_config(SFTConfig, path)
     with pytest.raises(ConfigError, match=r"unknown key 'model\.lora\.rank'"):
         load_config(SFTConfig, None, ["model.lora.rank=4"])
