@@ -95,7 +95,7 @@ def reward(ctx, **options):
 @click.option("--data", "data_path", type=click.Path(), required=True,
               help='Records with "prompt" and "response", "completions", or "chosen"/"rejected".')
 @click.option("-o", "--out", "out_path", type=click.Path(), required=True, help="Output JSONL.")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 def reward_score(model_path, data_path, out_path, batch_size):
     """Write each record of DATA with its raw and normalised reward."""
     from reward.score import score_file
@@ -195,6 +195,8 @@ def validate(path, kind):
     records, bad = parse_rows(rows, kind)
     problems += bad
     for problem in problems:
+    if not records and not problems:
+        click.echo(f"{path}: no records")
         click.echo(problem)
     click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({kind})")
     if problems or not records:
@@ -206,7 +208,8 @@ def validate(path, kind):
 @click.option("--from", "source", type=click.Choice(["hh-rlhf", "oasst", "alpaca", "dolly"]), required=True)
 @click.option("-o", "--out", "out_path", type=click.Path(), required=True)
 @click.option("--lang", multiple=True, help="OpenAssistant: keep only these languages (repeatable), e.g. --lang en.")
-@click.option("--show-skipped", default=10, show_default=True, help="How many skipped records to list.")
+@click.option("--show-skipped", default=10, show_default=True, type=click.IntRange(min=0),
+              help="How many skipped records to list.")
 def convert_cmd(inputs, source, out_path, lang, show_skipped):
     """Convert public data (HH-RLHF, OpenAssistant trees or message tables, Alpaca, Dolly) to ours."""
     from reward.convert import convert

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from align.core import rundir
-from align.core.records import Bad, Row, parse_instruction, read_rows
+from align.core.errors import DataError
+from align.core.records import Bad, Row, clip, parse_instruction, read_rows
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 ROLE = {"Human": "user", "Assistant": "assistant", "prompter": "user", "assistant": "assistant"}
@@ -106,6 +107,9 @@ def _rank(value: Any) -> int | None:
     """oasst ranks are ints or null in JSON, floats with NaN for null in parquet exports."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+            or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer()))):
+        raise Bad("rank", f"expected an integer >= 0 or null, got {clip(repr(value))}")
     return int(value)
 
 
@@ -115,21 +119,23 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
     while stack:
         message, history, seen = stack.pop()
         mid = message.get("message_id")
-        if mid in seen:
+        key = mid if isinstance(mid, str) else id(message)  # a malformed id must not stop the cycle check
+        if key in seen:
             raise Bad("replies", f"cycle at message {mid}")
-        seen = seen | {mid}
+        seen = seen | {key}
         if message.get("deleted"):
             report.skipped["deleted message (its replies left out too)"] += 1
             continue
         role, text = message.get("role"), message.get("text")
-        if role not in ROLE or not isinstance(text, str):
-            raise Bad("role" if role not in ROLE else "text", f"message {mid}: bad role or text")
+        if not isinstance(role, str) or role not in ROLE or not isinstance(text, str):
+            bad_role = not isinstance(role, str) or role not in ROLE
+            raise Bad("role" if bad_role else "text", f"message {clip(str(mid))}: bad role or text")
         conversation = history + [{"role": ROLE[role], "content": text}]
         replies = [r for r in message.get("replies") or [] if isinstance(r, dict)]
-        if role == "prompter" and (langs is None or message.get("lang") in langs):
+        if role == "prompter" and (langs is None or _lang(message) in langs):
             ranked = [r for r in replies if not r.get("deleted") and r.get("role") == "assistant"
                       and _rank(r.get("rank")) is not None and isinstance(r.get("text"), str) and r["text"].strip()
-                      and (langs is None or r.get("lang") in langs)]
+                      and (langs is None or _lang(r) in langs)]
             unranked = [r for r in replies if not r.get("deleted") and r.get("role") == "assistant"
                         and _rank(r.get("rank")) is None]
             if unranked:
@@ -151,6 +157,11 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
             stack.append((reply, conversation, seen))
 
 
+def _lang(message: dict[str, Any]) -> str | None:
+    lang = message.get("lang")
+    return lang if isinstance(lang, str) else None
+
+
 def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any], str]]:
     """The flat message table -> trees, reporting missing parents and cycles."""
     by_id: dict[str, dict[str, Any]] = {}
@@ -158,8 +169,8 @@ def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any
     for row in rows:
         report.read += 1
         mid = row.data.get("message_id")
-        if not isinstance(mid, str):
-            report.skip(row.source, 'field "message_id": missing')
+        if not isinstance(mid, str) or not mid:
+            report.skip(row.source, 'field "message_id": missing or not a string')
             continue
         by_id[mid] = {**row.data, "replies": []}
         where[mid] = row.source
@@ -168,6 +179,8 @@ def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any
         parent = message.get("parent_id")
         if parent is None or (isinstance(parent, float) and math.isnan(parent)):
             roots.append(message)
+        elif not isinstance(parent, str):
+            report.skip(where[mid], f'field "parent_id": expected a message id or null, got {clip(repr(parent))}')
         elif parent in by_id:
             by_id[parent]["replies"].append(message)
         else:
@@ -184,7 +197,7 @@ def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any
         yield root, where[root["message_id"]]
     for mid in by_id.keys() - reachable:
         parent = by_id[mid].get("parent_id")
-        if parent in by_id:  # has a parent, yet no root reaches it: a cycle
+        if isinstance(parent, str) and parent in by_id:  # has a parent, yet no root reaches it: a cycle
             report.skip(where[mid], f'field "parent_id": message {mid} is in a cycle')
 
 
@@ -223,7 +236,11 @@ SOURCES = ("hh-rlhf", "oasst", "alpaca", "dolly")
 
 
 def convert(source: str, inputs: list[str], out_path: str, langs: set[str] | None = None) -> Report:
-    """Convert `inputs` (concatenated) into `out_path` (JSONL, written atomically)."""
+    """Convert `inputs` (concatenated) into `out_path` (JSONL, written atomically).
+
+    Bad records are skipped and listed; a run that converts nothing is an error and writes nothing."""
+    if Path(out_path).is_dir():
+        raise DataError([f"{out_path}: is a directory; give the output file's name"])
     report = Report()
     records: list[dict[str, Any]] = []
     for path in inputs:
@@ -238,5 +255,8 @@ def convert(source: str, inputs: list[str], out_path: str, langs: set[str] | Non
         else:
             raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     report.written = len(records)
+    if not records:
+        what = "no records" if not report.read else f"nothing converted ({report.read} records read)"
+        raise DataError([f"{', '.join(map(str, inputs))}: {what}", *report.problems])
     rundir.write_text_atomic(Path(out_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return report

@@ -90,6 +90,7 @@ class RewardModel:
     def load(cls, path: str | Path, max_length: int = 512) -> "RewardModel":
         directory = weights_dir(path)
         base = modeling.recorded_base(directory)
+        normaliser = read_normaliser(directory / NORMALISER)  # the small files first: a damaged one fails fast
         config = modeling.ModelConfig(name=base["resolved"], quantization=base["quantization"],
                                       tuning="lora" if base["tuning"] == "prompt_tuning" else base["tuning"])
         tokenizer = modeling.load_tokenizer(str(directory))
@@ -102,8 +103,6 @@ class RewardModel:
             from safetensors.torch import load_file
 
             model.score.load_state_dict(load_file(directory / HEAD_FILE))
-        normaliser_path = directory / NORMALISER
-        normaliser = Normaliser(**json.loads(normaliser_path.read_text())) if normaliser_path.exists() else Normaliser()
         return cls(model.eval(), tokenizer, normaliser, max_length)
 
     def score_texts(self, texts: list[str], batch_size: int = 16):
@@ -116,6 +115,20 @@ class RewardModel:
         return self.score_texts(texts, batch_size)
 
 
+def read_normaliser(path: Path) -> Normaliser:
+    """The saved mean/std; none saved means raw rewards. A damaged file is an error, never a guess."""
+    if not path.exists():
+        return Normaliser()
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        normaliser = Normaliser(float(body["mean"]), float(body["std"]))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AlignError(f"{path}: not a normaliser (expected {{\"mean\": number, \"std\": number}}): {e}") from None
+    if not (math.isfinite(normaliser.mean) and math.isfinite(normaliser.std) and normaliser.std > 0):
+        raise AlignError(f"{path}: mean must be finite and std > 0, got {normaliser.mean}, {normaliser.std}")
+    return normaliser
+
+
 def score_file(model_path: str, data_path: str, out_path: str, batch_size: int = 16) -> int:
     """Add `reward` and `reward_normalised` to each record of a prompts-with-responses file.
 
@@ -125,7 +138,10 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
     from align.core.records import Bad, completion_field, prompt_field, read_rows
     from align.core.errors import DataError
 
-    rows, problems = read_rows(data_path)
+    if Path(out_path).is_dir():
+        raise AlignError(f"{out_path}: is a directory; give the output file's name")
+    rows, unreadable = read_rows(data_path)
+    problems = list(unreadable)
     jobs = []  # (row index, field, position or None, prompt, completion)
     for i, row in enumerate(rows):
         d = row.data
@@ -136,7 +152,7 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
                 if not isinstance(d["completions"], list) or not d["completions"]:
                     raise Bad("completions", "expected a non-empty list")
                 for k, c in enumerate(d["completions"]):
-                    jobs.append((i, "completions", k, prompt, completion_field({"c": c}, "c")))
+                    jobs.append((i, "completions", k, prompt, completion_field(d["completions"], k, f"completions[{k}]")))
             elif fields:
                 jobs += [(i, f, None, prompt, completion_field(d, f)) for f in fields]
             else:
@@ -144,7 +160,9 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
         except Bad as e:
             problems.append(f"{row.source}: {e}")
     if problems:
-        raise DataError(problems, total=len(rows))
+        raise DataError(problems, total=len(rows) + len(unreadable))
+    if not jobs:
+        raise DataError([f"{data_path}: no records"])
     reward_model = RewardModel.load(model_path)
     raw = reward_model.score([j[3] for j in jobs], [j[4] for j in jobs], batch_size).tolist()
     records = [dict(row.data) for row in rows]

@@ -19,6 +19,8 @@ import csv
 import gzip
 import io
 import json
+import math
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,8 @@ KINDS: tuple[str, ...] = ("instructions", "preferences", "rankings", "prompts")
 ROLES = ("system", "user", "assistant")
 # ShareGPT-style turns ({"from": "human", "value": ...}) map onto chat roles
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+# a long document in one cell is data, not an error: lift csv's 128 KiB default limit
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 Messages = tuple  # tuple of {"role": str, "content": str}
 
@@ -79,8 +83,14 @@ class Bad(Exception):
     """A problem with one record; the reader adds FILE:LINE."""
 
     def __init__(self, field: str | None, reason: str):
-        self.field, self.reason = field, reason
-        super().__init__(f'field "{field}": {reason}' if field else reason)
+        self.field, self.reason = clip(field) if field else field, clip(reason, 1000)
+        super().__init__(f'field "{self.field}": {self.reason}' if field else self.reason)
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """A message quoting the user's data stays one readable line however long that data is."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit - 30]}... ({len(text)} characters)"
 
 
 # ---------------------------------------------------------------- reading files
@@ -88,6 +98,8 @@ class Bad(Exception):
 
 def read_rows(path: str | Path) -> tuple[list[Row], list[str]]:
     """All rows of a data file, and the problems met reading it (bad lines are not rows)."""
+    if not str(path).strip():  # Path("") would read as ".", the current directory
+        raise DataError(["no data file given (the path is empty)"])
     path = Path(path)
     if not path.exists():
         raise DataError([f"{path}: no such file"])
@@ -108,6 +120,8 @@ def read_rows(path: str | Path) -> tuple[list[Row], list[str]]:
             return _read_jsonl(path)
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError([f"{path}: truncated or corrupt gzip ({e})"]) from None
+    except OSError as e:
+        raise DataError([f"{path}: cannot read ({e.strerror or e})"]) from None
     raise DataError([f"{path}: unknown file type; use .jsonl, .json, .csv, .parquet (optionally .gz) or a saved dataset dir"])
 
 
@@ -117,20 +131,35 @@ def _open_bytes(path: Path) -> io.BufferedIOBase:
 
 def _read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
     rows, problems = [], []
+    line_no = 0
     with _open_bytes(path) as f:
-        for line_no, raw in enumerate(f, start=1):
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines, None)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+                # name where the damage starts: the lines before it were read
+                raise DataError([f"{path}:{line_no + 1}: truncated or corrupt gzip ({e})"]) from None
+            if raw is None:
+                break
+            line_no += 1
             where = f"{path}:{line_no}"
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 problems.append(f"{where}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
                 continue
+            if line_no == 1:
+                text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as e:
                 problems.append(f"{where}: malformed JSON ({e.msg} at column {e.colno})")
+                continue
+            except RecursionError:
+                problems.append(f"{where}: malformed JSON (nested too deeply)")
                 continue
             if not isinstance(obj, dict):
                 problems.append(f"{where}: expected a JSON object, got {type(obj).__name__}")
@@ -157,7 +186,11 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines under a .json name
             return _read_jsonl(path)
+        if not text.strip():
+            raise DataError([f"{path}: empty file, no records"]) from None
         raise DataError([f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"]) from None
+    except RecursionError:
+        raise DataError([f"{path}: malformed JSON (nested too deeply)"]) from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
@@ -174,11 +207,15 @@ def _read_json(path: Path) -> tuple[list[Row], list[str]]:
 
 def _read_csv(path: Path) -> list[Row]:
     text = _read_text(path, "utf-8-sig")  # Excel writes a byte-order mark
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: an unbalanced quote is an error, not a cell that silently swallows the lines after it
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     rows = []
-    for record in reader:
-        record.pop(None, None)  # cells beyond the header
-        rows.append(Row(f"{path}:{reader.line_num}", {k: _cell(v) for k, v in record.items()}))
+    try:
+        for record in reader:
+            record.pop(None, None)  # cells beyond the header
+            rows.append(Row(f"{path}:{reader.line_num}", {k: _cell(v) for k, v in record.items()}))
+    except csv.Error as e:
+        raise DataError([f"{path}:{reader.line_num + 1}: malformed CSV ({e})"]) from None
     return rows
 
 
@@ -187,7 +224,7 @@ def _cell(value: str | None) -> Any:
     if value and value[:1] in "[{":
         try:
             return json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass
     return value
 
@@ -205,7 +242,10 @@ def _read_parquet(path: Path) -> list[Row]:
 def _read_hf_dir(path: Path) -> list[Row]:
     import datasets
 
-    data = datasets.load_from_disk(str(path))
+    try:
+        data = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises many types (FileNotFoundError, JSONDecodeError, ArrowInvalid)
+        raise DataError([f"{path}: not a readable saved dataset ({type(e).__name__}: {clip(e, 200)})"]) from None
     if isinstance(data, datasets.DatasetDict):
         if "train" not in data:
             raise DataError([f"{path}: dataset has splits {list(data)}; no 'train' split"])
@@ -245,7 +285,7 @@ def messages_field(data: dict[str, Any], field: str) -> Messages:
         else:
             role, content = SHAREGPT_ROLES.get(message.get("from")), message.get("value")
         if role not in ROLES:
-            raise Bad(f"{name}.role", f"expected one of {', '.join(ROLES)}, got {message.get('role', message.get('from'))!r}")
+            raise Bad(f"{name}.role", f"expected one of {', '.join(ROLES)}, got {clip(repr(message.get('role', message.get('from'))))}")
         if not isinstance(content, str):
             raise Bad(f"{name}.content", "missing or not a string")
         out.append({"role": role, "content": content})
@@ -263,8 +303,12 @@ def prompt_field(data: dict[str, Any], field: str = "prompt") -> Messages:
     return ({"role": "user", "content": text_field(data, field)},)
 
 
-def completion_field(data: dict[str, Any], field: str) -> str:
-    """A completion as a string, or as assistant messages (their contents joined)."""
+def completion_field(data: dict[str, Any], field: str, name: str | None = None) -> str:
+    """A completion as a string, or as assistant messages (their contents joined).
+
+    `name` is how errors call the field when it is not a key of `data` (`completions[2]`)."""
+    if name is not None:
+        return completion_field({name: data[field]}, name)
     value = data.get(field)
     if isinstance(value, list):
         messages = messages_field(data, field)
@@ -289,8 +333,8 @@ def parse_instruction(row: Row) -> Instruction:
             raise Bad(field, "the last message must be the assistant's response")
         if not messages[-1]["content"].strip():
             raise Bad(f"{field}[{len(messages) - 1}].content", "empty response")
-        if len(messages) < 2 or not any(m["role"] == "user" for m in messages[:-1]):
-            raise Bad(field, "needs a user message before the response")
+        if len(messages) < 2 or not any(m["role"] == "user" and m["content"].strip() for m in messages[:-1]):
+            raise Bad(field, "needs a non-empty user message before the response")
         return Instruction(messages[:-1], messages[-1]["content"], "", row.source)
     if "prompt" in d or "completion" in d:
         return Instruction(prompt_field(d), completion_field(d, "completion"), "", row.source)
@@ -323,6 +367,8 @@ def parse_preference(row: Row) -> Preference:
     margin = d.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
         raise Bad("margin", f"expected a number, got {type(margin).__name__}")
+    if margin is not None and not math.isfinite(margin):
+        raise Bad("margin", f"must be a finite number, got {margin}")  # JSON readers accept NaN and Infinity
     return Preference(prompt, chosen, rejected, None if margin is None else float(margin), row.source)
 
 
@@ -352,7 +398,8 @@ def parse_ranking(row: Row) -> Ranking:
         raise Bad("completions", "missing or not a list")
     if len(completions) < 2:
         raise Bad("completions", f"a ranking needs at least 2 completions, got {len(completions)}")
-    texts = tuple(completion_field({"c": c}, "c") if not isinstance(c, str) else c for c in completions)
+    texts = tuple(c if isinstance(c, str) else completion_field({"c": c}, "c", f"completions[{i}]")
+                  for i, c in enumerate(completions))
     for i, text in enumerate(texts):
         if not text.strip():
             raise Bad(f"completions[{i}]", "empty")
@@ -363,7 +410,7 @@ def parse_ranking(row: Row) -> Ranking:
         raise Bad("ranks", f"has {len(ranks)} entries for {len(texts)} completions")
     for i, rank in enumerate(ranks):
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise Bad(f"ranks[{i}]", f"expected an integer >= 0, got {rank!r}")
+            raise Bad(f"ranks[{i}]", f"expected an integer >= 0, got {clip(repr(rank))}")
     if len(set(ranks)) < 2:
         raise Bad("ranks", "all completions tie: no preference to learn")
     return Ranking(prompt, texts, tuple(ranks), row.source)
@@ -375,7 +422,12 @@ def parse_prompt(row: Row) -> Prompt:
         messages = messages_field(d, "messages")
         if messages[-1]["role"] == "assistant" and "reference" not in d:
             # a whole conversation: the prompt is all but the final answer, which is the reference
-            return Prompt(messages[:-1], messages[-1]["content"], row.source)
+            messages, reference = messages[:-1], messages[-1]["content"]
+            if not any(m["role"] == "user" and m["content"].strip() for m in messages):
+                raise Bad("messages", "no non-empty user message before the final assistant turn")
+            return Prompt(messages, reference, row.source)
+        if not any(m["content"].strip() for m in messages):
+            raise Bad("messages", "empty: every message has empty content")
     elif "prompt" in d:
         messages = prompt_field(d)
     else:
@@ -395,7 +447,8 @@ PARSERS: dict[str, Callable[[Row], Any]] = {
 
 
 def _no_shape(d: dict[str, Any], expected: str) -> str:
-    return f"no known shape; expected {expected}; found keys: {', '.join(sorted(d)) or '(none)'}"
+    keys = clip(", ".join(clip(str(k), 40) for k in sorted(d, key=str)), 200)
+    return f"no known shape; expected {expected}; found keys: {keys or '(none)'}"
 
 
 def parse_rows(rows: list[Row], kind: str) -> tuple[list[Any], list[str]]:
