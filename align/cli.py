@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from align.core.errors import AlignError
+from align.core.errors import AlignError, Terminated
 
 
 class AlignGroup(click.Group):
@@ -24,6 +24,9 @@ class AlignGroup(click.Group):
         except AlignError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except Terminated as e:  # status.json already says failed; exit as the signal would have
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(128 + e.signum)
 
 
 def stage_options(fn):
@@ -195,9 +198,9 @@ def validate(path, kind):
     records, bad = parse_rows(rows, kind)
     problems += bad
     for problem in problems:
+        click.echo(problem)
     if not records and not problems:
         click.echo(f"{path}: no records")
-        click.echo(problem)
     click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({kind})")
     if problems or not records:
         sys.exit(2)

@@ -25,3 +25,23 @@ class DataError(AlignError):
         if total is not None:
             lines.append(f"{len(self.problems)} bad of {total} records")
         super().__init__("\n".join(lines))
+
+
+class TrainingHalted(AlignError):
+    """A health guard stopped training (non-finite loss, runaway KL, a constant reward), after saving
+    a checkpoint; the message says what happened, at which step, and where the checkpoint is."""
+
+
+class OutOfMemory(AlignError):
+    """Training ran out of memory; the message names the settings that lower it."""
+
+
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM). A BaseException, like KeyboardInterrupt, so no
+    library's `except Exception` swallows it on the way out."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")

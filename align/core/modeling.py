@@ -259,7 +259,8 @@ def load_base(
 
     path = resolve_model_path(config.name)
     dtype = compute_dtype(config) if config.tuning != "full" else torch.float32
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
+    # safetensors only: a pickled .bin runs code on load
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config.trust_remote_code, "use_safetensors": True}
     quant = quantization_config(config, skip_modules=["score"] if head == "score" else None)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -329,18 +330,21 @@ def attach_tuning(
             model = start_from_other_head(model, config.adapter, task_type)
     elif config.tuning == "lora":
         lora = config.lora
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=lora.target_modules[0] if lora.target_modules == ["all-linear"] else lora.target_modules,
-                task_type=task_type,
-                # the reward head is new: it trains in full beside the adapters
-                modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
-            ),
-        )
+        try:
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules[0] if lora.target_modules == ["all-linear"] else lora.target_modules,
+                    task_type=task_type,
+                    # the reward head is new: it trains in full beside the adapters
+                    modules_to_save=["score"] if task_type == "SEQ_CLS" else None,
+                ),
+            )
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+            raise AlignError(f"model.lora.target_modules {lora.target_modules}: {first_line(e)}") from None
     else:
         pt = config.prompt_tuning
         model = get_peft_model(
@@ -365,6 +369,7 @@ def start_from_other_head(model: "PreTrainedModel", adapter_dir: str, task_type:
     from safetensors.torch import load_file
 
     path = Path(adapter_dir)
+    check_adapter_dir(path)
     lora = LoraConfig.from_pretrained(str(path))
     if lora.peft_type.value != "LORA":
         raise AlignError(f"{path}: only a LoRA adapter can start a model with another head ({lora.peft_type.value} given)")
@@ -381,13 +386,27 @@ def start_from_other_head(model: "PreTrainedModel", adapter_dir: str, task_type:
     return model
 
 
+def check_model(config: ModelConfig) -> None:
+    """Fail on a model or adapter that is not there before a stage writes its output directory."""
+    resolve_model_path(config.name)
+    if config.adapter:
+        check_adapter_dir(Path(config.adapter))
+
+
+def check_adapter_dir(path: Path) -> None:
+    if not (path / "adapter_config.json").exists():
+        raise AlignError(f"{path}: not an adapter directory (no adapter_config.json)")
+    if not (path / "adapter_model.safetensors").exists():
+        # peft would fall back to adapter_model.bin, a pickle that runs code on load
+        raise AlignError(f"{path}: no adapter_model.safetensors; align loads weights only from safetensors")
+
+
 def load_adapter(model: "PreTrainedModel", adapter_dir: str, *, trainable: bool, name: str = "default") -> Any:
     """Load a saved adapter onto `model`, with a clear error when it was made for another base."""
     from peft import PeftModel
 
     path = Path(adapter_dir)
-    if not (path / "adapter_config.json").exists():
-        raise AlignError(f"{path}: not an adapter directory (no adapter_config.json)")
+    check_adapter_dir(path)
     try:
         if isinstance(model, PeftModel):
             model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
@@ -423,10 +442,13 @@ def count_parameters(model: Any) -> tuple[int, int]:
 
 
 def save_loadable(model: Any, tokenizer: Any, directory: Path, config: ModelConfig) -> Path:
-    """Weights, tokenizer and base record: a directory peft/transformers alone can load."""
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    save_base_record(directory, config)
+    """Weights, tokenizer and base record: a directory peft/transformers alone can load, written whole."""
+    from align.core.rundir import replace_dir
+
+    with replace_dir(Path(directory)) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_base_record(tmp, config)
     return Path(directory)
 
 
@@ -434,7 +456,9 @@ def save_base_record(directory: Path, config: ModelConfig) -> None:
     """Record which base and loading settings an adapter belongs to, beside the adapter."""
     body = {"name": config.name, "path": resolve_model_path(config.name), "quantization": config.quantization,
             "tuning": config.tuning}
-    (Path(directory) / BASE_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    from align.core.rundir import write_json_atomic
+
+    write_json_atomic(Path(directory) / BASE_FILE, body)
 
 
 def recorded_base(directory: Path) -> dict[str, Any]:
@@ -442,11 +466,19 @@ def recorded_base(directory: Path) -> dict[str, Any]:
 
     The name is resolved first (the embedded model's cache moves between machines); the path
     recorded at training time is the fallback."""
-    record = json.loads((Path(directory) / BASE_FILE).read_text(encoding="utf-8"))
+    path = Path(directory) / BASE_FILE
     try:
-        record["resolved"] = resolve_model_path(record["name"])
+        record = json.loads(path.read_text(encoding="utf-8"))
+        name, recorded_path = record["name"], record["path"]
+        if record["quantization"] not in ("nf4", "none") or record["tuning"] not in ("lora", "prompt_tuning", "full", "head"):
+            raise ValueError(f"quantization {record['quantization']!r} or tuning {record['tuning']!r} unknown")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise AlignError(f"{path}: damaged base record ({type(e).__name__}: {first_line(e)}); "
+                         f"it should name the base model the weights belong to") from None
+    try:
+        record["resolved"] = resolve_model_path(name)
     except AlignError:
-        record["resolved"] = record["path"]
+        record["resolved"] = recorded_path
     return record
 
 

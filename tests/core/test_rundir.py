@@ -49,8 +49,9 @@ def test_resume_rules(tmp_path):
     with pytest.raises(AlignError, match="no checkpoint to resume from"):
         out.prepare(resume=True)
     out.prepare()
-    (out.checkpoints / "checkpoint-10").mkdir(parents=True)
-    (out.checkpoints / "checkpoint-9").mkdir()
+    for step in (10, 9):  # an empty directory is no checkpoint: each holds its state
+        (out.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
+        (out.checkpoints / f"checkpoint-{step}" / "state.json").write_text("{}")
     with pytest.raises(AlignError, match="pass --resume to continue"):
         out.prepare()
     out.prepare(resume=True)
