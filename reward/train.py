@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import checkpoint, distributed, modeling, rundir, tracking
+from align.core import checkpoint, distributed, guards, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
-from align.core.errors import AlignError, DataError
+from align.core.errors import AlignError, DataError, TrainingHalted
 from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
 from reward.losses import kwise_ranking_loss
@@ -47,9 +47,13 @@ def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False
     if config.training.batch_size % processes:
         raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
                          f"processes it must divide by {processes}")
+    modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
+    memory = guards.memory_advice(config, lower=("training.batch_size", "data.max_length", "training.eval_batch_size"),
+                                  raise_=("training.grad_accum",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
-        return _train(config, out, *groups, world=world, resume=resume)
+        with guards.explain_out_of_memory("the reward model", memory):
+            return _train(config, out, *groups, world=world, resume=resume)
 
 
 class Batcher:
@@ -159,6 +163,9 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
                                       None if batch["margins"] is None else batch["margins"].to(rewards.device))
             accelerator.backward(loss * weight)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if accelerator.sync_gradients else None
+            if grad_norm is not None and not torch.isfinite(grad_norm):  # the same on every process: gradients are synced
+                _halt(out, accelerator, model, optimizer, scheduler, state,
+                      f"stopped at step {state['step'] + 1}: the loss or its gradient is not finite (loss {loss.item():.4g})")
             optimizer.step()
             optimizer.zero_grad()
         diff = rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]]
@@ -197,6 +204,11 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     reference_rewards = eval_rewards if reference is eval_groups else score_groups(unwrapped, batcher, reference,
                                                                                    t.eval_batch_size, world)
     normaliser = Normaliser.fit([r for rs in reference_rewards for r in rs])
+    if guards.collapsed([r for rs in reference_rewards for r in rs]):
+        _halt(out, accelerator, model, optimizer, scheduler, state,
+              f"gives every reference completion the same reward ({normaliser.mean:.6g}) after {state['step']} steps: "
+              f"it has collapsed to a constant and would give PPO nothing to learn; lower training.learning_rate, "
+              f"or check that the data's completions differ")
     figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std, **tracking.peak_memory_mb()})
     if is_main:
         save_reward_model(unwrapped, tokenizer, config, out, normaliser)
@@ -206,6 +218,17 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     return metrics.final
 
 
+def _halt(out: rundir.StageDir, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: dict[str, int],
+          problem: str) -> None:
+    """Save the state of the last finished step (the optimiser has not stepped since) and stop."""
+    path = out.checkpoints / f"checkpoint-{state['step']}"
+    if accelerator.is_main_process and not rundir.checkpoint_complete(path):
+        checkpoint.save_checkpoint(out.checkpoints, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer,
+                                   {**state, "scheduler": scheduler.state_dict()})
+    raise TrainingHalted(f"the reward model {problem}. The state after step {state['step']} is in {path}; "
+                         f"`--resume` continues from there")
+
+
 def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: rundir.StageDir,
                       normaliser: Normaliser) -> Path:
     """adapter/ (LoRA + head), model/score.safetensors (head only) or model/ (full), with the
@@ -213,13 +236,13 @@ def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: run
     from safetensors.torch import save_file
 
     tuning = config.model.tuning
-    target = out.file(rundir.ADAPTER if tuning in ("lora", "prompt_tuning") else rundir.MODEL)
-    target.mkdir(parents=True, exist_ok=True)
-    if tuning == "head":
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.score.state_dict().items()}, target / HEAD_FILE)
-    else:
-        model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    modeling.save_base_record(target, config.model)
-    rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
-    return target
+    final = out.file(rundir.ADAPTER if tuning in ("lora", "prompt_tuning") else rundir.MODEL)
+    with rundir.replace_dir(final) as target:
+        if tuning == "head":
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.score.state_dict().items()}, target / HEAD_FILE)
+        else:
+            model.save_pretrained(target)
+        tokenizer.save_pretrained(target)
+        modeling.save_base_record(target, config.model)
+        rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
+    return final

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import distributed, modeling, rundir, tracking
+from align.core import distributed, guards, modeling, rundir, tracking
 from align.core.config import dump_yaml
 from align.core.errors import AlignError
 from sft.config import SFTConfig
@@ -25,9 +25,16 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False) -
     if config.training.batch_size % processes:
         raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
                          f"processes it must divide by {processes}")
+    modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
-        return _train(config, out, train_examples, eval_examples, resume, world)
+        with guards.explain_out_of_memory("SFT", guards.memory_advice(config, **MEMORY_SETTINGS)):
+            return _train(config, out, train_examples, eval_examples, resume, world)
+
+
+# what to change when a step does not fit in memory
+MEMORY_SETTINGS = {"lower": ("training.batch_size", "training.max_length"), "raise_": ("training.grad_accum",),
+                   "enable": ("training.gradient_checkpointing",)}
 
 
 def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool,
@@ -91,7 +98,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         train_dataset=datasets.Dataset.from_list(train_examples),
         eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
-        callbacks=[tracking.trainer_callback(metrics)],
+        callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback()],
     )
 
     figures: dict[str, Any] = {
@@ -111,7 +118,13 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     metrics.update({**previous, **figures})
 
     started = time.time()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if checkpoint is not None and hasattr(trainer, "_total_train_tokens"):
+        # TRL counts the tokens seen in the trainer, not in the state it checkpoints: carry the count
+        trainer._total_train_tokens = _logged_in(checkpoint, "num_tokens") or 0
+    try:
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except guards.NonFinite as e:
+        raise guards.halt_trainer(trainer, e, "SFT", "Lower training.learning_rate or look for broken records") from None
     runtime = time.time() - started
     if eval_examples:
         figures["eval/loss"] = trainer.evaluate()["eval_loss"]
@@ -147,6 +160,12 @@ def _logged(trainer: Any, key: str) -> float | None:
         if key in entry:
             return entry[key]
     return None
+
+
+def _logged_in(checkpoint: Path, key: str) -> Any:
+    """The newest value of `key` in a checkpoint's saved log history."""
+    history = rundir.read_json(checkpoint / "trainer_state.json").get("log_history", [])
+    return next((entry[key] for entry in reversed(history) if key in entry), None)
 
 
 def _perplexity(loss: float) -> float:

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from align.core import checkpoint, distributed, modeling, rundir, tracking
+from align.core import checkpoint, distributed, guards, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
-from align.core.errors import AlignError, DataError
+from align.core.errors import AlignError, DataError, TrainingHalted
 from align.core.records import load_records
 from align.ppo import advantages as adv
 from align.ppo.config import PPOConfig, PPOSettings
@@ -34,10 +34,6 @@ from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollo
 # what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
 MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
                    "loss/value_avg", "val/clipfrac_avg", "loss/ptx_avg", "nonfinite/policy_loss", "nonfinite/value_loss")
-
-
-class TrainingHalted(AlignError):
-    """A health guard stopped the run (after saving a checkpoint)."""
 
 
 class Unhealthy(Exception):
@@ -52,9 +48,28 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False) -
     if config.reward.model is None and config.reward.function is None:
         raise AlignError("set reward.model (an `align reward` output directory) or reward.function (module:function)")
     check_shards(config.ppo, distributed.world().size)
+    check_inputs(config)
     out = rundir.StageDir(config.out_dir)
+    memory = guards.memory_advice(config, lower=("ppo.mini_batch_size", "sampling.max_new_tokens", "data.max_prompt_length",
+                                                 "ppo.batch_size"), raise_=("ppo.grad_accum",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
-        return PPOTrainer(config, out, world).run(prompts, eval_prompts, resume=resume)
+        with guards.explain_out_of_memory("PPO", memory):
+            return PPOTrainer(config, out, world).run(prompts, eval_prompts, resume=resume)
+
+
+def check_inputs(config: PPOConfig) -> None:
+    """The models, reward and PPO-ptx data exist: found before the output directory is written."""
+    modeling.check_model(config.model)
+    if config.reward.function is not None:
+        from align.core.callables import load_callable
+
+        load_callable(config.reward.function)
+    else:
+        from reward.score import weights_dir
+
+        weights_dir(config.reward.model)
+    if config.ppo.ptx_coef > 0:
+        load_records(config.ppo.ptx_data, "instructions")
 
 
 def check_shards(p: PPOSettings, processes: int) -> None:
@@ -106,6 +121,7 @@ class PPOTrainer:
         self.ptx_texts = self._ptx_texts() if p.ptx_coef > 0 else []
         wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
         self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
+        self.constant_reward = guards.ConstantReward(config.guards.constant_reward_updates)
 
     # ---------------------------------------------------------------- the loop
 
@@ -131,7 +147,7 @@ class PPOTrainer:
                 raise TrainingHalted(f"PPO stopped at update {update + 1}: {e}; its changes were undone. "
                                      f"Checkpoint of update {update} saved in {self.out.checkpoints}") from None
             self.metrics.log(update + 1, stats)
-            self._guard(stats, update + 1)
+            self._guard(stats, update + 1, self.constant_reward.update(rollout.raw_scores.tolist()))
             if c.sample_every and (update + 1) % c.sample_every == 0:
                 self._write_samples(update + 1, batch, rollout)
             if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts:
@@ -361,7 +377,7 @@ class PPOTrainer:
                  "has_eos": has_eos}
         return {k: self.world.gather(v) for k, v in local.items()}
 
-    def _guard(self, stats: dict[str, float], update: int) -> None:
+    def _guard(self, stats: dict[str, float], update: int, constant_reward: str | None = None) -> None:
         g = self.config.guards
         problem = None
         bad = [k for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -372,6 +388,8 @@ class PPOTrainer:
         elif not 1 / g.max_ratio <= stats["val/ratio_min"] <= stats["val/ratio_max"] <= g.max_ratio:
             problem = (f"policy ratio left [1/{g.max_ratio}, {g.max_ratio}] "
                        f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower ppo.learning_rate")
+        elif constant_reward:
+            problem = constant_reward
         if problem:
             # kept for inspection under a name --resume does not pick: resume starts from the last healthy one
             self._checkpoint(update, name=f"halted-update-{update}")
@@ -418,6 +436,8 @@ class PPOTrainer:
         self.kl_ctl.value = state["kl_coef"]
         self.metrics.final = self.out.metrics()
         self.metrics.truncate_after(state["step"])
+        if self.world.is_main:  # the updates after the checkpoint run again: keep their samples once
+            rundir.truncate_jsonl(self.out.file("samples.jsonl"), "update", state["step"])
         return state["step"]
 
     def _save(self) -> None:
@@ -426,18 +446,19 @@ class PPOTrainer:
 
         if not self.world.is_main:
             return
-        target = self.out.file(rundir.ADAPTER)
-        self.stack.peft.save_pretrained(target, selected_adapters=["policy"])
-        nested = target / "policy"  # peft nests non-default adapters; flatten for plain loading
-        if nested.is_dir():
-            for item in nested.iterdir():
-                item.replace(target / item.name)
-            nested.rmdir()
-        self.tokenizer.padding_side = "right"
-        self.tokenizer.save_pretrained(target)
-        modeling.save_base_record(target, self.config.model)
-        save_file({k: v.detach().cpu() for k, v in self.stack.value_head.state_dict().items()},
-                  self.out.file("value_head.safetensors"))
+        with rundir.replace_dir(self.out.file(rundir.ADAPTER)) as target:  # whole or not at all
+            self.stack.peft.save_pretrained(target, selected_adapters=["policy"])
+            nested = target / "policy"  # peft nests non-default adapters; flatten for plain loading
+            if nested.is_dir():
+                for item in nested.iterdir():
+                    item.replace(target / item.name)
+                nested.rmdir()
+            self.tokenizer.padding_side = "right"
+            self.tokenizer.save_pretrained(target)
+            modeling.save_base_record(target, self.config.model)
+        tmp = self.out.file(".value_head.safetensors.tmp")
+        save_file({k: v.detach().cpu() for k, v in self.stack.value_head.state_dict().items()}, tmp)
+        tmp.replace(self.out.file("value_head.safetensors"))
 
 
 def _clone_tensors(state: Any) -> Any:

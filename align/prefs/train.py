@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from align.core import modeling, rundir, tracking
+from align.core import guards, modeling, rundir, tracking
 from align.core.config import dump_yaml
 from align.core.records import load_records
 from align.prefs.config import DPOConfig, OnlineConfig, RecipeTraining
@@ -68,16 +68,23 @@ def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracki
 
 def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool) -> dict[str, Any]:
     """The shared frame: output dir contract, model with adapter, metrics files, save."""
+    modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=overwrite, resume=resume)
     out.write_config(dump_yaml(config))
-    with out.running():
+    memory = guards.memory_advice(config, lower=("training.batch_size", "training.max_length"), raise_=("training.grad_accum",))
+    with out.running(), guards.explain_out_of_memory(job.upper(), memory):
         metrics = tracking.MetricsLog(out.path)
         tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
         model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
-        trainer = build_trainer(model, tokenizer, out, [tracking.trainer_callback(metrics)])
+        trainer = build_trainer(model, tokenizer, out, [tracking.trainer_callback(metrics), guards.nonfinite_callback()])
         checkpoint = out.newest_checkpoint() if resume else None
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None:  # steps past the checkpoint are run again: log them once
+            metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
+        try:
+            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except guards.NonFinite as e:
+            raise guards.halt_trainer(trainer, e, job.upper(), "Lower training.learning_rate or training.beta") from None
         figures = {"train/loss_mean": result.training_loss, "train/steps": trainer.state.global_step,
                    "train/runtime_s": round(result.metrics.get("train_runtime", 0.0), 2), **tracking.peak_memory_mb()}
         if getattr(trainer, "eval_dataset", None) is not None:
