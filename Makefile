@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test demo clean
+.PHONY: setup test test-slow demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ setup: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q
+
+# the longer checks the default run leaves out (more kill points per stage)
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 demo: setup
 	$(ALIGN) demo
