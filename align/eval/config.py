@@ -81,8 +81,11 @@ class EvalConfig:
     compare_to: list[str] = field(default_factory=lambda: ["base", "sft"])
     """Models every other model meets pairwise (`win_rate_vs_<name>`); names not in `models` are skipped."""
     quantization: Literal["auto", "nf4", "none"] = "auto"
-    """Precision of the loaded bases: `auto` = 4-bit NF4 on a GPU (memory), full precision on CPU, where
-    NF4 dequantisation makes generation about 2.5x slower for a 135M model."""
+    """Precision of the policies' shared bases. `auto`: 4-bit NF4 where an adapter on that base was trained
+    against NF4 (QLoRA; its align_base.json says), so adapters run on the weights they learned on; full
+    precision otherwise. `none`: the original weights for all (as after merging an adapter). Without a
+    GPU, NF4 weights are dequantised once after loading: the same values at full-precision speed. The
+    reward model always loads as it was trained: its scores and normaliser depend on that precision."""
     bootstrap_samples: int = 1000
     """Resamples behind every 95% interval."""
     seed: int = 0

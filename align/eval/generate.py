@@ -17,10 +17,11 @@ class Answer:
     text: str
     token_ids: list[int]  # the answer's tokens up to and including the first EOS
     has_eos: bool
+    logprob: float = float("nan")  # Σ_t log π_T(a_t | x, a_<t) under the model that wrote it
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Answer:
-        return cls(d["text"], list(d["token_ids"]), bool(d["has_eos"]))
+        return cls(d["text"], list(d["token_ids"]), bool(d["has_eos"]), float(d.get("logprob", float("nan"))))
 
 
 @dataclass
@@ -81,42 +82,115 @@ def seed_for(seed: int, start: int) -> int:
 @torch.inference_mode()
 def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_seed: int,
            progress: Any = None) -> Answers:
-    """Greedy answers, then one sampled pass per seed with `samples_per_seed` answers per prompt."""
+    """Per batch of prompts: the greedy answers, then one sampled pass per seed with `samples_per_seed`
+    answers per prompt. Each answer carries log π_T of its tokens (T = the sampling temperature)."""
     tokenizer = view.tokenizer
     prompt_ids = encode_prompts(tokenizer, prompts, settings.max_prompt_length)
-    common = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": view.eos_ids}
     greedy: list[Answer] = []
     sampled: list[list[Answer]] = [[] for _ in prompts]
     with view.active() as model:
         for start in range(0, len(prompts), settings.batch_size):
-            batch = prompt_ids[start:start + settings.batch_size]
-            greedy += _generate(model, tokenizer, batch, view.eos_ids, do_sample=False, **common)
-            _tick(progress, len(batch))
-        if samples_per_seed == 0:
-            return Answers(greedy, sampled)
-        for seed in settings.seeds:
-            for start in range(0, len(prompts), settings.batch_size):
-                batch = prompt_ids[start:start + settings.batch_size]
+            batch = Batch(model, tokenizer, prompt_ids[start:start + settings.batch_size], view.eos_ids, settings)
+            greedy += batch.generate(1, do_sample=False)
+            _tick(progress, len(batch.rows))
+            for seed in settings.seeds if samples_per_seed else ():
                 torch.manual_seed(seed_for(seed, start))
-                out = _generate(model, tokenizer, batch, view.eos_ids, do_sample=True, top_k=0,
-                                temperature=settings.temperature, top_p=settings.top_p,
-                                num_return_sequences=samples_per_seed, **common)
-                for i in range(len(batch)):  # generate returns each prompt's samples together
+                out = batch.generate(samples_per_seed, do_sample=True, top_k=0, temperature=settings.temperature,
+                                     top_p=settings.top_p)
+                for i in range(len(batch.rows)):  # each prompt's samples come out together
                     sampled[start + i] += out[i * samples_per_seed:(i + 1) * samples_per_seed]
-                _tick(progress, len(batch) * samples_per_seed)
+                _tick(progress, len(batch.rows) * samples_per_seed)
     return Answers(greedy, sampled)
 
 
-def _generate(model: Any, tokenizer: Any, batch: list[list[int]], eos_ids: list[int], **kwargs: Any) -> list[Answer]:
-    ids, mask = left_pad(batch, tokenizer.pad_token_id)
-    device = next(model.parameters()).device
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
-    answers = []
-    for row in out[:, ids.shape[1]:].tolist():
-        tokens, has_eos = cut_at_eos(row, eos_ids)
-        answers.append(Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), tokens, has_eos))
-    return answers
+class Batch:
+    """Prompts encoded once: their KV cache (all but the last token) is computed once and copied into
+    every generate call, so the greedy pass and each sampled pass skip the prompt's forward."""
+
+    def __init__(self, model: Any, tokenizer: Any, rows: list[list[int]], eos_ids: list[int],
+                 settings: GenerationSettings):
+        self.model, self.tokenizer, self.rows, self.eos_ids, self.settings = model, tokenizer, rows, eos_ids, settings
+        self.device = next(model.parameters()).device
+        ids, mask = left_pad(rows, tokenizer.pad_token_id)
+        self.ids, self.mask = ids.to(self.device), mask.to(self.device)
+        self.cache_name = _cache_name(model)
+        self.cache = self._prefill() if self.ids.shape[1] > 1 and not _is_prompt_learning(model) else None
+
+    def _prefill(self) -> Any:
+        from transformers import DynamicCache
+
+        ids, mask = self.ids[:, :-1], self.mask[:, :-1]  # the last token is left to generate, which needs one
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         use_cache=True, logits_to_keep=1, **{self.cache_name: DynamicCache()})
+        return out[self.cache_name] if self.cache_name in out else out.past_key_values
+
+    def generate(self, n: int, **sampling: Any) -> list[Answer]:
+        """n answers per prompt, prompt by prompt."""
+        import copy
+
+        from transformers import LogitsProcessorList
+
+        ids, mask = self.ids.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0)
+        kwargs: dict[str, Any] = {}
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            if n > 1:
+                cache.batch_repeat_interleave(n)
+            kwargs[self.cache_name] = cache
+        recorder = TokenLogprobs(self.settings.temperature)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.settings.max_new_tokens,
+                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
+                                  logits_processor=LogitsProcessorList([recorder]), **kwargs, **sampling)
+        tokens = out[:, ids.shape[1]:]  # (B·n, T)
+        logps = recorder.result(tokens).tolist()  # (B·n, T)
+        answers = []
+        for row, logp in zip(tokens.tolist(), logps):
+            kept, has_eos = cut_at_eos(row, self.eos_ids)
+            text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+            answers.append(Answer(text, kept, has_eos, float(sum(logp[:len(kept)]))))
+        return answers
+
+
+class TokenLogprobs:
+    """A logits processor that records log π_T(a_t | x, a_<t) of each generated token.
+
+    transformers runs user processors on the raw logits, before its temperature and top-p warpers,
+    so dividing by T here gives the tempered distribution the sample came from (top_p = 1). The token
+    drawn at step t is only known at step t+1 (the last of input_ids), or after generate returns."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.steps: list[torch.Tensor] = []  # (B,) each
+        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the step whose token is not seen yet
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._resolve(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def _resolve(self, tokens: torch.Tensor) -> None:
+        if self.pending is not None:
+            self.steps.append(self.pending.gather(1, tokens[:, None]).squeeze(1))
+            self.pending = None
+
+    def result(self, generated: torch.Tensor) -> torch.Tensor:
+        """(B, T) log-probs of `generated` (B, T), the tokens generate returned."""
+        self._resolve(generated[:, -1])
+        return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(generated.shape[0], 0)
+
+
+def _cache_name(model: Any) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x): use whichever this version takes."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _is_prompt_learning(model: Any) -> bool:
+    """Soft prompts are prepended inside peft's forward: a cached prompt prefix would miss them."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _tick(progress: Any, n: int) -> None:

@@ -40,18 +40,63 @@ def continuation_logprobs(view: View, contexts: list[list[int]], continuations: 
     """Σ_t log p_T(c_t | context, c_<t) of each continuation: the log-likelihood of an answer after its
     prompt at the sampling temperature T (KL estimates), or of a choice after its question (T = 1)."""
     pad = view.tokenizer.pad_token_id
-    out: list[float] = []
+    # batches of similar lengths waste less compute on padding; results go back in the caller's order
+    order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), len(continuations[i])))
+    out = [0.0] * len(contexts)
     with view.active() as model:
         device = next(model.parameters()).device
-        for start in range(0, len(contexts), batch_size):
-            q_ids, q_mask = left_pad(contexts[start:start + batch_size], pad)  # (B, Q)
-            a_ids, a_mask = right_pad(continuations[start:start + batch_size], pad)  # (B, T)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            q_ids, q_mask = left_pad([contexts[i] for i in chunk], pad)  # (B, Q)
+            a_ids, a_mask = right_pad([continuations[i] for i in chunk], pad)  # (B, T)
             ids, mask = torch.cat([q_ids, a_ids], 1).to(device), torch.cat([q_mask, a_mask], 1).to(device)
             T = a_ids.shape[1]
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                            logits_to_keep=T + 1).logits[:, :-1]  # (B, T, V): position t predicts token t+1
             logp = token_logprobs(logits, a_ids.to(device), temperature)  # (B, T)
-            out += (logp * a_mask.to(device)).sum(1).tolist()
+            for i, value in zip(chunk, (logp * a_mask.to(device)).sum(1).tolist()):
+                out[i] = value
+    return out
+
+
+@torch.inference_mode()
+def answers_logprobs(view: View, prompts: list[list[int]], answers: list[list[list[int]]], temperature: float = 1.0,
+                     batch_size: int = 16) -> list[list[float]]:
+    """Σ_t log p_T(a_t | x, a_<t) of each of the n answers of each prompt x (n the same for all).
+
+    The same sums as `continuation_logprobs`, but each prompt runs through the model once: its KV cache
+    is copied to its n answers, which is most of the work saved when several samples share a prompt."""
+    from align.eval.generate import _cache_name
+
+    n = len(answers[0]) if answers else 0
+    if n == 0 or any(len(a) != n for a in answers):
+        raise ValueError("answers_logprobs needs the same number of answers for every prompt")
+    if min(len(p) for p in prompts) < 2:  # no prefix to cache
+        flat = continuation_logprobs(view, [p for p in prompts for _ in range(n)], [a for g in answers for a in g],
+                                     temperature, batch_size)
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+    pad = view.tokenizer.pad_token_id
+    per_chunk = max(1, batch_size // n)  # prompts per forward: about batch_size sequences each time
+    out: list[list[float]] = []
+    with view.active() as model:
+        device = next(model.parameters()).device
+        name = _cache_name(model)
+        for start in range(0, len(prompts), per_chunk):
+            rows = prompts[start:start + per_chunk]
+            q_ids, q_mask = (t.to(device) for t in left_pad(rows, pad))  # (B, Q)
+            past = model(input_ids=q_ids[:, :-1], attention_mask=q_mask[:, :-1], position_ids=position_ids(q_mask[:, :-1]),
+                         use_cache=True, logits_to_keep=1)  # all but the last prompt token, which predicts a_1
+            cache = past[name] if name in past else past.past_key_values
+            cache.batch_repeat_interleave(n)
+            flat = [a for group in answers[start:start + per_chunk] for a in group]  # (B·n,)
+            a_ids, a_mask = (t.to(device) for t in right_pad(flat, pad))  # (B·n, T)
+            last = q_ids[:, -1:].repeat_interleave(n, 0)  # (B·n, 1)
+            mask = torch.cat([q_mask.repeat_interleave(n, 0), a_mask], 1)  # (B·n, Q + T)
+            T = a_ids.shape[1]
+            logits = model(input_ids=torch.cat([last, a_ids], 1), attention_mask=mask,
+                           position_ids=position_ids(mask)[:, -(T + 1):], **{name: cache}).logits[:, :-1]  # (B·n, T, V)
+            sums = (token_logprobs(logits, a_ids, temperature) * a_mask).sum(1).tolist()
+            out += [sums[i * n:(i + 1) * n] for i in range(len(rows))]
     return out
 
 

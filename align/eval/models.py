@@ -35,6 +35,7 @@ class ModelSpec:
     base: str  # directory (or cached hub id) of the network's weights
     adapter: Path | None = None  # a peft adapter on top of `base`
     lora: bool = False  # LoRA adapters share their base with other LoRA adapters
+    trained_on: str | None = None  # the base's quantization the adapter was trained against, when recorded
 
     @property
     def group(self) -> tuple[str, str]:
@@ -71,9 +72,11 @@ def _adapter_spec(name: str, source: str, directory: Path) -> ModelSpec:
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise ModelError(f"model {name!r}: {directory} is a {config['task_type']} adapter (a reward model?), "
                          "not a policy that generates")
+    trained_on = None
     if (directory / modeling.BASE_FILE).exists():
         try:
-            base = modeling.recorded_base(directory)["resolved"]
+            record = modeling.recorded_base(directory)
+            base, trained_on = record["resolved"], record.get("quantization")
         except (KeyError, json.JSONDecodeError) as e:
             raise ModelError(f"model {name!r}: {directory / modeling.BASE_FILE} is unreadable ({e})") from None
         recorded = "recorded in " + modeling.BASE_FILE
@@ -86,7 +89,7 @@ def _adapter_spec(name: str, source: str, directory: Path) -> ModelSpec:
         base = _resolved(name, base)
     if not _available(base):
         raise ModelError(f"model {name!r}: the base {base!r} {recorded} of {directory} is not on this machine")
-    return ModelSpec(name, source, base, directory, config.get("peft_type") == "LORA")
+    return ModelSpec(name, source, base, directory, config.get("peft_type") == "LORA", trained_on)
 
 
 def _resolved(name: str, base: str) -> str:
@@ -160,18 +163,68 @@ class View:
             yield model
 
 
+def base_quantization(specs: dict[str, ModelSpec], setting: str) -> dict[tuple[str, str], str]:
+    """The precision each shared base loads in. `auto`: 4-bit NF4 where an adapter on it was trained
+    against NF4 (QLoRA), so adapters see the weights they learned on; full precision otherwise."""
+    out: dict[tuple[str, str], str] = {}
+    for spec in specs.values():
+        wanted = setting if setting != "auto" else ("nf4" if spec.trained_on == "nf4" else "none")
+        out[spec.group] = "nf4" if "nf4" in (out.get(spec.group), wanted) else wanted
+    return out
+
+
+def dequantize_4bit(model: Any) -> int:
+    """Swap every bitsandbytes 4-bit linear layer for a plain one holding its dequantised weights.
+
+    The values are exactly the NF4-rounded weights, so scores do not move; but where there is no GPU,
+    bitsandbytes dequantises on every forward and a 135M model runs about 2.5x slower than this.
+    Also works on layers that peft already wrapped (their `base_layer`). Returns how many were swapped.
+    """
+    import bitsandbytes as bnb
+    import torch
+
+    swapped = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, bnb.nn.Linear4bit):
+                continue
+            weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
+            dtype = child.compute_dtype or torch.float32
+            linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                     device=weight.device, dtype=dtype)
+            linear.weight.data = weight.to(dtype)
+            if child.bias is not None:
+                linear.bias.data = child.bias.data.to(dtype)
+            linear.requires_grad_(False)
+            setattr(module, child_name, linear)
+            swapped += 1
+    if swapped and hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None  # plain weights now: peft wraps them as ordinary linear layers
+    return swapped
+
+
+def on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class ModelPool:
     """Every model of the evaluation, each base loaded once."""
 
     def __init__(self, specs: dict[str, ModelSpec], quantization: str):
         self.specs = specs
+        self.quantization = base_quantization(specs, quantization)
         self.networks: dict[tuple[str, str], Network] = {}
         for spec in specs.values():
             network = self.networks.get(spec.group)
             if network is None:
-                network = self.networks[spec.group] = self._load_base(spec, quantization)
+                network = self.networks[spec.group] = self._load_base(spec, self.quantization[spec.group])
             if spec.adapter is not None:
                 self._load_adapter(network, spec)
+
+    def quantization_of(self, name: str) -> str:
+        return self.quantization[self.specs[name].group]
 
     def view(self, name: str) -> View:
         spec = self.specs[name]
@@ -191,6 +244,8 @@ class ModelPool:
             model = modeling.load_base(config, tokenizer).eval()
         except AlignError as e:
             raise ModelError(f"model {spec.name!r}: {e}") from None
+        if quantization == "nf4" and not on_gpu():
+            dequantize_4bit(model)
         return Network(model, tokenizer)
 
     @staticmethod

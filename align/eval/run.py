@@ -9,13 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from align.core.records import Prompt, load_records
 from align.eval import benchmarks, compare, plots, report, scores
 from align.eval.config import META, EvalConfig
 from align.eval.generate import Answers, answer, encode_prompts
-from align.eval.models import ModelPool, ModelSpec, resolve
+from align.eval.models import ModelPool, ModelSpec, dequantize_4bit, on_gpu, resolve
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +79,6 @@ def evaluate(config: EvalConfig, *, overwrite: bool = False, resume: bool = Fals
         return Evaluation(config, out, inputs).run(resume=resume)
 
 
-def quantization(config: EvalConfig) -> str:
-    if config.quantization != "auto":
-        return config.quantization
-    import torch
-
-    return "nf4" if torch.cuda.is_available() else "none"
-
-
 class Evaluation:
     def __init__(self, config: EvalConfig, out: rundir.StageDir, inputs: Inputs):
         self.config, self.out, self.inputs = config, out, inputs
@@ -96,7 +89,8 @@ class Evaluation:
 
     def run(self, *, resume: bool) -> dict[str, float]:
         started = time.perf_counter()
-        pool = ModelPool(self.inputs.specs, quantization(self.config))
+        pool = ModelPool(self.inputs.specs, self.config.quantization)
+        self.quantization = {name: pool.quantization_of(name) for name in self.inputs.specs}
         self.timings["load_s"] = time.perf_counter() - started
         answers = self.answer_all(pool, resume)
         extra = {name: self.model_figures(pool, name, answers[name]) for name in self.inputs.specs}
@@ -133,7 +127,7 @@ class Evaluation:
         c = self.config
         return {"source": spec.source, "base": spec.base, "adapter": str(spec.adapter), "prompts": c.prompts,
                 "eval_size": c.eval_size, "generation": asdict(c.generation), "samples_per_seed": c.samples_per_seed,
-                "quantization": quantization(c)}
+                "quantization": self.quantization[spec.name]}
 
     def answer_all(self, pool: ModelPool, resume: bool) -> dict[str, Answers]:
         from tqdm import tqdm
@@ -211,19 +205,27 @@ class Evaluation:
     def model_figures(self, pool: ModelPool, name: str, answers: Answers) -> dict[str, float]:
         out: dict[str, float] = {}
         view = pool.view(name)
-        start = time.perf_counter()
-        out.update(self.kl_to_base(pool, name, answers))
+        with self.timed("kl_s"):
+            out.update(self.kl_to_base(pool, name, answers))
         if self.inputs.documents is not None:
-            out["perplexity"] = benchmarks.perplexity(view, self.inputs.documents, self.config.perplexity_max_length)
+            with self.timed("perplexity_s"):
+                out["perplexity"] = benchmarks.perplexity(view, self.inputs.documents, self.config.perplexity_max_length)
         if self.inputs.questions is not None:
-            picked = benchmarks.choose(view, self.inputs.questions, self.config.generation.batch_size)
+            with self.timed("mmlu_s"):
+                picked = benchmarks.choose(view, self.inputs.questions, self.config.generation.batch_size)
             out.update(scores.with_ci("mmlu_accuracy", benchmarks.correct(self.inputs.questions, picked), **self.boot))
-        self.timings["benchmarks_s"] = self.timings.get("benchmarks_s", 0.0) + time.perf_counter() - start
         return out
+
+    @contextlib.contextmanager
+    def timed(self, key: str) -> Iterator[None]:
+        """Add the block's wall time to timings[key] (eval/<key> in metrics.json)."""
+        start = time.perf_counter()
+        yield
+        self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     def kl_to_base(self, pool: ModelPool, name: str, answers: Answers) -> dict[str, float]:
         """k1 estimate of KL(π‖π_base) per answer, averaged per prompt, on the sampled answers (greedy if none)."""
-        from align.eval.likelihood import continuation_logprobs
+        from align.eval.likelihood import answers_logprobs
 
         reference = self.config.reference
         if name == reference:
@@ -237,15 +239,13 @@ class Evaluation:
             return {}
         per_prompt = answers.sampled if answers.sampled and answers.sampled[0] else [[a] for a in answers.greedy]
         prompt_ids = encode_prompts(view.tokenizer, self.prompts, self.config.generation.max_prompt_length)
-        contexts = [prompt_ids[p] for p, row in enumerate(per_prompt) for _ in row]
-        tokens = [a.token_ids for row in per_prompt for a in row]
+        tokens = [[a.token_ids for a in row] for row in per_prompt]
         g = self.config.generation
-        logp = continuation_logprobs(view, contexts, tokens, g.temperature, g.batch_size)
-        logp_ref = continuation_logprobs(ref, contexts, tokens, g.temperature, g.batch_size)
-        kl, i = [], 0
-        for row in per_prompt:
-            kl.append(sum(logp[i + k] - logp_ref[i + k] for k in range(len(row))) / len(row))
-            i += len(row)
+        logp = [[a.logprob for a in row] for row in per_prompt]  # recorded while generating
+        if not all(math.isfinite(x) for row in logp for x in row):  # answers from an older checkpoint
+            logp = answers_logprobs(view, prompt_ids, tokens, g.temperature, g.batch_size)
+        logp_ref = answers_logprobs(ref, prompt_ids, tokens, g.temperature, g.batch_size)
+        kl = [sum(m - r for m, r in zip(lm, lr)) / len(lm) for lm, lr in zip(logp, logp_ref)]  # (P,) mean over answers
         return scores.with_ci("kl_to_base", kl, **self.boot)
 
     # ---------------------------------------------------------------- rewards and rows
@@ -257,12 +257,15 @@ class Evaluation:
         from reward.score import RewardModel
 
         reward_model = RewardModel.load(self.config.reward)
+        if not on_gpu():
+            dequantize_4bit(reward_model.model)
         distinct: dict[tuple[int, str], float] = {}
         for a in answers.values():
             for p in range(len(self.prompts)):
                 for text in [a.greedy[p].text] + [s.text for s in a.sampled[p]]:
                     distinct.setdefault((p, text), math.nan)
-        keys = list(distinct)
+        # batches of similar lengths waste less compute on padding
+        keys = sorted(distinct, key=lambda k: (len(self.prompts[k[0]].messages[-1]["content"]) + len(k[1]), k))
         chunk = 4 * self.config.generation.batch_size
         for start in tqdm(range(0, len(keys), chunk), desc="rewards", unit="batch"):
             part = keys[start:start + chunk]
@@ -341,7 +344,8 @@ class Evaluation:
                  for name, spec in self.inputs.specs.items()]
         lines += [("prompts", f"{len(self.prompts)} from {c.prompts}"),
                   ("generation", f"greedy + {c.samples_per_seed} sampled per seed {g.seeds}, temperature {g.temperature}, "
-                                 f"top_p {g.top_p}, max_new_tokens {g.max_new_tokens}; bases in {quantization(c)}"),
+                                 f"top_p {g.top_p}, max_new_tokens {g.max_new_tokens}"),
+                  ("precision of the bases", ", ".join(f"{n} {q}" for n, q in self.quantization.items())),
                   ("reward model", c.reward or "none"), ("judge", c.judge or "none"),
                   ("perplexity text", c.perplexity_text or "none"), ("multiple choice", c.mmlu or "none"),
                   ("time", ", ".join(f"{k} {v:.0f}" for k, v in self.timings.items()))]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,48 @@ def test_cli_prints_the_table_and_the_report(tmp_path, eval_dirs, heldout):
     assert f"report: {out / 'report.html'}" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval/prompts"] == 2 and "sft_best_of_2/reward_mean" in metrics
+
+
+def test_cached_prompts_give_the_plain_greedy_answers_and_their_logprobs(eval_dirs, heldout):
+    from align.core.records import load_records
+    from align.eval.likelihood import continuation_logprobs
+
+    prompts = load_records(heldout, "prompts")[:3]
+    pool = ModelPool({"sft": resolve("sft", str(eval_dirs["sft"]))}, "none")
+    view = pool.view("sft")
+    settings = GenerationSettings(max_new_tokens=6, samples_per_prompt=2, batch_size=3, temperature=0.7)
+    answers = generate.answer(view, prompts, settings, 2)
+    ids = generate.encode_prompts(view.tokenizer, prompts, settings.max_prompt_length)
+    with view.active() as model, torch.no_grad():
+        for row, a in zip(ids, answers.greedy):  # one prompt at a time: no padding, no cache
+            out = model.generate(input_ids=torch.tensor([row]), max_new_tokens=6, do_sample=False,
+                                 pad_token_id=view.tokenizer.pad_token_id, eos_token_id=view.eos_ids)
+            assert generate.cut_at_eos(out[0, len(row):].tolist(), view.eos_ids)[0] == a.token_ids
+    # greedy and sampled (the sample's temperature is applied after the recorder sees the logits)
+    every = [(p, a) for p, a in enumerate(answers.greedy)] + [(p, a) for p, s in enumerate(answers.sampled) for a in s]
+    recomputed = continuation_logprobs(view, [ids[p] for p, _ in every], [a.token_ids for _, a in every], temperature=0.7)
+    assert [a.logprob for _, a in every] == pytest.approx(recomputed, abs=1e-3)
+
+
+def test_auto_precision_follows_what_the_adapters_were_trained_on():
+    from align.eval.models import ModelSpec, base_quantization
+
+    base = ModelSpec("base", "b", "/m")
+    qlora = ModelSpec("sft", "s", "/m", adapter=Path("/a"), lora=True, trained_on="nf4")
+    plain = ModelSpec("other", "o", "/n", adapter=Path("/c"), lora=True, trained_on="none")
+    assert base_quantization({"base": base, "sft": qlora, "other": plain}, "auto") == {("/m", ""): "nf4", ("/n", ""): "none"}
+    assert base_quantization({"base": base}, "auto") == {("/m", ""): "none"}
+    assert base_quantization({"base": base, "other": plain}, "nf4") == {("/m", ""): "nf4", ("/n", ""): "nf4"}
+
+
+def test_dequantised_nf4_weights_give_the_4bit_models_outputs(eval_dirs):
+    from align.eval.models import dequantize_4bit
+
+    config = modeling.ModelConfig(name=str(eval_dirs["base"]), quantization="nf4")
+    model = modeling.load_base(config, modeling.load_tokenizer(str(eval_dirs["base"]))).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        assert dequantize_4bit(model) == 14  # 7 projections in each of 2 layers; the tied head stays as it is
+        got = model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-4)

@@ -115,3 +115,13 @@ def test_documents(tmp_path, write_jsonl):
     with pytest.raises(DataError, match="no text"):
         benchmarks.read_documents(empty)
     assert json.dumps(benchmarks.read_documents(text))  # plain strings
+
+
+def test_shared_prompt_cache_gives_the_same_answer_logprobs(tiny_view):
+    # prompts of different lengths (left padding), answers of different lengths (right padding), 3 per prompt
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    answers = [[[20], [21, 22], [23, 24, 25]], [[26, 27], [28], [29, 30, 31, 32]], [[33], [34], [35, 36]]]
+    shared = likelihood.answers_logprobs(tiny_view, prompts, answers, temperature=0.7, batch_size=4)
+    plain = likelihood.continuation_logprobs(tiny_view, [p for p, group in zip(prompts, answers) for _ in group],
+                                             [a for group in answers for a in group], temperature=0.7)
+    assert [x for row in shared for x in row] == pytest.approx(plain, abs=1e-4)
