@@ -10,6 +10,7 @@ import torch
 
 from align.eval.config import GenerationSettings
 from align.eval.models import View
+from align.eval.prefix import cache_name, prefill
 
 
 @dataclass
@@ -54,18 +55,6 @@ def encode_prompts(tokenizer: Any, prompts: list, max_length: int) -> list[list[
     return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (B, Q), mask (B, Q)), padded on the left."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def cut_at_eos(tokens: list[int], eos_ids: list[int]) -> tuple[list[int], bool]:
     """The tokens up to and including the first EOS, and whether there was one."""
     for i, token in enumerate(tokens):
@@ -104,39 +93,20 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
 
 
 class Batch:
-    """Prompts encoded once: their KV cache (all but the last token) is computed once and copied into
-    every generate call, so the greedy pass and each sampled pass skip the prompt's forward."""
+    """Prompts run through the model once (their shared prefix once for all): every generate call
+    starts from a copy of that cache, so the greedy pass and each sampled pass skip the prompts."""
 
     def __init__(self, model: Any, tokenizer: Any, rows: list[list[int]], eos_ids: list[int],
                  settings: GenerationSettings):
         self.model, self.tokenizer, self.rows, self.eos_ids, self.settings = model, tokenizer, rows, eos_ids, settings
-        self.device = next(model.parameters()).device
-        ids, mask = left_pad(rows, tokenizer.pad_token_id)
-        self.ids, self.mask = ids.to(self.device), mask.to(self.device)
-        self.cache_name = _cache_name(model)
-        self.cache = self._prefill() if self.ids.shape[1] > 1 and not _is_prompt_learning(model) else None
-
-    def _prefill(self) -> Any:
-        from transformers import DynamicCache
-
-        ids, mask = self.ids[:, :-1], self.mask[:, :-1]  # the last token is left to generate, which needs one
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True, logits_to_keep=1, **{self.cache_name: DynamicCache()})
-        return out[self.cache_name] if self.cache_name in out else out.past_key_values
+        self.prefilled = prefill(model, rows, tokenizer.pad_token_id)
 
     def generate(self, n: int, **sampling: Any) -> list[Answer]:
         """n answers per prompt, prompt by prompt."""
-        import copy
-
         from transformers import LogitsProcessorList
 
-        ids, mask = self.ids.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0)
-        kwargs: dict[str, Any] = {}
-        if self.cache is not None:
-            cache = copy.deepcopy(self.cache)
-            if n > 1:
-                cache.batch_repeat_interleave(n)
-            kwargs[self.cache_name] = cache
+        ids, mask, cache = self.prefilled.expanded(n)
+        kwargs = {cache_name(self.model): cache} if cache is not None else {}
         recorder = TokenLogprobs(self.settings.temperature)
         out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.settings.max_new_tokens,
                                   pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
@@ -177,20 +147,6 @@ class TokenLogprobs:
         """(B, T) log-probs of `generated` (B, T), the tokens generate returned."""
         self._resolve(generated[:, -1])
         return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(generated.shape[0], 0)
-
-
-def _cache_name(model: Any) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x): use whichever this version takes."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _is_prompt_learning(model: Any) -> bool:
-    """Soft prompts are prepended inside peft's forward: a cached prompt prefix would miss them."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def _tick(progress: Any, n: int) -> None:

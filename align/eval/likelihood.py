@@ -8,24 +8,8 @@ from typing import Any
 
 import torch
 
-from align.eval.generate import left_pad
 from align.eval.models import View
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens only: left padding must not shift them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def right_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (B, T), mask (B, T)), padded on the right."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, :len(row)] = 1
-    return ids, mask
+from align.eval.prefix import cache_name, left_pad, position_ids, prefill, right_pad
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -64,38 +48,31 @@ def answers_logprobs(view: View, prompts: list[list[int]], answers: list[list[li
                      batch_size: int = 16) -> list[list[float]]:
     """Σ_t log p_T(a_t | x, a_<t) of each of the n answers of each prompt x (n the same for all).
 
-    The same sums as `continuation_logprobs`, but each prompt runs through the model once: its KV cache
-    is copied to its n answers, which is most of the work saved when several samples share a prompt."""
-    from align.eval.generate import _cache_name
-
+    The same sums as `continuation_logprobs`, but each prompt runs through the model once (prefix.py)
+    and its cache serves its n answers: most of the work when several samples share a prompt."""
     n = len(answers[0]) if answers else 0
     if n == 0 or any(len(a) != n for a in answers):
         raise ValueError("answers_logprobs needs the same number of answers for every prompt")
-    if min(len(p) for p in prompts) < 2:  # no prefix to cache
-        flat = continuation_logprobs(view, [p for p in prompts for _ in range(n)], [a for g in answers for a in g],
-                                     temperature, batch_size)
-        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
     pad = view.tokenizer.pad_token_id
     per_chunk = max(1, batch_size // n)  # prompts per forward: about batch_size sequences each time
     out: list[list[float]] = []
     with view.active() as model:
         device = next(model.parameters()).device
-        name = _cache_name(model)
         for start in range(0, len(prompts), per_chunk):
-            rows = prompts[start:start + per_chunk]
-            q_ids, q_mask = (t.to(device) for t in left_pad(rows, pad))  # (B, Q)
-            past = model(input_ids=q_ids[:, :-1], attention_mask=q_mask[:, :-1], position_ids=position_ids(q_mask[:, :-1]),
-                         use_cache=True, logits_to_keep=1)  # all but the last prompt token, which predicts a_1
-            cache = past[name] if name in past else past.past_key_values
-            cache.batch_repeat_interleave(n)
-            flat = [a for group in answers[start:start + per_chunk] for a in group]  # (B·n,)
-            a_ids, a_mask = (t.to(device) for t in right_pad(flat, pad))  # (B·n, T)
-            last = q_ids[:, -1:].repeat_interleave(n, 0)  # (B·n, 1)
-            mask = torch.cat([q_mask.repeat_interleave(n, 0), a_mask], 1)  # (B·n, Q + T)
+            rows, groups = prompts[start:start + per_chunk], answers[start:start + per_chunk]
+            ids, mask, cache = prefill(model, rows, pad).expanded(n)  # (B·n, Q), cache of ids[:, :-1]
+            if cache is None:
+                flat = continuation_logprobs(view, [r for r in rows for _ in range(n)], [a for g in groups for a in g],
+                                             temperature, batch_size)
+                out += [flat[i * n:(i + 1) * n] for i in range(len(rows))]
+                continue
+            a_ids, a_mask = (t.to(device) for t in right_pad([a for g in groups for a in g], pad))  # (B·n, T)
+            full = torch.cat([mask, a_mask], 1)  # (B·n, Q + T)
             T = a_ids.shape[1]
-            logits = model(input_ids=torch.cat([last, a_ids], 1), attention_mask=mask,
-                           position_ids=position_ids(mask)[:, -(T + 1):], **{name: cache}).logits[:, :-1]  # (B·n, T, V)
-            sums = (token_logprobs(logits, a_ids, temperature) * a_mask).sum(1).tolist()
+            # the last prompt token predicts a_1; a_t predicts a_t+1
+            logits = model(input_ids=torch.cat([ids[:, -1:], a_ids], 1), attention_mask=full,
+                           position_ids=position_ids(full)[:, -(T + 1):], **{cache_name(model): cache}).logits[:, :-1]
+            sums = (token_logprobs(logits, a_ids, temperature) * a_mask).sum(1).tolist()  # (B·n,)
             out += [sums[i * n:(i + 1) * n] for i in range(len(rows))]
     return out
 
@@ -106,12 +83,16 @@ def next_token_logprobs(view: View, contexts: list[list[int]], candidates: list[
     pad = view.tokenizer.pad_token_id
     out: list[list[float]] = []
     with view.active() as model:
-        device = next(model.parameters()).device
-        index = torch.tensor(candidates, device=device)
+        index = torch.tensor(candidates, device=next(model.parameters()).device)
         for start in range(0, len(contexts), batch_size):
-            ids, mask = (t.to(device) for t in left_pad(contexts[start:start + batch_size], pad))  # (B, Q)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                           logits_to_keep=1).logits[:, -1]  # (B, V)
+            pre = prefill(model, contexts[start:start + batch_size], pad)  # the MMLU header runs once
+            if pre.cache is None:
+                logits = model(input_ids=pre.ids, attention_mask=pre.mask, position_ids=position_ids(pre.mask),
+                               logits_to_keep=1).logits[:, -1]
+            else:
+                logits = model(input_ids=pre.ids[:, -1:], attention_mask=pre.mask,
+                               position_ids=position_ids(pre.mask)[:, -1:], logits_to_keep=1,
+                               **{cache_name(model): pre.cache}).logits[:, -1]  # (B, V)
             out += torch.log_softmax(logits.float(), -1)[:, index].tolist()
     return out
 

@@ -254,7 +254,8 @@ class Evaluation:
         """Normalised rewards (greedy (P,), sampled (P, S)) per model; each distinct answer scored once."""
         from tqdm import tqdm
 
-        from reward.score import RewardModel
+        from align.eval.prefix import reward_scores
+        from reward.score import RewardModel, conversation_text
 
         reward_model = RewardModel.load(self.config.reward)
         if not on_gpu():
@@ -269,8 +270,8 @@ class Evaluation:
         chunk = 4 * self.config.generation.batch_size
         for start in tqdm(range(0, len(keys), chunk), desc="rewards", unit="batch"):
             part = keys[start:start + chunk]
-            raw = reward_model.score([list(self.prompts[p].messages) for p, _ in part], [t for _, t in part],
-                                     batch_size=self.config.generation.batch_size)
+            texts = [conversation_text(reward_model.tokenizer, list(self.prompts[p].messages), t) for p, t in part]
+            raw = reward_scores(reward_model, texts, batch_size=self.config.generation.batch_size)
             distinct.update(zip(part, reward_model.normaliser(raw).tolist()))
         return {name: ([distinct[(p, a.greedy[p].text)] for p in range(len(self.prompts))],
                        [[distinct[(p, s.text)] for s in a.sampled[p]] for p in range(len(self.prompts))])

@@ -125,3 +125,35 @@ def test_shared_prompt_cache_gives_the_same_answer_logprobs(tiny_view):
     plain = likelihood.continuation_logprobs(tiny_view, [p for p, group in zip(prompts, answers) for _ in group],
                                              [a for group in answers for a in group], temperature=0.7)
     assert [x for row in shared for x in row] == pytest.approx(plain, abs=1e-4)
+
+
+def test_a_prefix_shared_by_every_row_runs_once_and_changes_nothing(tiny_view):
+    from align.eval.prefix import common_prefix
+
+    prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 11], [5, 6, 12, 13, 14, 15]]
+    assert common_prefix(prompts) == 2 and common_prefix([[1, 2], [1, 2]]) == 1  # each row keeps one token
+    answers = [[[20], [21, 22]], [[23, 24, 25], [26]], [[27], [28, 29]]]
+    shared = likelihood.answers_logprobs(tiny_view, prompts, answers, temperature=0.7, batch_size=6)
+    plain = [[plain_logprob_t(tiny_view, p, a, 0.7) for a in group] for p, group in zip(prompts, answers)]
+    assert sum(shared, []) == pytest.approx(sum(plain, []), abs=1e-4)
+    fast = likelihood.next_token_logprobs(tiny_view, prompts, [30, 31])
+    want = [plain_logprob_t(tiny_view, p, [c], 1.0) for p in prompts for c in (30, 31)]
+    assert sum(fast, []) == pytest.approx(want, abs=1e-4)
+
+
+def plain_logprob_t(view, context, continuation, temperature):
+    with view.active() as model, torch.no_grad():
+        logits = model(input_ids=torch.tensor([context + continuation])).logits[0]
+    logp = torch.log_softmax(logits.float() / temperature, -1)
+    return sum(logp[len(context) - 1 + t, token].item() for t, token in enumerate(continuation))
+
+
+def test_reward_scores_with_a_shared_prefix_match_the_reward_models_own(eval_dirs):
+    from align.eval.prefix import reward_scores
+    from reward.score import RewardModel, conversation_text
+
+    reward_model = RewardModel.load(eval_dirs["reward"])
+    prompt = [{"role": "user", "content": "What is 2 + 2?"}]
+    texts = [conversation_text(reward_model.tokenizer, prompt, answer) for answer in ("4", "2 + 2 = 4.", "five, I think")]
+    assert reward_scores(reward_model, texts, batch_size=2).tolist() == pytest.approx(
+        reward_model.score_texts(texts).tolist(), abs=1e-4)
