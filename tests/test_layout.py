@@ -13,6 +13,8 @@ FORBIDDEN = {
     "align/core": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs"),
     "sft": ("reward", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
     "reward": ("sft", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
+    # the evaluation reads stages' outputs (reward.score loads a reward model), never their training code
+    "align/eval": ("sft", "align.ppo", "align.prefs", "align.demo", "align.pipeline", "align.cli", "reward.train"),
 }
 
 
