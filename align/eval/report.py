@@ -16,11 +16,11 @@ from align.core import rundir
 from align.eval import compare
 
 NOTES = [
-    "Means carry a bootstrap 95% interval [low, high] (1000 resamples of the prompts unless configured).",
+    "Means carry a percentile bootstrap 95% interval [low, high] over the prompts ({resamples} resamples).",
     "Win rate of a row against a model: per prompt 1 if the row's answer gets the higher reward, 1/2 on a tie "
     "(equal reward; identical answers always tie), 0 otherwise; averaged over prompts.",
     "kl_to_base: Σ_t log π(a_t|x,a_<t) − log π_base(a_t|x,a_<t) over each sampled answer's tokens at the sampling "
-    "temperature (the k1 estimator), averaged over answers: nats per answer.",
+    "temperature (the k1 estimator; the greedy answers when there are no samples), averaged over answers: nats per answer.",
     "Greedy answers give every other figure; a best-of-n row takes, per prompt, the highest-reward answer of n "
     "samples.",
     "response_length counts tokens up to and including EOS; no_eos_frac is the share of answers cut at "
@@ -39,7 +39,11 @@ class Report:
     columns: list[str]
     charts: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
     examples: list[dict[str, str]] = field(default_factory=list)  # one dict per prompt: column -> text
-    notes: list[str] = field(default_factory=lambda: list(NOTES))
+    resamples: int = 1000  # behind each interval, for the notes
+
+    @property
+    def notes(self) -> list[str]:
+        return [note.format(resamples=self.resamples) for note in NOTES]
 
 
 def number(value: float | None) -> str:

@@ -111,8 +111,8 @@ class Evaluation:
         self.write_generations(rows, answers, rewards)
         charts = self.charts(per_row, rows)
         columns = compare.headline_metrics(per_row)
-        report.write(report.Report(self.title(), self.setup(), per_row, columns, charts, self.examples(rows)),
-                     self.out.path)
+        report.write(report.Report(self.title(), self.setup(), per_row, columns, charts, self.examples(rows),
+                                   self.config.bootstrap_samples), self.out.path)
         self.publish(metrics, per_row, columns, charts, rows)
         return metrics
 
