@@ -102,7 +102,8 @@ def test_the_reward_read_from_the_reference_pass_equals_a_pass_of_its_own(tiny_m
 def test_sampling_under_inference_mode_gives_the_same_tokens_as_a_normal_tensor(tiny_model_dir):
     stack = stack_with_distinct_adapters(tiny_model_dir)
     ids, mask = batch()
-    settings = dict(do_sample=True, temperature=0.7, top_k=0, max_new_tokens=6, pad_token_id=3, use_cache=True)
+    settings = {"do_sample": True, "temperature": 0.7, "top_k": 0, "max_new_tokens": 6, "pad_token_id": 3,
+                "use_cache": True}
     torch.manual_seed(5)
     out = stack.generate(ids, mask, **settings)
     torch.manual_seed(5)

@@ -1,0 +1,142 @@
+"""Rollout throughput: our PPO trainer's sampling settings against plain `model.generate` (issue #5).
+
+    .venv/bin/python -m bench.generation [--batch-sizes 1,2,4,8,16,32] [--repeats 2]
+
+SmolLM2-135M (fp32) with the policy's LoRA adapter enabled, not merged, as PPO samples from it.
+24 new tokens at temperature 0.7 from the demo prompts in the chat template. Per batch size,
+interleaved repeat by repeat, the median of:
+
+    ours        what make_rollout does: left-padded prompts, KV cache, every EOS id of the model,
+                generation stopping once every sequence has ended, the tail after the first EOS
+                padded out (truncate_at_eos), all under the same grad mode as the rollout
+    defaults    model.generate(**tokenizer(prompts, padding=True), max_new_tokens=24, do_sample=True):
+                the tokenizer's own padding side (right) and the model's generation config, nothing else
+    no_cache    ours with use_cache=False (every step recomputes the whole sequence): an ablation,
+                batch sizes up to 4, one repeat
+
+tokens/s counts real response tokens (up to and including the first EOS) over wall time. Right
+padding puts pad tokens between a short prompt and its answer, so `defaults` also reports how many
+of its answers differ from what the same prompt gives alone (left-padded), as a share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from bench import common
+
+MAX_NEW_TOKENS = 24
+TEMPERATURE = 0.7
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-cache-up-to", type=int, default=4, help="largest batch size timed without the KV cache")
+    parser.add_argument("--no-cache-repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import json
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from align.core import modeling
+    from align.ppo.models import PolicyStack
+    from align.ppo.rollout import truncate_at_eos
+    from bench.workloads import DEMO
+
+    machine = common.machine()
+    config = modeling.ModelConfig(name="smollm2-135m-instruct", quantization="none")
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.name))
+    stack = PolicyStack(config, tokenizer, None)
+    stack.peft.eval()
+    eos_ids = sorted({tokenizer.eos_token_id} | set(
+        stack.peft.generation_config.eos_token_id if isinstance(stack.peft.generation_config.eos_token_id, list)
+        else [stack.peft.generation_config.eos_token_id]))
+    prompts = [json.loads(line)["prompt"] for line in (DEMO / "prompts.jsonl").read_text().splitlines()]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+
+    def encode(batch: list[str], side: str) -> dict[str, torch.Tensor]:
+        tokenizer.padding_side = side
+        return tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def ours(batch: list[str], use_cache: bool = True) -> tuple[torch.Tensor, int]:
+        enc = encode(batch, "left")
+        with torch.no_grad():  # make_rollout's grad mode
+            out = stack.generate(enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=TEMPERATURE,
+                                 top_p=1.0, top_k=0, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=eos_ids, use_cache=use_cache)
+        responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
+        return responses, int(mask.sum())
+
+    def defaults(batch: list[str]) -> tuple[torch.Tensor, int]:
+        enc = encode(batch, "right")
+        out = stack.peft.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=True)
+        responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
+        return responses, int(mask.sum())
+
+    variants = {"ours": ours, "defaults": defaults, "no_cache": lambda b: ours(b, use_cache=False)}
+    ours(texts[:1])  # warm-up: first-call allocations and lazy initialisation
+    raw: dict[str, dict[int, list[dict[str, float]]]] = {v: {} for v in variants}
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    for batch_size in sizes:
+        batch = texts[:batch_size]
+        for repeat in range(args.repeats):
+            names = [v for v in variants
+                     if v != "no_cache" or (batch_size <= args.no_cache_up_to and repeat < args.no_cache_repeats)]
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                torch.manual_seed(repeat)
+                start = time.perf_counter()
+                _, tokens = variants[name](batch)
+                elapsed = time.perf_counter() - start
+                raw[name].setdefault(batch_size, []).append({"seconds": elapsed, "tokens": tokens})
+        print(f"# generation batch {batch_size} done", file=sys.stderr)
+
+    # right padding: does a short prompt still get the answer it gets alone? Greedy, so only padding differs.
+    greedy = {"do_sample": False, "max_new_tokens": MAX_NEW_TOKENS, "pad_token_id": tokenizer.pad_token_id}
+    batch = texts[:8]
+    with torch.no_grad():
+        right = encode(batch, "right")
+        together = stack.peft.generate(**right, **greedy)[:, right["input_ids"].shape[1]:]
+        alone = []
+        for text in batch:
+            enc = encode([text], "left")
+            alone.append(stack.peft.generate(**enc, **greedy)[0, enc["input_ids"].shape[1]:])
+    differs = sum(not torch.equal(together[i][:len(alone[i])], alone[i]) for i in range(len(batch))) / len(batch)
+
+    lines: list[dict[str, Any]] = []
+    for batch_size in sizes:
+        line: dict[str, Any] = {"workload": f"batch_{batch_size}"}
+        for name in variants:
+            runs = raw[name].get(batch_size)
+            if not runs:
+                continue
+            line[name] = {"tokens_per_s": round(common.median([r["tokens"] / r["seconds"] for r in runs]), 1),
+                          "seconds": round(common.median([r["seconds"] for r in runs]), 3),
+                          "tokens": common.median([r["tokens"] for r in runs])}
+        line["ratios"] = {"throughput_vs_defaults": round(line["ours"]["tokens_per_s"] / line["defaults"]["tokens_per_s"], 3)}
+        if "no_cache" in line:
+            line["ratios"]["throughput_vs_no_cache"] = round(line["ours"]["tokens_per_s"] / line["no_cache"]["tokens_per_s"], 3)
+        common.emit(line)
+        lines.append(line)
+    common.save("generation", {
+        "machine": machine,
+        "versions": common.versions("torch", "transformers", "peft"),
+        "settings": {"model": "smollm2-135m-instruct", "dtype": "float32", "adapter": "LoRA r=16, enabled, not merged",
+                     "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "repeats": args.repeats,
+                     "threads": args.threads},
+        "right_padding_changes_greedy_answers": differs,
+        "note": "2-core machine shared with other jobs: variants interleaved within each batch size, medians of repeats.",
+        "results": lines,
+        "raw": {name: {str(b): runs for b, runs in by_size.items()} for name, by_size in raw.items()},
+    })
+
+
+if __name__ == "__main__":
+    main()

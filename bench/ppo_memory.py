@@ -1,0 +1,232 @@
+"""Peak memory of PPO: four separate models against our one shared base with adapters (issue #5).
+
+    .venv/bin/python -m bench.ppo_memory [--updates 2]
+
+SmolLM2-135M, full precision (fp32) and 4-bit (NF4, double quantisation). Four runs, each in a
+process of its own, each the same PPO updates of our trainer (align.ppo.train.PPOTrainer.step)
+on the ppo_vs_trl workload; only the layout of the models differs:
+
+    shared  PolicyStack: one frozen base; policy and value LoRA adapters, value head; the reference
+            is the base with adapters off; the reward is a head on the base
+    four    FourModels below: policy (base copy + LoRA), reference (base copy), value (base copy +
+            LoRA + head) and reward (base copy + head), each its own model, as a PPO trainer
+            without a shared base keeps them
+
+Same adapters, same heads, same algorithm: the difference is the number of copies of the base.
+Figures per layout: the process's peak RSS (wait4); `ppo_mb`, that peak above the process's size
+after its imports, before any model loaded (PPO's own memory, Python and the libraries left out);
+`models_mb`, the size after the first rollout above the same mark (every model has run once, so
+all weights are resident: safetensors are mapped in lazily), before any activation of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+THREADS = 1  # as bench/ppo_vs_trl.py: robust on a shared machine; memory does not depend on it
+
+
+def four_models_class():
+    """Built lazily: torch and align load in the child only."""
+    import torch
+    from torch import nn
+
+    from align.core import modeling
+    from align.ppo.models import POLICY, REF, position_ids
+    from reward.score import HEAD_FILE, Normaliser, weights_dir
+
+    class FourModels(nn.Module):
+        """PPO's four models as four copies of the base, with PolicyStack's interface."""
+
+        def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None):
+            super().__init__()
+            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+            from safetensors.torch import load_file
+
+            def base(trainable: bool):
+                model = modeling.load_base(model_config, tokenizer)
+                for module in model.modules():
+                    if isinstance(module, nn.Dropout):
+                        module.p = 0.0
+                if trainable and model_config.quantization != "none":
+                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+                return model if trainable else model.requires_grad_(False).eval()
+
+            lora = model_config.lora
+            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules="all-linear",
+                                task_type="CAUSAL_LM")
+            self.peft = get_peft_model(base(True), copy.deepcopy(config), adapter_name=POLICY)
+            self.ref = base(False)
+            self.value_model = get_peft_model(base(True), copy.deepcopy(config), adapter_name="value")
+            self.reward_model = base(False)
+            hidden = self.peft.config.hidden_size
+            head = load_file(weights_dir(reward_path) / HEAD_FILE)["weight"]
+            self.reward_head = nn.Linear(hidden, 1, bias=False).requires_grad_(False)
+            self.reward_head.weight.data.copy_(head)
+            self.value_head = nn.Linear(hidden, 1, bias=True)
+            self.value_head.weight.data.copy_(head)
+            nn.init.zeros_(self.value_head.bias)
+            self.normaliser = Normaliser()
+            self.shares_reward = True
+            for model in (self.peft, self.value_model):
+                modeling.cast_trainable_to_fp32(model)
+
+        @property
+        def device(self) -> torch.device:
+            return next(self.peft.parameters()).device
+
+        def named_trainable(self) -> dict[str, nn.Parameter]:
+            out = {f"policy.{n}": p for n, p in self.peft.named_parameters() if p.requires_grad}
+            out.update({f"value.{n}": p for n, p in self.value_model.named_parameters() if p.requires_grad})
+            out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
+            return out
+
+        def trainable_parameters(self) -> list[nn.Parameter]:
+            return list(self.named_trainable().values())
+
+        def use(self, name: str) -> None:
+            """Each model has its own weights: nothing to switch."""
+
+        def policy_logits(self, input_ids, attention_mask, n_last, adapter=POLICY):
+            model = self.ref if adapter == REF else self.peft
+            out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                        logits_to_keep=n_last + 1)
+            return out.logits[:, :-1]
+
+        def values(self, input_ids, attention_mask, n_last):
+            inner = self.value_model.base_model.model.model
+            hidden = inner(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids(attention_mask)).last_hidden_state[:, -n_last - 1:-1]
+            return self.value_head(hidden.float()).squeeze(-1)
+
+        def rewards(self, input_ids, attention_mask, last_index):
+            hidden = self.reward_model.model(input_ids=input_ids, attention_mask=attention_mask,
+                                             position_ids=position_ids(attention_mask)).last_hidden_state
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+            return self.reward_head(picked.float()).squeeze(-1)
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    return FourModels
+
+
+def child(layout: str, quantization: str, updates: int, workdir: str) -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    before_load = common.current_rss_mb()
+    import peft  # noqa: F401  (and with it transformers and bitsandbytes: loaded lazily otherwise, after the mark)
+
+    from align.core import rundir
+    from align.core.config import load_config
+    from align.core.records import load_records
+    from align.ppo import train as ppo_train
+    from align.ppo.config import PPOConfig
+    from bench import workloads
+    from bench.ppo_vs_trl import SETTINGS
+
+    imported = common.current_rss_mb()
+    if layout == "four":
+        ppo_train.PolicyStack = four_models_class()  # the trainer builds its models through this name
+    s = SETTINGS["smollm2"]
+    paths = workloads.prepare("smollm2", Path(workdir) / f"workload-{quantization}", quantization=quantization)
+    config = load_config(PPOConfig, None, [
+        f"out_dir={Path(workdir) / f'{layout}-{quantization}'}", f"model.name={paths['model_path']}",
+        f"model.quantization={quantization}", f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}",
+        f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
+        f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
+        f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}", "ppo.ppo_epochs=1",
+        f"sampling.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false",
+    ])
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=True, resume=False)
+    start = time.perf_counter()
+    trainer = ppo_train.PPOTrainer(config, out)
+    load_s = time.perf_counter() - start
+    loaded = common.current_rss_mb()
+    after_rollout = []
+    real_rollout = ppo_train.make_rollout
+
+    def make_rollout(*a, **k):
+        # every model has run once: its weights are resident (safetensors are mapped lazily)
+        rollout = real_rollout(*a, **k)
+        after_rollout.append(common.current_rss_mb())
+        return rollout
+
+    ppo_train.make_rollout = make_rollout
+    common.reset_peak_rss()
+    batch = load_records(config.data.prompts, "prompts")[: s["batch_size"]]
+    times = []
+    for _ in range(updates):
+        start = time.perf_counter()
+        trainer.step(batch)
+        times.append(time.perf_counter() - start)
+    common.report({
+        "layout": layout, "quantization": quantization, "load_s": load_s, "update_s": times,
+        "rss_before_import_mb": before_load, "rss_after_import_mb": imported, "rss_after_load_mb": loaded,
+        "rss_after_rollout_mb": after_rollout[0],
+        "train_peak_rss_mb": common.hwm_mb(),
+        "trainable_params": sum(p.numel() for p in trainer.stack.trainable_parameters()),
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--updates", type=int, default=1)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child[:2], args.updates, args.child[2])
+    import tempfile
+
+    machine = common.machine()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="align-bench-mem-") as tmp:
+        for quantization in ("none", "nf4"):
+            for layout in ("shared", "four"):
+                argv = [sys.executable, "-m", "bench.ppo_memory", "--updates", str(args.updates),
+                        "--child", layout, quantization, tmp]
+                r = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
+                r["ppo_mb"] = r["peak_rss_mb"] - r["rss_after_import_mb"]
+                r["models_mb"] = r["rss_after_rollout_mb"] - r["rss_after_import_mb"]
+                results[f"{layout}_{quantization}"] = r
+                print(f"# ppo memory {layout} {quantization}: {r['peak_rss_mb']} MB, {r['process_wall_s']} s",
+                      file=sys.stderr)
+    lines = []
+    for quantization, label in (("none", "fp32"), ("nf4", "nf4")):
+        shared, four = results[f"shared_{quantization}"], results[f"four_{quantization}"]
+        line = {"workload": f"smollm2_{label}"}
+        for name, r in (("shared", shared), ("four_models", four)):
+            line[name] = {"peak_rss_mb": r["peak_rss_mb"], "ppo_mb": round(r["ppo_mb"], 1),
+                          "models_mb": round(r["models_mb"], 1),
+                          "after_load_mb": round(r["rss_after_load_mb"], 1),
+                          "train_peak_rss_mb": round(r["train_peak_rss_mb"], 1),
+                          "sec_per_update": round(common.median(r["update_s"][1:] or r["update_s"]), 2)}
+        line["ratios"] = {"mem_vs_four": round(shared["peak_rss_mb"] / four["peak_rss_mb"], 3),
+                          "ppo_mem_vs_four": round(shared["ppo_mb"] / four["ppo_mb"], 3),
+                          "models_mem_vs_four": round(shared["models_mb"] / four["models_mb"], 3)}
+        common.emit(line)
+        lines.append(line)
+    common.save("ppo_memory", {
+        "machine": machine,
+        "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
+        "settings": {"model": "smollm2-135m-instruct", "updates": args.updates, "ppo_epochs": 1, "threads": THREADS,
+                     "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "lora": "r=16 all-linear"},
+        "note": "each configuration in its own process; peak RSS via wait4 of the child; ppo_mb = peak RSS minus "
+                "the RSS after imports (before any model loaded). Machine shared with other jobs: memory figures "
+                "are stable, the update times are not.",
+        "results": lines,
+        "runs": results,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Our PPO against TRL 1.12.0's PPOTrainer on the identical workload (issue #8).
+
+    .venv/bin/python -m bench.ppo_vs_trl [--runs 3] [--workloads tiny,smollm2]
+
+Per workload, three contenders, each run in a fresh process of its own and interleaved run by run
+(the machine is shared, so timings are noisy):
+
+    ours       align.ppo.train.PPOTrainer.run: one base, policy + value adapters, reference = the
+               base with adapters off, reward = the same head on the base
+    peer       TRL 1.12.0 as shipped (bench/trl_peer.py): the policy with a LoRA peft_config (reference
+               = adapter disabled), a value model trained in full and a separate reward model
+    peer_nogc  the same with gc.collect made a no-op in its process (TRL calls it twice an update)
+
+Both get the same base weights, tokenizer, 8 prompts (one batch: every update rolls out the same
+queries), reward head, LoRA rank, learning rate, sampling and PPO settings; see SETTINGS. A run is
+`warmup + timed` updates; per run the median over its timed updates, then the median over runs.
+Besides wall seconds, the CPU seconds of the process per update (one compute thread: the work done,
+which other jobs on the machine change far less than they change wall time).
+The toy task's reward curve (objective/scores per update, mean over runs) is kept for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+# one intra-op thread per run: on the shared 2-core machine, two OpenMP threads contending with other
+# jobs made the same update swing tenfold
+THREADS = 1
+# identical for both trainers. A run is `updates` updates; the first `warmup` are not timed. SmolLM2 runs
+# one timed update after a warm-up pass (one no-grad forward of every model the process holds, on the
+# batch: weights paged in, allocator grown), so `make bench` stays within its time budget.
+SETTINGS = {
+    "tiny": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 4, "max_new_tokens": 24, "temperature": 0.7,
+             "learning_rate": 1e-3, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 8, "lora_alpha": 16,
+             "warmup": 2, "updates": 16, "warmup_pass": False},
+    "smollm2": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24, "temperature": 0.7,
+                "learning_rate": 1e-4, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32,
+                "warmup": 0, "updates": 1, "warmup_pass": True},
+}
+PHASES = ["sec_per_update", "cpu_s_per_update", "generation_s", "forward_s", "scoring_s", "training_s", "gc_s", "other_s",
+          "tokens_per_s", "response_length"]
+CONTENDERS = ("ours", "peer", "peer_nogc")
+
+
+def ours_child(spec_path: str) -> None:
+    """One run of our trainer; the time of an update is the time between its metrics.log calls."""
+    spec = json.loads(Path(spec_path).read_text())
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from align.core import rundir
+    from align.core.config import load_config
+    from align.core.records import load_records
+    from align.ppo.config import PPOConfig
+    from align.ppo.train import PPOTrainer
+
+    s = spec["settings"]
+    out_dir = Path(spec["workdir"]) / f"ours-{spec['seed']}"
+    config = load_config(PPOConfig, None, [
+        f"out_dir={out_dir}", f"model.name={spec['model_path']}", "model.quantization=none",
+        f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}", "model.lora.dropout=0.0",
+        f"reward.model={spec['reward_dir']}", "reward.no_eos_penalty=null",
+        f"data.prompts={spec['prompts']}", "data.eval_prompts=null",
+        f"ppo.updates={s['updates']}", f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}",
+        f"ppo.ppo_epochs={s['ppo_epochs']}", f"ppo.learning_rate={s['learning_rate']}", f"ppo.adam_eps={s['adam_eps']}",
+        f"ppo.kl_coef={s['kl_coef']}", "ppo.lr_scheduler=linear", f"ppo.seed={spec['seed']}",
+        f"sampling.max_new_tokens={s['max_new_tokens']}", f"sampling.temperature={s['temperature']}",
+        "tracking.wandb=false", "eval_every=0", "sample_every=0", f"save_every={s['updates']}",
+    ])
+    load_start = time.perf_counter()
+    out = rundir.StageDir(config.out_dir)
+    out.prepare(overwrite=True, resume=False)
+    trainer = PPOTrainer(config, out)
+    load_s = time.perf_counter() - load_start
+    updates: list[dict[str, float]] = []
+    real_log, last, last_cpu = trainer.metrics.log, [0.0], [0.0]
+
+    def log(step, stats):
+        now, cpu = time.perf_counter(), time.process_time()
+        if "objective/scores" in stats:
+            updates.append({
+                "sec_per_update": now - last[0], "cpu_s_per_update": cpu - last_cpu[0],
+                "generation_s": stats["time/generation_s"], "forward_s": stats["time/forward_s"],
+                "scoring_s": stats["time/scoring_s"], "training_s": stats["time/training_s"],
+                "response_tokens": stats["objective/response_length"] * s["batch_size"],
+                "scores": stats["objective/scores"], "kl": stats["objective/kl"], "ratio": stats["val/ratio"],
+            })
+            last[0], last_cpu[0] = now, cpu
+        return real_log(step, stats)
+
+    trainer.metrics.log = log
+    prompts = load_records(config.data.prompts, "prompts")
+    if s["warmup_pass"]:
+        ids, mask = trainer._encode_prompts(prompts[: s["batch_size"]])
+        with torch.no_grad():  # the one base every pass reads
+            trainer.stack.policy_logits(ids, mask, 1)
+    train_start = last[0] = time.perf_counter()
+    last_cpu[0] = time.process_time()
+    trainer.run(prompts, [], resume=False)
+    import importlib.metadata as md
+
+    common.report({"updates": updates, "load_s": load_s, "train_s": time.perf_counter() - train_start,
+                   "versions": {n: md.version(n) for n in ("torch", "transformers", "peft")},
+                   "trainable_params": sum(p.numel() for p in trainer.stack.trainable_parameters())})
+
+
+def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
+    """One run's figures: the median over its timed updates (the warm-up updates dropped)."""
+    timed = run["updates"][warmup:]
+    for u in timed:
+        u.setdefault("gc_s", 0.0)
+        u["other_s"] = u["sec_per_update"] - sum(u.get(k, 0.0) for k in
+                                                   ("generation_s", "forward_s", "scoring_s", "training_s", "gc_s"))
+        u["tokens_per_s"] = u["response_tokens"] / u["sec_per_update"]
+        u["response_length"] = u["response_tokens"] / run["batch_size"]
+    out = {k: common.median([u[k] for u in timed]) for k in PHASES}
+    out["peak_rss_mb"] = run["peak_rss_mb"]
+    return out
+
+
+def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
+    from bench import workloads
+
+    paths = workloads.prepare(name, workdir / name)
+    settings = SETTINGS[name]
+    per_run: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
+    for i in range(runs):
+        # rotate the order so no contender always runs first (or right after the heaviest one)
+        order = CONTENDERS[i % 3:] + CONTENDERS[:i % 3]
+        for contender in order:
+            spec = {**paths, "workdir": str(workdir / name), "settings": settings, "seed": i, "threads": THREADS}
+            spec_path = workdir / name / f"spec-{contender}-{i}.json"
+            spec_path.write_text(json.dumps(spec))
+            if contender == "ours":
+                argv = [sys.executable, "-m", "bench.ppo_vs_trl", "--child", str(spec_path)]
+            else:
+                argv = [str(common.PEER_PYTHON), "-m", "bench.trl_peer", str(spec_path),
+                        "shipped" if contender == "peer" else "nogc"]
+            result = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
+            result["batch_size"] = settings["batch_size"]
+            per_run[contender].append(result)
+            print(f"# {name} run {i} {contender}: {result['process_wall_s']} s, "
+                  f"{summarise_run(result, settings['warmup'])['sec_per_update']:.3f} s/update", file=sys.stderr)
+    line: dict[str, Any] = {"workload": name}
+    for contender in CONTENDERS:
+        summaries = [summarise_run(r, settings["warmup"]) for r in per_run[contender]]
+        line[contender] = {k: round(common.median([s[k] for s in summaries]), 4) for k in [*PHASES, "peak_rss_mb"]}
+    ours, peer, nogc = line["ours"], line["peer"], line["peer_nogc"]
+    line["ratios"] = {
+        "time_vs_peer": round(ours["sec_per_update"] / peer["sec_per_update"], 3),
+        "time_vs_peer_nogc": round(ours["sec_per_update"] / nogc["sec_per_update"], 3),
+        "mem_vs_peer": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
+        # CPU seconds barely move when other jobs take the cores, wall seconds do
+        "cpu_time_vs_peer": round(ours["cpu_s_per_update"] / peer["cpu_s_per_update"], 3),
+        "cpu_time_vs_peer_nogc": round(ours["cpu_s_per_update"] / nogc["cpu_s_per_update"], 3),
+    }
+    # objective/scores per update, the mean over runs; and its mean over the first and second half
+    curves = {c: [sum(r["updates"][u]["scores"] for r in per_run[c]) / runs for u in range(settings["updates"])]
+              for c in CONTENDERS}
+    line["reward_curve"] = {c: [round(x, 4) for x in curve] for c, curve in curves.items()}
+    half = max(1, settings["updates"] // 2)
+    line["reward_mean"] = {c: {"all": round(sum(curve) / len(curve), 4),
+                               "first_half": round(sum(curve[:half]) / len(curve[:half]), 4),
+                               "second_half": round(sum(curve[half:] or curve) / len(curve[half:] or curve), 4)}
+                           for c, curve in curves.items()}
+    detail = {"settings": settings, "query_tokens": paths["query_tokens"], "model_path": paths["model_path"],
+              "runs": {c: [{k: v for k, v in r.items() if k != "batch_size"} for r in per_run[c]] for c in CONTENDERS}}
+    return line, detail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workloads", default="tiny,smollm2")
+    args = parser.parse_args()
+    if args.child:
+        return ours_child(args.child)
+    if not common.PEER_PYTHON.exists():
+        sys.exit(f"{common.PEER_PYTHON} missing: run `make bench` (it sets up the peer venv) first")
+    machine = common.machine()
+    lines, details = [], {}
+    with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
+        for name in args.workloads.split(","):
+            line, detail = run_workload(name, args.runs, Path(tmp))
+            common.emit(line)
+            lines.append(line)
+            details[name] = detail
+    peer_versions = details[lines[0]["workload"]]["runs"]["peer"][0]["versions"]
+    common.save("ppo_vs_trl", {
+        "machine": machine,
+        "versions": {"ours": common.versions("torch", "transformers", "peft", "trl"), "peer": peer_versions},
+        "note": "2-core machine shared with other engineers' jobs: contenders interleaved run by run, medians "
+                "over timed updates within a run and then over runs; peak RSS is each run's own process (wait4).",
+        "results": lines,
+        "details": details,
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The models, prompts and reward model both PPO trainers are given, written to files once per run
+so our trainer and the peer (in its own venv) read the very same weights and token ids.
+
+    tiny      the random 2-layer Llama (hidden 64) and byte-level BPE tokenizer the tests use
+              (align.core.tiny, as tests/conftest.py builds it)
+    smollm2   the embedded SmolLM2-135M-Instruct (fp32 on CPU)
+
+The reward model is the base with a scalar head drawn from a fixed seed: for the peer a
+sequence-classification model (its value model starts as a copy of it, as TRL's PPO example
+does), for ours the same head on the shared base with adapters off (`reward_on_base`). Both
+read the score at the last real token of the post-norm hidden states, so the two rewards are the
+same function of the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT
+
+DEMO = ROOT / "data" / "demo"
+REWARD_SEED = 1234
+
+
+def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str = "none") -> dict[str, Any]:
+    """Write the workload's files under workdir; returns their paths and the shared settings.
+
+    `quantization` is the precision the reward head's base is recorded with: PPO reads the reward from
+    its own base only when the two match."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from align.core import modeling
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if workload == "tiny":
+        from align.core.tiny import build_tiny_llama, demo_texts
+
+        model_path = str(build_tiny_llama(workdir / "tiny-llama", demo_texts()))
+    elif workload == "smollm2":
+        model_path = modeling.resolve_model_path("smollm2-135m-instruct")
+    else:
+        raise ValueError(f"unknown workload {workload!r}")
+
+    # our loader's tokenizer (pad distinct from EOS), saved so the peer loads exactly it
+    tokenizer = modeling.load_tokenizer(model_path)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(workdir / "tokenizer")
+
+    # one batch of prompts: every update of both trainers sees the same queries, so the work per
+    # update differs only by what is sampled
+    lines = (DEMO / "prompts.jsonl").read_text().splitlines()[:n_prompts]
+    (workdir / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    prompt_ids = [tokenizer.apply_chat_template([{"role": "user", "content": json.loads(line)["prompt"]}],
+                                                tokenize=False, add_generation_prompt=True) for line in lines]
+    prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompt_ids]
+    (workdir / "prompt_ids.json").write_text(json.dumps(prompt_ids))
+
+    hidden = AutoConfig.from_pretrained(model_path).hidden_size
+    generator = torch.Generator().manual_seed(REWARD_SEED)
+    head = torch.randn(1, hidden, generator=generator) / hidden**0.5  # rewards of order 1
+    reward_dir = workdir / "reward" / "model"
+    reward_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": head.contiguous()}, reward_dir / "score.safetensors")
+    modeling.save_base_record(reward_dir, modeling.ModelConfig(name=model_path, quantization=quantization, tuning="head"))
+    return {
+        "workload": workload,
+        "model_path": model_path,
+        "tokenizer_path": str(workdir / "tokenizer"),
+        "prompts": str(workdir / "prompts.jsonl"),
+        "prompt_ids": str(workdir / "prompt_ids.json"),
+        "reward_dir": str(workdir / "reward"),
+        "reward_head": str(reward_dir / "score.safetensors"),
+        "query_tokens": [len(ids) for ids in prompt_ids],
+    }
