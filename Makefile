@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow demo clean
+.PHONY: setup test test-slow demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,23 @@ test-slow: setup
 
 demo: setup
 	$(ALIGN) demo
+
+# bench/ppo_vs_trl.py's peer, TRL 1.12.0's PPOTrainer, in a venv of its own (torch pinned first, as above)
+PEER_PY    := .venv-trl112/bin/python
+PEER_STAMP := .venv-trl112/.installed
+$(PEER_STAMP):
+	test -x $(PEER_PY) || python3 -m venv .venv-trl112
+	$(PEER_PY) -m pip install -q --upgrade pip
+	$(PEER_PY) -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PEER_PY) -m pip install -q trl==1.12.0 transformers peft datasets accelerate
+	touch $(PEER_STAMP)
+
+# the four benchmarks of bench/README.md; each prints JSON lines and writes bench/results/<name>.json
+bench: setup $(PEER_STAMP)
+	$(PY) -m bench.ppo_vs_trl
+	$(PY) -m bench.ppo_memory
+	$(PY) -m bench.sft_memory
+	$(PY) -m bench.generation
 
 clean:
 	rm -rf $(VENV) runs
