@@ -129,3 +129,32 @@ def test_report_table_matches_the_metrics(finished):
     assert "data:image/png;base64," in (Path(config.out_dir) / "report.html").read_text()
     md = (Path(config.out_dir) / "report.md").read_text()
     assert "![Win rates](plots/win_rates.png)" in md and "| sft_best_of_3 |" in md
+
+
+def test_kl_to_base_is_the_mean_log_ratio_of_the_sampled_answers(finished, eval_dirs):
+    # recompute from the checkpointed answers with plain unbatched passes: the SFT adapter on, then off
+    import torch
+
+    from align.core.records import load_records
+    from align.eval.generate import encode_prompts
+    from align.eval.models import ModelPool, resolve
+
+    config, metrics = finished
+    body = json.loads(next(Path(config.out_dir, "checkpoints").glob("checkpoint-*/answers.json")).read_text())
+    pool = ModelPool({"base": resolve("base", str(eval_dirs["base"])), "sft": resolve("sft", str(eval_dirs["sft"]))},
+                     "none")
+    prompts = load_records(config.prompts, "prompts")
+    ids = encode_prompts(pool.view("sft").tokenizer, prompts, config.generation.max_prompt_length)
+
+    def logprob(view, context, answer):
+        with view.active() as model, torch.no_grad():
+            logits = model(input_ids=torch.tensor([context + answer])).logits[0].float()
+        logp = torch.log_softmax(logits / config.generation.temperature, -1)
+        return sum(logp[len(context) - 1 + t, tok].item() for t, tok in enumerate(answer))
+
+    per_prompt = []
+    for p, samples in enumerate(body["answers"]["sft"]["sampled"]):
+        ratios = [logprob(pool.view("sft"), ids[p], s["token_ids"]) - logprob(pool.view("base"), ids[p], s["token_ids"])
+                  for s in samples]
+        per_prompt.append(sum(ratios) / len(ratios))
+    assert metrics["sft/kl_to_base"] == pytest.approx(sum(per_prompt) / len(per_prompt), abs=1e-3)
