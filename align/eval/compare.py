@@ -7,6 +7,7 @@ for a best-of-n row. Means carry `_ci_low`/`_ci_high` (bootstrap 95%, see scores
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from align.eval import scores
@@ -26,6 +27,9 @@ class Row:
     @property
     def texts(self) -> list[str]:
         return [a.text for a in self.answers]
+
+
+BEST_OF = re.compile(r"_best_of_\d+$")
 
 
 def best_of_name(model: str, n: int) -> str:
@@ -67,13 +71,15 @@ def flat(per_row: dict[str, dict[str, float]]) -> dict[str, float]:
 
 
 def unflat(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
-    """{"row/metric": v} -> {row: {metric: v}}, leaving out the evaluation's own `eval/` figures."""
+    """{"row/metric": v} -> {row: {metric: v}}, leaving out the evaluation's own `eval/` figures; model
+    rows before best-of-n rows (metrics.json sorts its keys, which would interleave them)."""
     per_row: dict[str, dict[str, float]] = {}
     for key, value in metrics.items():
         row, sep, metric = key.partition("/")
         if sep and row != META:
             per_row.setdefault(row, {})[metric] = value
-    return per_row
+    order = sorted(per_row, key=lambda row: BEST_OF.search(row) is not None)  # stable: keeps the order within each
+    return {row: per_row[row] for row in order}
 
 
 def headline_metrics(per_row: dict[str, dict[str, float]]) -> list[str]:

@@ -92,3 +92,13 @@ def test_row_metrics_by_hand():
     g = row_metrics(base, rows, ["base", "sft"], refs, boot)
     assert g["win_rate_vs_sft"] == 0.25 and g["no_eos_frac"] == 0.5
     assert g["distinct_1"] == pytest.approx(2 / 3)  # x y x -> 2 distinct of 3
+
+
+def test_summary_table_from_sorted_metrics_puts_models_before_best_of_rows():
+    from align.eval.report import summary_table
+
+    metrics = {"aligned/reward_mean": 1.0, "aligned_best_of_4/reward_mean": 1.5, "base/reward_mean": 0.25,
+               "eval/prompts": 50, "sft/reward_mean": 0.75}
+    header, *lines = summary_table(metrics).splitlines()
+    assert header.split() == ["metric", "aligned", "base", "sft", "aligned_best_of_4"]
+    assert lines[0].split() == ["reward_mean", "1.000", "0.250", "0.750", "1.500"]
