@@ -47,6 +47,9 @@ class RewardTraining:
     """Checkpoint every this many optimiser steps; `--resume` continues from the newest."""
     eval_batch_size: int = 16
     """Completions per forward pass when scoring."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about 30% more time. A batch holds every
+    completion of every ranking, so on GPUs with long texts this is usually on."""
     seed: int = 42
 
     def __post_init__(self):

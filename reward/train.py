@@ -113,7 +113,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     torch.manual_seed(t.seed)
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
     model = modeling.load_base(config.model, tokenizer, head="score")
-    model = modeling.attach_tuning(model, config.model, task_type="SEQ_CLS")
+    model = modeling.attach_tuning(model, config.model, task_type="SEQ_CLS", gradient_checkpointing=t.gradient_checkpointing)
     trainable, total = modeling.count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)

@@ -296,6 +296,11 @@ def keep_4bit_layout_trainable(model: "PreTrainedModel") -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+# the non-reentrant form: gradients reach adapters behind a frozen embedding without
+# enable_input_require_grads, and checkpointed passes may run under no_grad too
+NON_REENTRANT = {"use_reentrant": False}
+
+
 def attach_tuning(
     model: "PreTrainedModel",
     config: ModelConfig,
@@ -310,9 +315,10 @@ def attach_tuning(
     if quantized:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable(NON_REENTRANT)
 
     if config.tuning == "full":
         return model

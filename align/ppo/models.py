@@ -59,7 +59,8 @@ def load_lora(peft: Any, weights: dict[str, torch.Tensor], adapter: str, source:
 class PolicyStack(nn.Module):
     """The shared base with its adapters and heads; `use(name)` selects what runs."""
 
-    def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None):
+    def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None, *,
+                 gradient_checkpointing: bool = False):
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
@@ -72,7 +73,10 @@ class PolicyStack(nn.Module):
         if model_config.quantization != "none":
             from peft import prepare_model_for_kbit_training
 
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                                   gradient_checkpointing_kwargs=modeling.NON_REENTRANT)
+        elif gradient_checkpointing:
+            base.gradient_checkpointing_enable(modeling.NON_REENTRANT)
         hidden = base.config.hidden_size
         sft = Path(model_config.adapter) if model_config.adapter else None
         lora = model_config.lora

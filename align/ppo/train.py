@@ -88,7 +88,8 @@ class PPOTrainer:
         self.tokenizer = modeling.load_tokenizer(path, config.model.trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
         use_model = config.reward.function is None
-        self.stack = PolicyStack(config.model, self.tokenizer, config.reward.model if use_model else None)
+        self.stack = PolicyStack(config.model, self.tokenizer, config.reward.model if use_model else None,
+                                 gradient_checkpointing=config.ppo.gradient_checkpointing)
         if not use_model:
             from align.core.callables import load_callable
             from align.ppo.rollout import function_scorer

@@ -84,3 +84,41 @@ def test_the_optimised_update_gives_the_figures_of_the_code_it_replaced(tiny_mod
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+
+
+def count_checkpointed_passes(monkeypatch) -> list:
+    """Record every checkpointed pass from now on (transformers binds its import of
+    torch.utils.checkpoint.checkpoint when gradient checkpointing is enabled)."""
+    import transformers.modeling_utils as mu
+
+    calls, real = [], mu.checkpoint
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mu, "checkpoint", counted)
+    return calls
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_gradient_checkpointing_gives_the_same_updates(tiny_model_dir, tmp_path, quantization, monkeypatch):
+    """Recomputing the activations in backward trades time for memory and nothing else."""
+    from align.ppo.train import train
+
+    def run(name, checkpointing):
+        out = tmp_path / name
+        train(toy_config(tiny_model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=4",
+                         "eval_every=0", "sample_every=0", "data.eval_prompts=null", f"model.quantization={quantization}",
+                         f"ppo.gradient_checkpointing={checkpointing}"))
+        return figures(out)
+
+    plain = run("plain", False)
+    recomputed = count_checkpointed_passes(monkeypatch)
+    checkpointed = run("checkpointed", True)
+    assert recomputed  # the decoder layers did run through torch.utils.checkpoint
+    assert len(plain) == len(checkpointed) == 3
+    assert plain[1]["objective/kl"] != 0 and plain[0]["policy/approxkl_avg"] > 0  # the policy moved
+    for before, after in zip(plain, checkpointed):
+        for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg"):
+            assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-7), key
