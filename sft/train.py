@@ -73,7 +73,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         max_length=t.max_length,
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=t.gradient_checkpointing,
-        eval_strategy="steps" if t.eval_steps else "epoch",
+        eval_strategy="no" if not eval_examples else "steps" if t.eval_steps else "epoch",
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
@@ -100,6 +100,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         processing_class=tokenizer,
         callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback()],
     )
+    modeling.undo_trl_bf16_adapters(trainer.model)
 
     figures: dict[str, Any] = {
         "params/trainable": trainable,

@@ -78,6 +78,7 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
         tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
         model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
         trainer = build_trainer(model, tokenizer, out, [tracking.trainer_callback(metrics), guards.nonfinite_callback()])
+        modeling.undo_trl_bf16_adapters(trainer.model)
         checkpoint = out.newest_checkpoint() if resume else None
         if checkpoint is not None:  # steps past the checkpoint are run again: log them once
             metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
