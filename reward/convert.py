@@ -30,7 +30,8 @@ from align.core import rundir
 from align.core.errors import DataError
 from align.core.records import Bad, Row, clip, parse_instruction, read_rows
 
-HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+# a turn starts after "\n\n"; the first may also open the text with no newlines, as in many re-exports
+HH_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ ]?")
 ROLE = {"Human": "user", "Assistant": "assistant", "prompter": "user", "assistant": "assistant"}
 
 
@@ -75,8 +76,9 @@ def convert_hh(row: Row) -> dict[str, Any]:
         if not isinstance(d.get(name), str):
             raise Bad(name, "missing or not a string")
     chosen, rejected = hh_turns(d["chosen"]), hh_turns(d["rejected"])
-    if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
-        raise Bad("chosen", "transcript does not end with an Assistant turn")
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if not turns or turns[-1]["role"] != "assistant":
+            raise Bad(name, "transcript does not end with an Assistant turn")
     if chosen[:-1] != rejected[:-1]:
         raise Bad("rejected", "chosen and rejected do not share the dialogue before the final Assistant turn")
     if not chosen[:-1]:
@@ -145,7 +147,6 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
                 if len(set(ranks)) >= 2:
                     order = sorted(set(ranks))
                     dense = [order.index(r) for r in ranks]
-                    report.pairs += sum(1 for a in dense for b in dense if a < b)
                     yield {"prompt": conversation, "completions": [r["text"] for r in ranked], "ranks": dense}
                 else:
                     report.skip(f"{where} message {mid}", "all ranked replies tie")
@@ -215,10 +216,16 @@ def convert_oasst_file(path: str, report: Report, langs: set[str] | None) -> Ite
     else:
         trees = list(build_trees(rows, report))
     for root, where in trees:
+        # a tree with one bad message is skipped whole: drop what its walk counted so far
+        skipped, n_problems = report.skipped.copy(), len(report.problems)
         try:
-            yield from list(oasst_groups(root, where, report, langs))
+            groups = list(oasst_groups(root, where, report, langs))
         except Bad as e:
+            report.skipped, report.problems[n_problems:] = skipped, []
             report.skip(where, str(e))
+            continue
+        report.pairs += sum(1 for g in groups for a in g["ranks"] for b in g["ranks"] if a < b)
+        yield from groups
 
 
 # ---------------------------------------------------------------- instructions

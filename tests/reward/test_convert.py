@@ -78,3 +78,36 @@ def test_alpaca_to_messages(tmp_path):
     assert report.written == 2 and report.skipped == {'field "output": empty': 1}
     assert lines(tmp_path / "i.jsonl")[1]["messages"] == [{"role": "user", "content": "Summarise.\n\nA long text."},
                                                           {"role": "assistant", "content": "Short."}]
+
+
+def test_hh_rlhf_transcript_without_the_leading_blank_line(tmp_path):
+    """Re-exports of HH-RLHF often drop the published files' leading "\\n\\n"."""
+    path = tmp_path / "hh.jsonl"
+    path.write_text(json.dumps({"chosen": "Human: hi\n\nAssistant: hello", "rejected": "Human: hi\n\nAssistant: go away"}) + "\n")
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "prefs.jsonl"))
+    assert report.written == 1
+    assert lines(tmp_path / "prefs.jsonl")[0]["prompt"] == [{"role": "user", "content": "hi"}]
+
+
+def test_hh_rlhf_names_the_transcript_that_lacks_a_final_assistant_turn(tmp_path):
+    path = tmp_path / "hh.jsonl"
+    good = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: no"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in ({**good, "rejected": "\n\nHuman: hi"}, good)))
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "prefs.jsonl"))
+    assert report.written == 1 and report.skipped == {'field "rejected": transcript does not end with an Assistant turn': 1}
+
+
+def test_oasst_tree_skipped_whole_counts_none_of_its_pairs(tmp_path):
+    def message(mid, role, text, rank=None, replies=()):
+        return {"message_id": mid, "role": role, "text": text, "lang": "en", "rank": rank, "deleted": False,
+                "replies": list(replies)}
+
+    broken = message("p1", "prompter", "Q1", replies=[
+        message("a1", "assistant", "A", 0, [message("p2", "prompter", None)]), message("a2", "assistant", "B", 1)])
+    good = message("p3", "prompter", "Q2", replies=[message("a3", "assistant", "C", 0), message("a4", "assistant", "D", 1)])
+    path = tmp_path / "trees.jsonl"
+    path.write_text("".join(json.dumps({"message_tree_id": root["message_id"], "prompt": root}) + "\n"
+                            for root in (broken, good)))
+    report = convert("oasst", [str(path)], str(tmp_path / "r.jsonl"))
+    assert report.written == 1 and report.pairs == 1
+    assert [g["completions"] for g in lines(tmp_path / "r.jsonl")] == [["C", "D"]]
