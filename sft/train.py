@@ -128,7 +128,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         raise guards.halt_trainer(trainer, e, "SFT", "Lower training.learning_rate or look for broken records") from None
     runtime = time.time() - started
     if eval_examples:
-        figures["eval/loss"] = trainer.evaluate()["eval_loss"]
+        figures["eval/loss"] = _final_eval_loss(trainer)
         figures["eval/perplexity"] = _perplexity(figures["eval/loss"])
 
     tokens = _logged(trainer, "num_tokens")
@@ -161,6 +161,15 @@ def _logged(trainer: Any, key: str) -> float | None:
         if key in entry:
             return entry[key]
     return None
+
+
+def _final_eval_loss(trainer: Any) -> float:
+    """The held-out loss of the final weights: the trainer's own evaluation when it ran at the last step
+    (eval_strategy "epoch" always does), otherwise one more evaluation."""
+    last = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
 
 
 def _logged_in(checkpoint: Path, key: str) -> Any:

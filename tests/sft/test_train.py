@@ -51,6 +51,14 @@ def test_qlora_adapters_train_in_fp32_where_bf16_is_slow(qlora_run):
     assert {t.dtype for t in load_file(out / "adapter" / "adapter_model.safetensors").values()} == {expected}
 
 
+def test_final_weights_are_evaluated_once(qlora_run):
+    """The trainer evaluates at the end of the last epoch; its figure is the final one, not a second pass."""
+    out, figures = qlora_run
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = [r["eval/loss"] for r in logged if "eval/loss" in r and r["step"] == figures["train/steps"]]
+    assert final == [figures["eval/loss"]]
+
+
 def test_no_held_out_split_trains_without_evaluation(tiny_model_dir, tmp_path):
     figures = train(tiny_config(tiny_model_dir, tmp_path / "run", "model.quantization=none", "data.eval_fraction=0",
                                 "training.max_steps=2"))
