@@ -437,7 +437,7 @@ def cast_trainable_to_fp32(model: Any) -> None:
 def undo_trl_bf16_adapters(model: Any) -> None:
     """Call after building a TRL trainer. TRL's SFT, DPO, GRPO and RLOO trainers cast the adapters of a
     4-bit base to bf16 (the QLoRA paper's choice on GPUs). Where bf16 is not fast, every LoRA matmul
-    then runs in bf16 with casts around it: the demo's SFT step took 17 s instead of 6.5 on a 2-core CPU."""
+    then runs in bf16 with casts around it: the demo's SFT step took 17 s instead of 11 on a 2-core CPU."""
     if not bf16_is_fast():
         cast_trainable_to_fp32(model)
 
