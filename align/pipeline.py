@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from align.core import rundir
+from align.core import rundir, tracking
 from align.core.config import build, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.errors import AlignError, ConfigError
 from align.core.tracking import TrackingConfig
@@ -204,6 +204,7 @@ class Pipeline:
         self.echo(f"[{self.config.name}] {stage}: {how} -> {out.path}")
         _, train = stage_entry(stage)
         started = time.time()
+        tracking.reset_peak_memory()
         entry.update(status="running", started=_now(), finished=None, error=None)
         self.write_manifest(manifest)
         try:

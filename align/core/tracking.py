@@ -127,10 +127,34 @@ def clean_number(value: Any) -> Any:
     return value
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process, and peak CUDA memory when a GPU was used."""
+def reset_peak_memory() -> None:
+    """Start the peak-memory marks again from now, so that each stage of `align run` (one process)
+    reports its own peak rather than the highest of every stage before it. Linux resets the
+    kernel's peak RSS (VmHWM) through clear_refs; elsewhere the figure stays the process's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM where Linux has it (reset_peak_memory resets it), else getrusage's lifetime peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     scale = 1 / 1024 if sys.platform != "darwin" else 1 / 2**20  # ru_maxrss: KiB on Linux, bytes on macOS
-    out = {"memory/peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1)}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process (since reset_peak_memory), and peak CUDA memory when a GPU was used."""
+    out = {"memory/peak_rss_mb": round(_peak_rss_mb(), 1)}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         out["memory/peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
