@@ -101,23 +101,19 @@ def current_rss_mb() -> float:
     return float("nan")
 
 
-def reset_peak_rss() -> bool:
-    """Make the kernel's peak-RSS mark start again from now (Linux: write 5 to clear_refs).
+def reset_peak_rss() -> None:
+    """Make the peak-RSS mark start again from now (align's per-stage reset), so a child measures
+    the peak of one phase (training) apart from loading's transient peak."""
+    from align.core import tracking
 
-    Lets a child measure the peak of one phase (training) apart from loading's transient peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
+    tracking.reset_peak_memory()
 
 
 def hwm_mb() -> float:
-    """The peak RSS since the last reset_peak_rss (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The peak RSS since the last reset_peak_rss."""
+    from align.core import tracking
+
+    return tracking.peak_memory_mb()["memory/peak_rss_mb"]
 
 
 def report(result: dict[str, Any]) -> None:

@@ -135,9 +135,15 @@ def reset_peak_memory() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = _torch_on_cuda()
+    if torch is not None:
         torch.cuda.reset_peak_memory_stats()
+
+
+def _torch_on_cuda() -> Any:
+    """torch, if this process has imported it and used a GPU; else None (nothing to import here)."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized() else None
 
 
 def _peak_rss_mb() -> float:
@@ -155,8 +161,8 @@ def _peak_rss_mb() -> float:
 def peak_memory_mb() -> dict[str, float]:
     """Peak resident memory of this process (since reset_peak_memory), and peak CUDA memory when a GPU was used."""
     out = {"memory/peak_rss_mb": round(_peak_rss_mb(), 1)}
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    torch = _torch_on_cuda()
+    if torch is not None:
         out["memory/peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
