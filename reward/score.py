@@ -47,13 +47,20 @@ def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, b
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    out = torch.zeros(len(texts))
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = encode(tokenizer, texts[start:start + batch_size], max_length).to(device)
-            out.append(model(**batch).logits[:, 0].float().cpu())
+        for batch_indices in length_batches([len(t) for t in texts], batch_size):
+            batch = encode(tokenizer, [texts[i] for i in batch_indices], max_length).to(device)
+            out[batch_indices] = model(**batch).logits[:, 0].float().cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
+    return out
+
+
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices 0..N-1 in batches of alike lengths, longest first: a batch pads to its longest member,
+    so mixing long and short texts computes padding (a third of the reward stage's evaluation)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def weights_dir(path: str | Path) -> Path:

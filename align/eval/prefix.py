@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from reward.score import length_batches
+
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (B, L), mask (B, L)), padded on the left."""
@@ -136,9 +138,9 @@ def reward_scores(reward_model: Any, texts: list[str], batch_size: int = 16) -> 
     if shared:
         prefix = torch.tensor([rows[0][:shared]], device=device)
         prefix_cache = cache_of(model(input_ids=prefix, use_cache=True, **{name: DynamicCache()}), name)
-    out = []
-    for start in range(0, len(rows), batch_size):
-        own_ids, own_mask = (t.to(device) for t in right_pad([r[shared:] for r in rows[start:start + batch_size]],
+    out = torch.zeros(len(rows))
+    for batch_indices in length_batches([len(r) for r in rows], batch_size):
+        own_ids, own_mask = (t.to(device) for t in right_pad([rows[i][shared:] for i in batch_indices],
                                                              tokenizer.pad_token_id))  # (B, T)
         B = own_ids.shape[0]
         full = torch.cat([torch.ones(B, shared, dtype=torch.long, device=device), own_mask], 1)  # (B, P + T)
@@ -149,6 +151,6 @@ def reward_scores(reward_model: Any, texts: list[str], batch_size: int = 16) -> 
             kwargs[name] = cache
         # the classifier reads the last token that is not padding, found in own_ids (right-padded)
         logits = model(input_ids=own_ids, attention_mask=full, position_ids=position_ids(full)[:, shared:], **kwargs).logits
-        out.append(logits[:, 0].float().cpu())
+        out[batch_indices] = logits[:, 0].float().cpu()
     model.train(was_training)
-    return torch.cat(out)
+    return out

@@ -155,5 +155,8 @@ def test_reward_scores_with_a_shared_prefix_match_the_reward_models_own(eval_dir
     reward_model = RewardModel.load(eval_dirs["reward"])
     prompt = [{"role": "user", "content": "What is 2 + 2?"}]
     texts = [conversation_text(reward_model.tokenizer, prompt, answer) for answer in ("4", "2 + 2 = 4.", "five, I think")]
-    assert reward_scores(reward_model, texts, batch_size=2).tolist() == pytest.approx(
-        reward_model.score_texts(texts).tolist(), abs=1e-4)
+    one_by_one = [reward_model.score_texts([t]).item() for t in texts]
+    # both batch by length (longest first), so each must put the scores back in the texts' order
+    assert reward_model.score_texts(texts, batch_size=2).tolist() == pytest.approx(one_by_one, abs=1e-4)
+    assert reward_scores(reward_model, texts, batch_size=2).tolist() == pytest.approx(one_by_one, abs=1e-4)
+    assert len(set(round(s, 4) for s in one_by_one)) == 3  # distinct scores, or a mix-up would go unseen
