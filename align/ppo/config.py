@@ -49,6 +49,10 @@ class SamplingSettings:
     temperature: float = 0.7
     """Sampling temperature, also applied in every log-prob pass (N+ details: 0.7)."""
     top_p: float = 1.0
+    logprobs_from_sampling: bool = True
+    """log π_old from the sampling pass's own logits (TRL's PPO): one forward pass of the policy fewer per
+    rollout. They differ from a separate pass only by float rounding (KV-cache steps against one pass), so
+    the first ratio is 1 up to that rounding; false runs the separate pass and makes it exactly 1."""
 
     def __post_init__(self):
         check(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be > 0")
@@ -141,7 +145,8 @@ class PPOConfig:
     guards: GuardSettings = field(default_factory=GuardSettings)
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(logging_steps=1))
     eval_every: int = 5
-    """Greedy evaluation on held-out prompts every this many updates (0 = only at the end)."""
+    """Greedy evaluation on held-out prompts every this many updates; before the first and after the last
+    update in any case (0 = only those two)."""
     sample_every: int = 5
     """Write sample completions with scores every this many updates."""
     save_every: int = 10

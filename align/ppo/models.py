@@ -271,13 +271,19 @@ class PolicyStack(nn.Module):
             return None
         return kept[2]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        """model.generate with the policy adapter: its sequences, or with return_dict_in_generate its output."""
         self.use(POLICY)
         # sampling needs no autograd bookkeeping at all (13% faster than no_grad on the tiny model);
-        # the clone is a normal tensor again, which the update may index and embed under autograd
+        # clones are normal tensors again, which the update may index and embed under autograd
         with torch.inference_mode():
             out = self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return out.clone()
+        if isinstance(out, torch.Tensor):
+            return out.clone()
+        out.sequences = out.sequences.clone()
+        if out.logits is not None:
+            out.logits = tuple(step.clone() for step in out.logits)
+        return out
 
     @property
     def shares_reward(self) -> bool:

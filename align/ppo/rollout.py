@@ -58,6 +58,7 @@ class Sampling:
     max_new_tokens: int
     temperature: float
     top_p: float
+    logprobs_from_sampling: bool = False  # log π_old from the sampling logits, not a pass of its own
 
 
 Scorer = Callable[[Rollout, list], torch.Tensor]  # (rollout, prompt messages) -> raw rewards (B,)
@@ -77,7 +78,8 @@ def make_rollout(
     no_eos_penalty: float | None,
     timings: dict[str, float],
 ) -> Rollout:
-    """Generate, truncate at EOS, then one no-grad pass each for π_old, π_ref, V and r.
+    """Generate, truncate at EOS, then one no-grad pass each for π_ref, V and r, and for π_old unless
+    the sampling logits give it.
 
     Log-probs are under the whole tempered distribution, also when top_p < 1 truncated the sampling
     (as TRL's PPO did; the N+ recipe samples with top_p = 1).
@@ -87,15 +89,19 @@ def make_rollout(
     out = stack.generate(
         query_ids, query_mask, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
         max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids, use_cache=True,
+        output_logits=sampling.logprobs_from_sampling, return_dict_in_generate=True,
     )
-    responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], eos_ids, pad_id)
+    responses, response_mask, has_eos = truncate_at_eos(out.sequences[:, query_ids.shape[1]:], eos_ids, pad_id)
     timings["time/generation_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     rollout = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)  # filled below
     T = responses.shape[1]
     ids, mask = rollout.input_ids, rollout.attention_mask
-    rollout.logprobs = logprobs_of(stack.policy_logits(ids, mask, T), responses, sampling.temperature) * response_mask
+    # out.logits are the raw logits of each sampling step, before temperature or top-p: (B, V) x T
+    logits = torch.stack(out.logits, 1) if sampling.logprobs_from_sampling else stack.policy_logits(ids, mask, T)
+    rollout.logprobs = logprobs_of(logits, responses, sampling.temperature) * response_mask
+    del logits, out
     rollout.ref_logprobs = logprobs_of(stack.policy_logits(ids, mask, T, adapter=REF), responses,
                                        sampling.temperature) * response_mask
     rollout.values = stack.values(ids, mask, T) * response_mask

@@ -118,7 +118,8 @@ class PPOTrainer:
                        else adv.FixedKLController(p.kl_coef))
         eos = self.tokenizer.eos_token_id
         self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
-        self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p)
+        self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
+                                 config.sampling.logprobs_from_sampling)
         self.ptx_texts = self._ptx_texts() if p.ptx_coef > 0 else []
         wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
         self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
@@ -151,11 +152,14 @@ class PPOTrainer:
             self._guard(stats, update + 1, self.constant_reward.update(rollout.raw_scores.tolist()))
             if c.sample_every and (update + 1) % c.sample_every == 0:
                 self._write_samples(update + 1, batch, rollout)
-            if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts:
+            # the last update's evaluation is the final one, below, run once
+            if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts and update + 1 < p.updates:
                 self.metrics.log(update + 1, {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()})
             if (update + 1) % c.save_every == 0 or update + 1 == p.updates:
                 self._checkpoint(update + 1)
         final = {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()} if eval_prompts else {}
+        if final:
+            self.metrics.log(p.updates, final)
         self._save()
         self.metrics.update({**final, "train/updates": p.updates, **tracking.peak_memory_mb()})
         if self.metrics.wandb_run is not None:

@@ -88,3 +88,22 @@ def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, t
     decoded = text_scorer(standalone, tokenizer)(rollout, prompts)
     assert decoded.shape == (len(prompts),) and torch.isfinite(decoded).all()
     assert len(decode_responses(rollout, tokenizer)) == len(prompts)
+
+
+def test_log_probs_from_the_sampling_logits_match_a_pass_of_their_own(tiny_model_dir):
+    """log π_old read off generation's logits (KV-cache steps, left-padded queries) must be the
+    separate pass's, token for token: an off-by-one position or a missed temperature would not be."""
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(cfg, tokenizer, None)
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    rollouts = []
+    for from_sampling in (True, False):
+        torch.manual_seed(3)  # the same draws, so the same responses
+        rollouts.append(make_rollout(stack, ids, mask, prompts, Sampling(8, 0.7, 1.0, from_sampling),
+                                     lambda r, p: torch.zeros(len(p)), lambda raw: raw, [tokenizer.eos_token_id],
+                                     tokenizer.pad_token_id, None, {}))
+    sampled, separate = rollouts
+    assert torch.equal(sampled.response_ids, separate.response_ids)
+    assert (separate.logprobs[separate.response_mask.bool()] < -0.5).any()  # tempered log-probs, not all ~0
+    torch.testing.assert_close(sampled.logprobs, separate.logprobs, atol=1e-4, rtol=0)

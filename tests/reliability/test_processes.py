@@ -132,6 +132,9 @@ PPO = [
     # top_p -> 0 samples the most likely token (log-probs stay those of the whole tempered
     # distribution): one process generating 8 responses and two generating 4 each draw the same
     "sampling.max_new_tokens=8", "sampling.top_p=1e-9",
+    # log π_old from a forward pass: the sampling logits of a batch of 8 and of two of 4 differ by rounding
+    # (1e-7), which the first update's KL of about 1e-6 magnifies past the tolerance
+    "sampling.logprobs_from_sampling=false",
     "tracking.wandb=false", "eval_every=2", "sample_every=1", "save_every=2",
 ]
 
