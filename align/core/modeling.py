@@ -73,11 +73,8 @@ class ModelConfig:
     """Start from this adapter directory (e.g. the SFT stage's `adapter/`) instead of a fresh one."""
     tuning: Literal["lora", "prompt_tuning", "full", "head"] = "lora"
     """What trains: LoRA adapters, a soft prompt, every weight, or (reward models) only the head."""
-    quantization: Literal["nf4", "none", "auto"] = "nf4"
-    """`nf4`: the frozen base in 4-bit NormalFloat via bitsandbytes (QLoRA); `none`: full precision;
-    `auto`: nf4 on a CUDA GPU, none without one, where bitsandbytes dequantises every 4-bit weight for
-    each matmul: slower than full precision and no smaller in use (bench/README.md, SFT). Resolved
-    when the config is read, so run directories record what ran."""
+    quantization: Literal["nf4", "none"] = "nf4"
+    """`nf4`: the frozen base in 4-bit NormalFloat via bitsandbytes (QLoRA); `none`: full precision."""
     double_quant: bool = True
     """Quantise the quantisation constants too (QLoRA), about 0.4 bits per parameter saved."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -88,10 +85,6 @@ class ModelConfig:
     prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
 
     def __post_init__(self):
-        if self.quantization == "auto":
-            import torch
-
-            self.quantization = "nf4" if torch.cuda.is_available() else "none"
         check(
             not (self.tuning == "full" and self.quantization != "none"),
             "model.quantization",

@@ -53,22 +53,6 @@ def test_full_finetuning_of_a_4bit_base_is_refused():
         ModelConfig(tuning="full", quantization="nf4")
 
 
-def test_auto_quantization_is_4bit_on_a_gpu_and_full_precision_without(monkeypatch):
-    import torch
-
-    from align.core.config import load_config
-    from sft.config import SFTConfig
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert ModelConfig(quantization="auto").quantization == "none"
-    # resolved as the config is read: the run directory's config.yaml records what ran
-    assert load_config(SFTConfig, None, ["model.quantization=auto"]).model.quantization == "none"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert ModelConfig(quantization="auto").quantization == "nf4"
-    with pytest.raises(ConfigError, match="model.quantization"):
-        ModelConfig(tuning="full", quantization="auto")  # a GPU makes it 4-bit, which full fine-tuning cannot update
-
-
 def test_qlora_forward_and_backward_on_cpu(tiny_model_dir):
     import torch
 
