@@ -2,9 +2,11 @@
 
     .venv/bin/python -m bench.ppo_memory [--updates 2]
 
-SmolLM2-135M, full precision (fp32) and 4-bit (NF4, double quantisation). Four runs, each in a
-process of its own, each the same PPO updates of our trainer (align.ppo.train.PPOTrainer.step)
-on the ppo_vs_trl workload; only the layout of the models differs:
+SmolLM2-135M, full precision (fp32) and 4-bit (NF4, double quantisation) with the training
+activations kept for backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
+to every trainable model of both layouts). Each run is a process of its own, and makes the same PPO
+updates of our trainer (align.ppo.train.PPOTrainer.step) on the ppo_vs_trl workload; within a
+variant only the layout of the models differs:
 
     shared  PolicyStack: one frozen base; policy and value LoRA adapters, value head; the reference
             is the base with adapters off; the reward is a head on the base
@@ -31,6 +33,9 @@ from typing import Any
 from bench import common
 
 THREADS = 1  # as bench/ppo_vs_trl.py: robust on a shared machine; memory does not depend on it
+# (precision, activations): kept for backward ("plain") or recomputed there (ppo.gradient_checkpointing, "gc");
+# recomputation with the 4-bit base only, as the QLoRA presets for 24 GB GPUs run (make bench stays under 20 min)
+VARIANTS = (("none", "plain"), ("nf4", "plain"), ("nf4", "gc"))
 
 
 def four_models_class():
@@ -45,7 +50,8 @@ def four_models_class():
     class FourModels(nn.Module):
         """PPO's four models as four copies of the base, with PolicyStack's interface."""
 
-        def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None):
+        def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None, *,
+                     gradient_checkpointing: bool = False):
             super().__init__()
             from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
             from safetensors.torch import load_file
@@ -56,7 +62,10 @@ def four_models_class():
                     if isinstance(module, nn.Dropout):
                         module.p = 0.0
                 if trainable and model_config.quantization != "none":
-                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                            gradient_checkpointing_kwargs=modeling.NON_REENTRANT)
+                elif trainable and gradient_checkpointing:
+                    model.gradient_checkpointing_enable(modeling.NON_REENTRANT)
                 return model if trainable else model.requires_grad_(False).eval()
 
             lora = model_config.lora
@@ -77,6 +86,8 @@ def four_models_class():
             self.shares_reward = True
             for model in (self.peft, self.value_model):
                 modeling.cast_trainable_to_fp32(model)
+            # the rollout toggles only .peft between eval and train; checkpointing acts in train mode alone
+            self.value_model.train()
 
         @property
         def device(self) -> torch.device:
@@ -118,7 +129,7 @@ def four_models_class():
     return FourModels
 
 
-def child(layout: str, quantization: str, updates: int, workdir: str) -> None:
+def child(layout: str, quantization: str, checkpointing: str, updates: int, workdir: str) -> None:
     import torch
 
     torch.set_num_threads(THREADS)
@@ -139,7 +150,8 @@ def child(layout: str, quantization: str, updates: int, workdir: str) -> None:
     s = SETTINGS["smollm2"]
     paths = workloads.prepare("smollm2", Path(workdir) / f"workload-{quantization}", quantization=quantization)
     config = load_config(PPOConfig, None, [
-        f"out_dir={Path(workdir) / f'{layout}-{quantization}'}", f"model.name={paths['model_path']}",
+        f"out_dir={Path(workdir) / f'{layout}-{quantization}-{checkpointing}'}", f"model.name={paths['model_path']}",
+        f"ppo.gradient_checkpointing={checkpointing == 'gc'}",
         f"model.quantization={quantization}", f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}",
         f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
         f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
@@ -170,7 +182,7 @@ def child(layout: str, quantization: str, updates: int, workdir: str) -> None:
         trainer.step(batch)
         times.append(time.perf_counter() - start)
     common.report({
-        "layout": layout, "quantization": quantization, "load_s": load_s, "update_s": times,
+        "layout": layout, "quantization": quantization, "checkpointing": checkpointing, "load_s": load_s, "update_s": times,
         "rss_before_import_mb": before_load, "rss_after_import_mb": imported, "rss_after_load_mb": loaded,
         "rss_after_rollout_mb": after_rollout[0],
         "train_peak_rss_mb": common.hwm_mb(),
@@ -180,29 +192,30 @@ def child(layout: str, quantization: str, updates: int, workdir: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--updates", type=int, default=1)
     args = parser.parse_args()
     if args.child:
-        return child(*args.child[:2], args.updates, args.child[2])
+        return child(*args.child[:3], args.updates, args.child[3])
     import tempfile
 
     machine = common.machine()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="align-bench-mem-") as tmp:
-        for quantization in ("none", "nf4"):
+        for quantization, checkpointing in VARIANTS:
             for layout in ("shared", "four"):
                 argv = [sys.executable, "-m", "bench.ppo_memory", "--updates", str(args.updates),
-                        "--child", layout, quantization, tmp]
+                        "--child", layout, quantization, checkpointing, tmp]
                 r = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
                 r["ppo_mb"] = r["peak_rss_mb"] - r["rss_after_import_mb"]
                 r["models_mb"] = r["rss_after_rollout_mb"] - r["rss_after_import_mb"]
-                results[f"{layout}_{quantization}"] = r
-                print(f"# ppo memory {layout} {quantization}: {r['peak_rss_mb']} MB, {r['process_wall_s']} s",
-                      file=sys.stderr)
+                results[f"{layout}_{quantization}_{checkpointing}"] = r
+                print(f"# ppo memory {layout} {quantization} {checkpointing}: {r['peak_rss_mb']} MB, "
+                      f"{r['process_wall_s']} s", file=sys.stderr)
     lines = []
-    for quantization, label in (("none", "fp32"), ("nf4", "nf4")):
-        shared, four = results[f"shared_{quantization}"], results[f"four_{quantization}"]
+    for quantization, checkpointing in VARIANTS:
+        shared, four = (results[f"{layout}_{quantization}_{checkpointing}"] for layout in ("shared", "four"))
+        label = {"none": "fp32", "nf4": "nf4"}[quantization] + ("_gc" if checkpointing == "gc" else "")
         line = {"workload": f"smollm2_{label}"}
         for name, r in (("shared", shared), ("four_models", four)):
             line[name] = {"peak_rss_mb": r["peak_rss_mb"], "ppo_mb": round(r["ppo_mb"], 1),
@@ -219,6 +232,7 @@ def main() -> None:
         "machine": machine,
         "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
         "settings": {"model": "smollm2-135m-instruct", "updates": args.updates, "ppo_epochs": 1, "threads": THREADS,
+                     "variants": [list(v) for v in VARIANTS],
                      "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "lora": "r=16 all-linear"},
         "note": "each configuration in its own process; peak RSS via wait4 of the child; ppo_mb = peak RSS minus "
                 "the RSS after imports (before any model loaded). Machine shared with other jobs: memory figures "
