@@ -58,7 +58,7 @@ def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, b
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Indices 0..N-1 in batches of alike lengths, longest first: a batch pads to its longest member,
-    so mixing long and short texts computes padding (a third of the reward stage's evaluation)."""
+    so mixing long and short texts computes padding."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 

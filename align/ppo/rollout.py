@@ -58,7 +58,7 @@ class Sampling:
     max_new_tokens: int
     temperature: float
     top_p: float
-    logprobs_from_sampling: bool = False  # log π_old from the sampling logits, not a pass of its own
+    logprobs_from_sampling: bool  # log π_old from the sampling logits, not a pass of its own
 
 
 Scorer = Callable[[Rollout, list], torch.Tensor]  # (rollout, prompt messages) -> raw rewards (B,)

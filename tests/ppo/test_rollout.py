@@ -41,7 +41,7 @@ def test_missing_eos_gets_the_penalty_instead_of_the_score(tiny_model_dir):
     stack = PolicyStack(cfg, tokenizer, None)
     prompts, ids, mask = prompts_and_queries(tokenizer)
     torch.manual_seed(0)
-    rollout = make_rollout(stack, ids, mask, prompts, Sampling(6, 1.0, 1.0), lambda r, p: torch.full((len(p),), 5.0),
+    rollout = make_rollout(stack, ids, mask, prompts, Sampling(6, 1.0, 1.0, False), lambda r, p: torch.full((len(p),), 5.0),
                            lambda raw: raw, [tokenizer.eos_token_id], tokenizer.pad_token_id, -1.0, {})
     assert (~rollout.has_eos).any()  # a random tiny model rarely stops within 6 tokens
     expected = torch.where(rollout.has_eos, torch.tensor(5.0), torch.tensor(-1.0))
@@ -70,7 +70,7 @@ def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, t
     assert stack.has_reward_adapter
     prompts, ids, mask = prompts_and_queries(tokenizer)
     torch.manual_seed(1)
-    rollout = make_rollout(stack, ids, mask, prompts, Sampling(8, 1.0, 1.0), shared_base_scorer(stack), lambda raw: raw,
+    rollout = make_rollout(stack, ids, mask, prompts, Sampling(8, 1.0, 1.0, False), shared_base_scorer(stack), lambda raw: raw,
                            [tokenizer.eos_token_id], tokenizer.pad_token_id, None, {})
     standalone = RewardModel.load(tmp_path / "rm")
     # the same tokens, each sequence's real tokens right-padded, through the standalone model
