@@ -275,6 +275,8 @@ def load_base(
         raise AlignError(f"cannot load model {config.name!r}: {first_line(e)}") from None
     if quant is not None:
         keep_4bit_layout_trainable(model)
+        if not torch.cuda.is_available():
+            release_checkpoint_pages(model)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -294,6 +296,32 @@ def keep_4bit_layout_trainable(model: "PreTrainedModel") -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
+
+
+def release_checkpoint_pages(model: "PreTrainedModel") -> None:
+    """Let a 4-bit model on the CPU stop holding its full-precision checkpoint in memory.
+
+    Loading maps the safetensors file and reads all of it to quantise; the parameters left in full
+    precision (embeddings, norms) stay views of that mapping, so every page read stays resident: on
+    SmolLM2-135M, 405-513 MB of fp32 weights the 4-bit model no longer uses. Copying those
+    parameters out lets the mapping go, and the heap's freed quantisation buffers go back to the
+    OS (malloc_trim, glibc only): 1028 -> 571 MB after the load, measured 2026-12-02.
+    """
+    import ctypes
+    import gc
+
+    for param in model.parameters():  # unique: a tied LM head is the embedding's own Parameter
+        if not hasattr(param, "quant_state"):
+            param.data = param.data.clone()
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.clone()
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc: the allocator keeps its pages
+        pass
 
 
 # the non-reentrant form: gradients reach adapters behind a frozen embedding without

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +75,23 @@ def test_qlora_forward_and_backward_on_cpu(tiny_model_dir):
     # 4-bit weights count as the parameters they stand for: same total as the fp32 model
     plain = modeling.load_base(config(tiny_model_dir, "quantization=none"), tokenizer)
     assert n_total - n_trainable == sum(p.numel() for p in plain.parameters())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings (Linux)")
+def test_4bit_base_on_cpu_lets_go_of_its_checkpoint(tiny_model_dir):
+    import torch
+
+    checkpoint = str(Path(tiny_model_dir).resolve() / "model.safetensors")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    model = modeling.load_base(config(tiny_model_dir), tokenizer)
+    assert checkpoint not in Path("/proc/self/maps").read_text()
+    plain = modeling.load_base(config(tiny_model_dir, "quantization=none"), tokenizer)
+    assert checkpoint in Path("/proc/self/maps").read_text()  # a full-precision base reads its weights from it
+    # the copies hold the same weights, and the LM head is still the embedding
+    assert torch.equal(model.get_input_embeddings().weight, plain.get_input_embeddings().weight)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    batch = tokenizer(["What is 2 + 3?"], return_tensors="pt")
+    assert torch.isfinite(model(**batch).logits).all()
 
 
 def test_prompt_tuning_trains_only_the_soft_prompt(tiny_model_dir):
