@@ -12,7 +12,7 @@ interleaved repeat by repeat, the median of:
     defaults    model.generate(**tokenizer(prompts, padding=True), max_new_tokens=24, do_sample=True):
                 the tokenizer's own padding side (right) and the model's generation config, nothing else
     no_cache    ours with use_cache=False (every step recomputes the whole sequence): an ablation,
-                batch sizes up to 4, one repeat
+                batch sizes up to 2, one repeat
 
 tokens/s counts real response tokens (up to and including the first EOS) over wall time. Right
 padding puts pad tokens between a short prompt and its answer, so `defaults` also reports how many
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--no-cache-up-to", type=int, default=4, help="largest batch size timed without the KV cache")
+    parser.add_argument("--no-cache-up-to", type=int, default=2, help="largest batch size timed without the KV cache")
     parser.add_argument("--no-cache-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -4,9 +4,10 @@
 
 SmolLM2-135M, full precision (fp32) and 4-bit (NF4, double quantisation) with the training
 activations kept for backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
-to every trainable model of both layouts). Each run is a process of its own, and makes the same PPO
-updates of our trainer (align.ppo.train.PPOTrainer.step) on the ppo_vs_trl workload; within a
-variant only the layout of the models differs:
+to every trainable model of both layouts). Each run is a process of its own, two at a time (one per
+core: a peak RSS is the child's own, whatever runs beside it), and makes the same PPO updates of our
+trainer (align.ppo.train.PPOTrainer.step) on the ppo_vs_trl workload; within a variant only the
+layout of the models differs:
 
     shared  PolicyStack: one frozen base; policy and value LoRA adapters, value head; the reference
             is the base with adapters off; the reward is a head on the base
@@ -33,6 +34,7 @@ from typing import Any
 from bench import common
 
 THREADS = 1  # as bench/ppo_vs_trl.py: robust on a shared machine; memory does not depend on it
+PARALLEL = 2  # runs side by side, one per core: memory is what is measured here, not time
 # (precision, activations): kept for backward ("plain") or recomputed there (ppo.gradient_checkpointing, "gc");
 # recomputation with the 4-bit base only, as the QLoRA presets for 24 GB GPUs run (make bench stays under 20 min)
 VARIANTS = (("none", "plain"), ("nf4", "plain"), ("nf4", "gc"))
@@ -148,7 +150,7 @@ def child(layout: str, quantization: str, checkpointing: str, updates: int, work
     if layout == "four":
         ppo_train.PolicyStack = four_models_class()  # the trainer builds its models through this name
     s = SETTINGS["smollm2"]
-    paths = workloads.prepare("smollm2", Path(workdir) / f"workload-{quantization}", quantization=quantization)
+    paths = workloads.paths(Path(workdir) / f"workload-{quantization}")
     config = load_config(PPOConfig, None, [
         f"out_dir={Path(workdir) / f'{layout}-{quantization}-{checkpointing}'}", f"model.name={paths['model_path']}",
         f"ppo.gradient_checkpointing={checkpointing == 'gc'}",
@@ -199,19 +201,33 @@ def main() -> None:
         return child(*args.child[:3], args.updates, args.child[3])
     import tempfile
 
+    from concurrent.futures import ThreadPoolExecutor
+
     machine = common.machine()
     results: dict[str, dict[str, Any]] = {}
+
+    def run(tmp: str, layout: str, quantization: str, checkpointing: str) -> None:
+        argv = [sys.executable, "-m", "bench.ppo_memory", "--updates", str(args.updates),
+                "--child", layout, quantization, checkpointing, tmp]
+        r = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
+        r["ppo_mb"] = r["peak_rss_mb"] - r["rss_after_import_mb"]
+        r["models_mb"] = r["rss_after_rollout_mb"] - r["rss_after_import_mb"]
+        results[f"{layout}_{quantization}_{checkpointing}"] = r
+        print(f"# ppo memory {layout} {quantization} {checkpointing}: {r['peak_rss_mb']} MB, "
+              f"{r['process_wall_s']} s", file=sys.stderr)
+
     with tempfile.TemporaryDirectory(prefix="align-bench-mem-") as tmp:
-        for quantization, checkpointing in VARIANTS:
-            for layout in ("shared", "four"):
-                argv = [sys.executable, "-m", "bench.ppo_memory", "--updates", str(args.updates),
-                        "--child", layout, quantization, checkpointing, tmp]
-                r = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
-                r["ppo_mb"] = r["peak_rss_mb"] - r["rss_after_import_mb"]
-                r["models_mb"] = r["rss_after_rollout_mb"] - r["rss_after_import_mb"]
-                results[f"{layout}_{quantization}_{checkpointing}"] = r
-                print(f"# ppo memory {layout} {quantization} {checkpointing}: {r['peak_rss_mb']} MB, "
-                      f"{r['process_wall_s']} s", file=sys.stderr)
+        # each workload file once, before runs side by side would write it together
+        from bench import workloads
+
+        for quantization in dict.fromkeys(q for q, _ in VARIANTS):
+            workloads.prepare("smollm2", Path(tmp) / f"workload-{quantization}", quantization=quantization)
+        # a peak RSS is the child's own whatever runs beside it, so runs go PARALLEL at a time (the
+        # longer four-model runs first); their update seconds are then not timings to compare
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            jobs = [pool.submit(run, tmp, layout, q, c) for layout in ("four", "shared") for q, c in VARIANTS]
+            for job in jobs:
+                job.result()
     lines = []
     for quantization, checkpointing in VARIANTS:
         shared, four = (results[f"{layout}_{quantization}_{checkpointing}"] for layout in ("shared", "four"))
@@ -232,11 +248,12 @@ def main() -> None:
         "machine": machine,
         "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
         "settings": {"model": "smollm2-135m-instruct", "updates": args.updates, "ppo_epochs": 1, "threads": THREADS,
+                     "runs_side_by_side": PARALLEL,
                      "variants": [list(v) for v in VARIANTS],
                      "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "lora": "r=16 all-linear"},
         "note": "each configuration in its own process; peak RSS via wait4 of the child; ppo_mb = peak RSS minus "
-                "the RSS after imports (before any model loaded). Machine shared with other jobs: memory figures "
-                "are stable, the update times are not.",
+                "the RSS after imports (before any model loaded). Two runs at a time, one per core: memory figures "
+                "are each child's own, the update times are not comparable timings.",
         "results": lines,
         "runs": results,
     })

@@ -1,6 +1,6 @@
 """Our PPO against TRL 1.12.0's PPOTrainer on the identical workload (issue #8).
 
-    .venv/bin/python -m bench.ppo_vs_trl [--runs 3] [--workloads tiny,smollm2]
+    .venv/bin/python -m bench.ppo_vs_trl [--runs N] [--workloads tiny,smollm2]
 
 Per workload, three contenders, each run in a fresh process of its own and interleaved run by run
 (the machine is shared, so timings are noisy):
@@ -36,14 +36,15 @@ from bench import common
 THREADS = 1
 # identical for both trainers. A run is `updates` updates; the first `warmup` are not timed. SmolLM2 runs
 # one timed update after a warm-up pass (one no-grad forward of every model the process holds, on the
-# batch: weights paged in, allocator grown), so `make bench` stays within its time budget.
+# batch: weights paged in, allocator grown), and 2 runs per contender to tiny's 3, so `make bench` stays
+# within its time budget (a SmolLM2 run is ~50 s, a tiny one ~25 s).
 SETTINGS = {
     "tiny": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 4, "max_new_tokens": 24, "temperature": 0.7,
              "learning_rate": 1e-3, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 8, "lora_alpha": 16,
-             "warmup": 2, "updates": 16, "warmup_pass": False},
+             "warmup": 2, "updates": 16, "warmup_pass": False, "runs": 3},
     "smollm2": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24, "temperature": 0.7,
                 "learning_rate": 1e-4, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32,
-                "warmup": 0, "updates": 1, "warmup_pass": True},
+                "warmup": 0, "updates": 1, "warmup_pass": True, "runs": 2},
 }
 PHASES = ["sec_per_update", "cpu_s_per_update", "generation_s", "forward_s", "scoring_s", "training_s", "gc_s", "other_s",
           "tokens_per_s", "response_length"]
@@ -179,7 +180,7 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, help="runs per contender (default: the workload's, 3 tiny, 2 SmolLM2)")
     parser.add_argument("--workloads", default="tiny,smollm2")
     args = parser.parse_args()
     if args.child:
@@ -190,7 +191,7 @@ def main() -> None:
     lines, details = [], {}
     with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
         for name in args.workloads.split(","):
-            line, detail = run_workload(name, args.runs, Path(tmp))
+            line, detail = run_workload(name, args.runs or SETTINGS[name]["runs"], Path(tmp))
             common.emit(line)
             lines.append(line)
             details[name] = detail

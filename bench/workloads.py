@@ -66,7 +66,7 @@ def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str 
     reward_dir.mkdir(parents=True, exist_ok=True)
     save_file({"weight": head.contiguous()}, reward_dir / "score.safetensors")
     modeling.save_base_record(reward_dir, modeling.ModelConfig(name=model_path, quantization=quantization, tuning="head"))
-    return {
+    paths = {
         "workload": workload,
         "model_path": model_path,
         "tokenizer_path": str(workdir / "tokenizer"),
@@ -76,3 +76,10 @@ def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str 
         "reward_head": str(reward_dir / "score.safetensors"),
         "query_tokens": [len(ids) for ids in prompt_ids],
     }
+    (workdir / "workload.json").write_text(json.dumps(paths))
+    return paths
+
+
+def paths(workdir: Path) -> dict[str, Any]:
+    """What prepare() returned for workdir, read back (by a run in another process)."""
+    return json.loads((workdir / "workload.json").read_text())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from align.core import tiny
+from align.core import heap, tiny
 from align.core.config import check
 from align.core.errors import AlignError
 
@@ -307,7 +307,6 @@ def release_checkpoint_pages(model: "PreTrainedModel") -> None:
     parameters out lets the mapping go, and the heap's freed quantisation buffers go back to the
     OS (malloc_trim, glibc only): 1028 -> 571 MB after the load, measured 2026-12-02.
     """
-    import ctypes
     import gc
 
     for param in model.parameters():  # unique: a tied LM head is the embedding's own Parameter
@@ -318,10 +317,7 @@ def release_checkpoint_pages(model: "PreTrainedModel") -> None:
             if buffer is not None:
                 module._buffers[name] = buffer.clone()
     gc.collect()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):  # not glibc: the allocator keeps its pages
-        pass
+    heap.trim()
 
 
 # the non-reentrant form: gradients reach adapters behind a frozen embedding without

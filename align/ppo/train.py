@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from align.core import checkpoint, distributed, guards, modeling, rundir, tracking
+from align.core import checkpoint, distributed, guards, heap, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError, TrainingHalted
 from align.core.records import load_records
@@ -34,6 +34,10 @@ from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollo
 # what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
 MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
                    "loss/value_avg", "val/clipfrac_avg", "loss/ptx_avg", "nonfinite/policy_loss", "nonfinite/value_loss")
+
+# on the CPU, trim the heap after an optimiser step when this much of it is free (heap.trim: SmolLM2
+# frees hundreds of MB a step, the tests' 2-layer model under 10)
+HEAP_TRIM_MIN_MB = 64
 
 
 class Unhealthy(Exception):
@@ -256,6 +260,9 @@ class PPOTrainer:
                 _append(logs, {**stats, "policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.stack.device.type == "cpu":
+                    # the step's freed activations: else the next steps' pile up above them
+                    heap.trim(min_free_mb=HEAP_TRIM_MIN_MB)
         out = {k: sum(v) / len(v) for k, v in logs.items()}
         out["val/ratio_max"] = max(logs["val/ratio"])
         out["val/ratio_min"] = min(logs["val/ratio"])

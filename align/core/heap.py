@@ -1,0 +1,51 @@
+"""The C heap of a CPU run: glibc keeps the pages of freed buffers (activations, logits, quantisation
+scratch) mapped and often cannot reuse them for the next, differently sized ones, so a training
+loop's resident memory climbs step after step above what it holds live. Trimming hands those pages
+back to the OS."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _FIELDS]
+
+
+@functools.cache
+def _libc():
+    try:
+        libc = ctypes.CDLL(None)
+        libc.malloc_trim  # noqa: B018  (glibc's; raises elsewhere)
+    except (AttributeError, OSError):  # not glibc: its allocator manages its own pages
+        return None
+    if hasattr(libc, "mallinfo2"):  # glibc >= 2.33
+        libc.mallinfo2.restype = _MallInfo2
+    return libc
+
+
+def free_mb() -> float | None:
+    """Bytes the heap holds free (glibc's mallinfo2 `fordblks`), in MB; None where unknown."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    return libc.mallinfo2().fordblks / 2**20
+
+
+def trim(min_free_mb: float = 0.0) -> None:
+    """Return the heap's free pages to the OS (glibc's malloc_trim) when it holds at least
+    min_free_mb free; elsewhere nothing.
+
+    The pages given back are faulted in again when reused, so a trim pays where much is free: on
+    SmolLM2-135M one after each PPO optimiser step took 60-100 ms and lowered an update's peak from
+    2445 to 2174 MB (fp32) and from 1629 to 1380 MB (4-bit, recomputed activations); on the tests'
+    2-layer model, with 7 MB free, it only slowed the step. Measured 2026-12-02."""
+    libc = _libc()
+    if libc is None:
+        return
+    free = free_mb()
+    if free is None or free >= min_free_mb:
+        libc.malloc_trim(0)
