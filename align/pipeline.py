@@ -10,13 +10,14 @@ resumes from its newest checkpoint; `from_stage` reruns from a point.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from align.core import rundir, tracking
+from align.core import heap, rundir, tracking
 from align.core.config import build, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.errors import AlignError, ConfigError
 from align.core.tracking import TrackingConfig
@@ -204,6 +205,9 @@ class Pipeline:
         self.echo(f"[{self.config.name}] {stage}: {how} -> {out.path}")
         _, train = stage_entry(stage)
         started = time.time()
+        # the stage before freed its models: hand those pages back, or this stage's peak starts on them
+        gc.collect()
+        heap.trim()
         tracking.reset_peak_memory()
         entry.update(status="running", started=_now(), finished=None, error=None)
         self.write_manifest(manifest)
