@@ -1,10 +1,11 @@
 """Rollout throughput: our PPO trainer's sampling settings against plain `model.generate` (issue #5).
 
-    .venv/bin/python -m bench.generation [--batch-sizes 1,2,4,8,16,32] [--repeats 2]
+    .venv/bin/python -m bench.generation [--batch-sizes 1,2,4,8,16,32] [--repeats 2] [--one-repeat-from 16]
 
 SmolLM2-135M (fp32) with the policy's LoRA adapter enabled, not merged, as PPO samples from it.
 24 new tokens at temperature 0.7 from the demo prompts in the chat template. Per batch size,
-interleaved repeat by repeat, the median of:
+interleaved repeat by repeat, the median of (2 repeats up to batch 8, one from 16, so `make bench`
+stays within 20 minutes):
 
     ours        what make_rollout does: left-padded prompts, KV cache, every EOS id of the model,
                 generation stopping once every sequence has ended, the tail after the first EOS
@@ -36,6 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--one-repeat-from", type=int, default=16,
+                        help="smallest batch size timed once: 16-32 sequences already average over many samples")
     parser.add_argument("--no-cache-up-to", type=int, default=2, help="largest batch size timed without the KV cache")
     parser.add_argument("--no-cache-repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
@@ -87,7 +90,7 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
         batch = texts[:batch_size]
-        for repeat in range(args.repeats):
+        for repeat in range(1 if batch_size >= args.one_repeat_from else args.repeats):
             names = [v for v in variants
                      if v != "no_cache" or (batch_size <= args.no_cache_up_to and repeat < args.no_cache_repeats)]
             for name in names[repeat % len(names):] + names[:repeat % len(names)]:
@@ -130,6 +133,7 @@ def main() -> None:
         "versions": common.versions("torch", "transformers", "peft"),
         "settings": {"model": "smollm2-135m-instruct", "dtype": "float32", "adapter": "LoRA r=16, enabled, not merged",
                      "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "repeats": args.repeats,
+                     "one_repeat_from_batch": args.one_repeat_from,
                      "threads": args.threads},
         "right_padding_changes_greedy_answers": differs,
         "note": "2-core machine shared with other jobs: variants interleaved within each batch size, medians of repeats.",
