@@ -1,8 +1,8 @@
 """Peak memory of PPO: four separate models against our one shared base with adapters (issue #5).
 
-    .venv/bin/python -m bench.ppo_memory [--updates 2]
+    .venv/bin/python -m bench.ppo_memory [--updates 2] [--workload smollm2_360m_shape] [--variants none:plain,nf4:gc]
 
-SmolLM2-135M, full precision (fp32) and 4-bit (NF4, double quantisation) with the training
+SmolLM2-135M (or, with --workload, SmolLM2-360M's shape with random weights), full precision (fp32) and 4-bit (NF4, double quantisation) with the training
 activations kept for backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
 to every trainable model of both layouts). Each run is a process of its own, two at a time (one per
 core: a peak RSS is the child's own, whatever runs beside it), and makes the same PPO updates of our
@@ -196,6 +196,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--updates", type=int, default=1)
+    parser.add_argument("--workload", default="smollm2", choices=["smollm2", "smollm2_360m_shape"],
+                        help="smollm2_360m_shape: SmolLM2-360M's shape with random weights (not in make bench)")
+    parser.add_argument("--variants", default=",".join(f"{q}:{c}" for q, c in VARIANTS),
+                        help="precision:activations pairs, e.g. none:plain,nf4:gc")
     args = parser.parse_args()
     if args.child:
         return child(*args.child[:3], args.updates, args.child[3])
@@ -204,6 +208,7 @@ def main() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     machine = common.machine()
+    variants = [tuple(v.split(":")) for v in args.variants.split(",")]
     results: dict[str, dict[str, Any]] = {}
 
     def run(tmp: str, layout: str, quantization: str, checkpointing: str) -> None:
@@ -220,19 +225,19 @@ def main() -> None:
         # each workload file once, before runs side by side would write it together
         from bench import workloads
 
-        for quantization in dict.fromkeys(q for q, _ in VARIANTS):
-            workloads.prepare("smollm2", Path(tmp) / f"workload-{quantization}", quantization=quantization)
+        for quantization in dict.fromkeys(q for q, _ in variants):
+            workloads.prepare(args.workload, Path(tmp) / f"workload-{quantization}", quantization=quantization)
         # a peak RSS is the child's own whatever runs beside it, so runs go PARALLEL at a time (the
         # longer four-model runs first); their update seconds are then not timings to compare
         with ThreadPoolExecutor(PARALLEL) as pool:
-            jobs = [pool.submit(run, tmp, layout, q, c) for layout in ("four", "shared") for q, c in VARIANTS]
+            jobs = [pool.submit(run, tmp, layout, q, c) for layout in ("four", "shared") for q, c in variants]
             for job in jobs:
                 job.result()
     lines = []
-    for quantization, checkpointing in VARIANTS:
+    for quantization, checkpointing in variants:
         shared, four = (results[f"{layout}_{quantization}_{checkpointing}"] for layout in ("shared", "four"))
         label = {"none": "fp32", "nf4": "nf4"}[quantization] + ("_gc" if checkpointing == "gc" else "")
-        line = {"workload": f"smollm2_{label}"}
+        line = {"workload": f"{args.workload}_{label}"}
         for name, r in (("shared", shared), ("four_models", four)):
             line[name] = {"peak_rss_mb": r["peak_rss_mb"], "ppo_mb": round(r["ppo_mb"], 1),
                           "models_mb": round(r["models_mb"], 1),
@@ -244,12 +249,12 @@ def main() -> None:
                           "models_mem_vs_four": round(shared["models_mb"] / four["models_mb"], 3)}
         common.emit(line)
         lines.append(line)
-    common.save("ppo_memory", {
+    common.save("ppo_memory" if args.workload == "smollm2" else f"ppo_memory-{args.workload}", {
         "machine": machine,
         "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
-        "settings": {"model": "smollm2-135m-instruct", "updates": args.updates, "ppo_epochs": 1, "threads": THREADS,
+        "settings": {"model": args.workload, "updates": args.updates, "ppo_epochs": 1, "threads": THREADS,
                      "runs_side_by_side": PARALLEL,
-                     "variants": [list(v) for v in VARIANTS],
+                     "variants": [list(v) for v in variants],
                      "batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 24, "lora": "r=16 all-linear"},
         "note": "each configuration in its own process; peak RSS via wait4 of the child; ppo_mb = peak RSS minus "
                 "the RSS after imports (before any model loaded). Two runs at a time, one per core: memory figures "

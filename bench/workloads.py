@@ -4,6 +4,9 @@ so our trainer and the peer (in its own venv) read the very same weights and tok
     tiny      the random 2-layer Llama (hidden 64) and byte-level BPE tokenizer the tests use
               (align.core.tiny, as tests/conftest.py builds it)
     smollm2   the embedded SmolLM2-135M-Instruct (fp32 on CPU)
+    smollm2_360m_shape
+              SmolLM2-360M's shape (hidden 960, 32 layers), random weights, SmolLM2's tokenizer: a base
+              whose copies weigh more against the activations (ppo_memory --workload; not in make bench)
 
 The reward model is the base with a scalar head drawn from a fixed seed: for the peer a
 sequence-classification model (its value model starts as a copy of it, as TRL's PPO example
@@ -22,6 +25,24 @@ from bench.common import ROOT
 
 DEMO = ROOT / "data" / "demo"
 REWARD_SEED = 1234
+# SmolLM2-360M's config.json, where it differs from SmolLM2-135M's
+SMOLLM2_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
+                "num_key_value_heads": 5}
+
+
+def random_like(out: Path, source: str, shape: dict[str, int]) -> Path:
+    """A model of source's architecture and tokenizer in another shape, random-initialised (seed 0)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    config = AutoConfig.from_pretrained(source)
+    for key, value in shape.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    GenerationConfig.from_pretrained(source).save_pretrained(out)
+    return out
 
 
 def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str = "none") -> dict[str, Any]:
@@ -42,6 +63,9 @@ def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str 
         model_path = str(build_tiny_llama(workdir / "tiny-llama", demo_texts()))
     elif workload == "smollm2":
         model_path = modeling.resolve_model_path("smollm2-135m-instruct")
+    elif workload == "smollm2_360m_shape":
+        model_path = str(random_like(workdir / "model", modeling.resolve_model_path("smollm2-135m-instruct"),
+                                     SMOLLM2_360M))
     else:
         raise ValueError(f"unknown workload {workload!r}")
 
