@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 _FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
 
@@ -49,3 +53,18 @@ def trim(min_free_mb: float = 0.0) -> None:
     free = free_mb()
     if free is None or free >= min_free_mb:
         libc.malloc_trim(0)
+
+
+# a training step frees hundreds of MB on SmolLM2 and under 10 on the tests' 2-layer model
+STEP_MIN_FREE_MB = 64
+
+
+def after_step(device: "torch.device") -> None:
+    """After an optimiser step on the CPU: trim, so the step's freed activations do not stay resident
+    under the next steps' (a GPU's memory is torch's caching allocator's, not the heap's).
+
+    PPO's. Not the reward stage's: its demo step frees several GB at once, and faulting them in again
+    made the step a third slower (10.1 -> 13.4 s) for 9.3 -> 7.7 GB; halving its batch with
+    grad_accum 2 gave 6.5 GB at no cost."""
+    if device.type == "cpu":
+        trim(min_free_mb=STEP_MIN_FREE_MB)

@@ -35,10 +35,6 @@ from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollo
 MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
                    "loss/value_avg", "val/clipfrac_avg", "loss/ptx_avg", "nonfinite/policy_loss", "nonfinite/value_loss")
 
-# on the CPU, trim the heap after an optimiser step when this much of it is free (heap.trim: SmolLM2
-# frees hundreds of MB a step, the tests' 2-layer model under 10)
-HEAP_TRIM_MIN_MB = 64
-
 
 class Unhealthy(Exception):
     """Found before the weights change: the run stops with the last healthy state saved."""
@@ -260,9 +256,7 @@ class PPOTrainer:
                 _append(logs, {**stats, "policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
-                if self.stack.device.type == "cpu":
-                    # the step's freed activations: else the next steps' pile up above them
-                    heap.trim(min_free_mb=HEAP_TRIM_MIN_MB)
+                heap.after_step(self.stack.device)
         out = {k: sum(v) / len(v) for k, v in logs.items()}
         out["val/ratio_max"] = max(logs["val/ratio"])
         out["val/ratio_min"] = min(logs["val/ratio"])
