@@ -10,7 +10,6 @@ resumes from its newest checkpoint; `from_stage` reruns from a point.
 
 from __future__ import annotations
 
-import gc
 import os
 import time
 from dataclasses import dataclass, field
@@ -206,8 +205,7 @@ class Pipeline:
         _, train = stage_entry(stage)
         started = time.time()
         # the stage before freed its models: hand those pages back, or this stage's peak starts on them
-        gc.collect()
-        heap.trim()
+        heap.release()
         tracking.reset_peak_memory()
         entry.update(status="running", started=_now(), finished=None, error=None)
         self.write_manifest(manifest)

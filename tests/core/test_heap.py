@@ -14,14 +14,19 @@ def rss_mb() -> float:
     return int(line.split()[1]) / 1024
 
 
-@pytest.mark.skipif(heap._libc() is None or not Path("/proc/self/status").exists(), reason="glibc on Linux")
-def test_trim_returns_the_pages_of_freed_heap_buffers():
+def fragmented_heap() -> list:
+    """2,000 buffers of 100 KB (below glibc's mmap threshold: heap), every other one freed: 100 MB of
+    holes the allocator keeps resident. Returns the buffers still held."""
     import torch
 
-    # 2,000 buffers of 100 KB (below glibc's mmap threshold: heap), every other one freed: holes the
-    # allocator keeps resident
     buffers = [torch.ones(25_600) for _ in range(2000)]
     del buffers[::2]
+    return buffers
+
+
+@pytest.mark.skipif(heap._libc() is None or not Path("/proc/self/status").exists(), reason="glibc on Linux")
+def test_trim_returns_the_pages_of_freed_heap_buffers():
+    buffers = fragmented_heap()
     freed = rss_mb()
     heap.trim()
     assert freed - rss_mb() > 50  # of the 100 MB freed
@@ -30,10 +35,7 @@ def test_trim_returns_the_pages_of_freed_heap_buffers():
 
 @pytest.mark.skipif(heap.free_mb() is None, reason="glibc >= 2.33")
 def test_trim_leaves_a_heap_with_little_free_alone():
-    import torch
-
-    buffers = [torch.ones(25_600) for _ in range(2000)]
-    del buffers[::2]
+    buffers = fragmented_heap()  # noqa: F841  (held: only the freed half may go)
     freed = rss_mb()
     heap.trim(min_free_mb=heap.free_mb() + 100)
     assert freed - rss_mb() < 5
