@@ -64,8 +64,11 @@ def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str 
     elif workload == "smollm2":
         model_path = modeling.resolve_model_path("smollm2-135m-instruct")
     elif workload == "smollm2_360m_shape":
-        model_path = str(random_like(workdir / "model", modeling.resolve_model_path("smollm2-135m-instruct"),
-                                     SMOLLM2_360M))
+        # 1.4 GB of fixed-seed weights: built once beside the workload dirs (one per precision) that share it
+        model_dir = workdir.parent / workload
+        if not (model_dir / "config.json").exists():
+            random_like(model_dir, modeling.resolve_model_path("smollm2-135m-instruct"), SMOLLM2_360M)
+        model_path = str(model_dir)
     else:
         raise ValueError(f"unknown workload {workload!r}")
 
