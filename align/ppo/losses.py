@@ -61,7 +61,8 @@ def value_loss(
         V_clip = V_old + clip(V_θ − V_old, −ε_V, ε_V)
         L_V = ½ E_t[ max((V_θ − R_t)², (V_clip − R_t)²) ]
     """
-    values_clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)
+    # V_old + clip(V_θ − V_old) rounds away from V_θ by an ulp inside the range (then counted as clipped)
+    values_clipped = torch.clamp(values, old_values - cliprange_value, old_values + cliprange_value)
     vf_loss1 = (values - returns) ** 2
     vf_loss2 = (values_clipped - returns) ** 2
     return ValueLoss(

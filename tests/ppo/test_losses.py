@@ -42,6 +42,17 @@ def test_value_loss_by_hand():
     assert out.clipfrac.item() == pytest.approx(1 / 3)
 
 
+
+def test_a_value_inside_the_clip_range_is_not_counted_as_clipped():
+    # V_old + (V − V_old) is 0.0065870378 here in float32, not V: the clipped term came out an ulp
+    # larger and val/clipfrac reported clipping on a step that moved V by 0.004 (seen in a PPO run)
+    values = torch.tensor([[0.006587038282305002]], requires_grad=True)
+    old, returns = torch.tensor([[0.0021466214675456285]]), torch.tensor([[0.008380268700420856]])
+    out = value_loss(values, old, returns, torch.ones(1, 1), cliprange_value=0.2)
+    assert out.clipfrac.item() == 0.0
+    out.loss.backward()
+    assert values.grad.item() == pytest.approx(values.item() - returns.item())  # d/dV ½(V − R)²
+
 def test_entropy_and_logprobs():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, -10.0, -10.0, -10.0]]])
     assert entropy_from_logits(logits)[0].tolist() == pytest.approx([math.log(4), 0.0], abs=1e-6)
