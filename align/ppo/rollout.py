@@ -53,6 +53,17 @@ def truncate_at_eos(responses: torch.Tensor, eos_ids: list[int], pad_id: int) ->
     return torch.where(mask, responses, pad_id), mask.long(), first_eos < T
 
 
+def unpadded_columns(query_lengths: torch.Tensor, response_lengths: torch.Tensor, rows: torch.Tensor,
+                     Q: int) -> tuple[slice, slice]:
+    """The columns that rows need of input_ids (B, Q + T) and of the response tensors (B, T): from the
+    first token of their longest prompt to the last of their longest response. The rest is padding
+    that every one of those rows has, and dropping it leaves their figures as they were: each row
+    masks its own left padding, and causal attention never reads to the right. The lengths are on
+    the CPU, so cutting costs no device sync."""
+    q, t = int(query_lengths[rows].max()), int(response_lengths[rows].max())
+    return slice(Q - q, Q + t), slice(0, t)
+
+
 @dataclass
 class Sampling:
     max_new_tokens: int

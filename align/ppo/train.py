@@ -29,7 +29,7 @@ from align.ppo.config import PPOConfig, PPOSettings
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
 from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollout, make_rollout, shared_base_scorer,
-                               text_scorer)
+                               text_scorer, unpadded_columns)
 
 # what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
 MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
@@ -228,6 +228,7 @@ class PPOTrainer:
         micro = per_process // p.grad_accum
         params = self.stack.trainable_parameters()
         shuffle = torch.Generator().manual_seed(p.seed + update)  # the same mini-batches on every process
+        lengths = (rollout.query_mask.sum(1).cpu(), rollout.response_mask.sum(1).cpu())
         logs: dict[str, list[float]] = {}
         for _ in range(p.ppo_epochs):
             order = torch.randperm(p.batch_size, generator=shuffle)
@@ -235,7 +236,7 @@ class PPOTrainer:
                 minibatch = order[mb_start:mb_start + p.mini_batch_size]
                 n_tokens = mask[minibatch].sum()
                 mine = minibatch[world.rank * per_process:(world.rank + 1) * per_process]
-                sums = sum(self._micro_step(rollout, advantages, returns, mine[k:k + micro], n_tokens)
+                sums = sum(self._micro_step(rollout, advantages, returns, mine[k:k + micro], n_tokens, lengths)
                            for k in range(0, per_process, micro))
                 # not DDP: PolicyStack runs the policy and value adapters of one shared base in turn, and
                 # peft flips requires_grad on every switch, which DDP's per-parameter hooks do not
@@ -263,16 +264,20 @@ class PPOTrainer:
         return out
 
     def _micro_step(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, i: torch.Tensor,
-                    n_tokens: torch.Tensor) -> torch.Tensor:
+                    n_tokens: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """Backward of one micro-batch's share of its mini-batch's losses; returns its share of the
-        MINIBATCH_STATS (token means times this micro-batch's share of the mini-batch's tokens)."""
+        MINIBATCH_STATS (token means times this micro-batch's share of the mini-batch's tokens).
+
+        The micro-batch runs at its own width (unpadded_columns), not the rollout's: prompts and
+        responses of real data differ in length far more than the demo's."""
         p, temperature = self.config.ppo, self.sampling.temperature
-        ids, attn, mask = rollout.input_ids[i], rollout.attention_mask[i], rollout.response_mask[i].float()
-        T = rollout.response_ids.shape[1]
+        seq, resp = unpadded_columns(*lengths, i, rollout.query_ids.shape[1])
+        ids, attn, mask = rollout.input_ids[i, seq], rollout.attention_mask[i, seq], rollout.response_mask[i, resp].float()
+        T = mask.shape[1]
         share = mask.sum() / n_tokens
         logits = self.stack.policy_logits(ids, attn, T)
-        new_logprobs = logprobs_of(logits, rollout.response_ids[i], temperature)
-        pg = policy_loss(new_logprobs, rollout.logprobs[i], advantages[i], mask, p.cliprange)
+        new_logprobs = logprobs_of(logits, rollout.response_ids[i, resp], temperature)
+        pg = policy_loss(new_logprobs, rollout.logprobs[i, resp], advantages[i, resp], mask, p.cliprange)
         with torch.no_grad():
             entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask)
         del logits  # (micro, T, V) need not outlive the backward
@@ -283,7 +288,7 @@ class PPOTrainer:
             ptx = self._ptx_loss(len(i)) * (len(i) / p.mini_batch_size)
             (p.ptx_coef * ptx).backward()
         values = self.stack.values(ids, attn, T)
-        vf = value_loss(values, rollout.values[i], returns[i], mask, p.cliprange_value)
+        vf = value_loss(values, rollout.values[i, resp], returns[i, resp], mask, p.cliprange_value)
         (p.vf_coef * vf.loss * share).backward()
         parts = [pg.loss * share, pg.approxkl * share, pg.clipfrac * share, pg.ratio * share, entropy * share,
                  vf.loss * share, vf.clipfrac * share, ptx, ~torch.isfinite(pg.loss), ~torch.isfinite(vf.loss)]

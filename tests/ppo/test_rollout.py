@@ -1,4 +1,4 @@
-"""EOS truncation, the no-EOS penalty, and the two reward paths agreeing."""
+"""EOS truncation, the no-EOS penalty, the two reward paths agreeing, and a micro-batch's columns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import torch
 
 from align.core import modeling
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos
+from align.ppo.rollout import (Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos,
+                               unpadded_columns)
 from reward.score import RewardModel
 
 
@@ -23,6 +24,14 @@ def test_any_of_several_eos_ids_ends_a_response():
     out, mask, has_eos = truncate_at_eos(torch.tensor([[4, 9, 4], [4, 3, 4]]), [3, 9], 0)
     assert mask.tolist() == [[1, 1, 0], [1, 1, 0]] and has_eos.all()
 
+
+
+def test_a_micro_batch_keeps_the_columns_its_own_rows_need():
+    # Q = 6 prompt columns (left-padded), T = 5 response columns (right-padded)
+    query_lengths, response_lengths = torch.tensor([3, 6, 2, 4]), torch.tensor([4, 1, 2, 5])
+    assert unpadded_columns(query_lengths, response_lengths, torch.tensor([0, 2]), 6) == (slice(3, 10), slice(0, 4))
+    assert unpadded_columns(query_lengths, response_lengths, torch.tensor([1, 3]), 6) == (slice(0, 11), slice(0, 5))
+    assert unpadded_columns(query_lengths, response_lengths, torch.tensor([2]), 6) == (slice(4, 8), slice(0, 2))
 
 def prompts_and_queries(tokenizer, n=6):
     from align.core.records import load_records

@@ -6,12 +6,15 @@ all of them against a run with the code they replaced.
     sampling under inference mode    <- under no_grad
     fused AdamW                      <- the per-tensor loop (the same update up to float rounding)
     snapshot by clone()              <- copy.deepcopy
+    micro-batches at their own width <- at the rollout's (tested on its own)
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import shutil
 
 import pytest
 import torch
@@ -122,3 +125,39 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_model_dir, tmp_path,
     for before, after in zip(plain, checkpointed):
         for key in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "policy/approxkl_avg"):
             assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-7), key
+
+
+def test_micro_batches_at_their_own_width_give_the_figures_of_the_rollouts_width(tiny_model_dir, tmp_path, monkeypatch):
+    import align.ppo.train as ppo_train
+
+    cut = {"left": 0, "right": 0}
+    real = ppo_train.unpadded_columns
+
+    def recorded(query_lengths, response_lengths, rows, Q):
+        seq, resp = real(query_lengths, response_lengths, rows, Q)
+        cut["left"] += seq.start > 0
+        cut["right"] += resp.stop < int(response_lengths.max())
+        return seq, resp
+
+    # a fifth of the vocabulary ends a response, so the random model's responses differ in length
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    generation = json.loads((model_dir / "generation_config.json").read_text())
+    generation["eos_token_id"] = list(range(100, 200))
+    (model_dir / "generation_config.json").write_text(json.dumps(generation))
+
+    def run(name):
+        out = tmp_path / name
+        ppo_train.train(toy_config(model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=2",
+                                   "ppo.learning_rate=1e-4",
+                                   "eval_every=0", "sample_every=0", "data.eval_prompts=null"))
+        return figures(out)
+
+    monkeypatch.setattr(ppo_train, "unpadded_columns", recorded)
+    own = run("own")
+    assert cut["left"] > 0 and cut["right"] > 0, cut  # both paddings were cut somewhere
+    monkeypatch.setattr(ppo_train, "unpadded_columns", lambda query_lengths, response_lengths, rows, Q: (slice(None),) * 2)
+    full = run("full")
+    assert len(own) == len(full) == 3 and own[0]["policy/approxkl_avg"] > 0
+    for a, b in zip(own, full):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
