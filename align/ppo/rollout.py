@@ -64,6 +64,14 @@ def unpadded_columns(query_lengths: torch.Tensor, response_lengths: torch.Tensor
     return slice(Q - q, Q + t), slice(0, t)
 
 
+def micro_batches(rows: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor], size: int) -> list[torch.Tensor]:
+    """A mini-batch's rows cut into micro-batches of `size`, rows of like length together, so that
+    each needs fewer columns (unpadded_columns). The mini-batch's gradient is the sum over its
+    micro-batches however they are cut; lengths (prompt, response) are on the CPU."""
+    query_lengths, response_lengths = lengths
+    return list(rows[torch.argsort((query_lengths + response_lengths)[rows], stable=True)].split(size))
+
+
 @dataclass
 class Sampling:
     max_new_tokens: int

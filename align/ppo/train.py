@@ -28,8 +28,8 @@ from align.ppo import advantages as adv
 from align.ppo.config import PPOConfig, PPOSettings
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollout, make_rollout, shared_base_scorer,
-                               text_scorer, unpadded_columns)
+from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollout, make_rollout, micro_batches,
+                               shared_base_scorer, text_scorer, unpadded_columns)
 
 # what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
 MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
@@ -236,8 +236,8 @@ class PPOTrainer:
                 minibatch = order[mb_start:mb_start + p.mini_batch_size]
                 n_tokens = mask[minibatch].sum()
                 mine = minibatch[world.rank * per_process:(world.rank + 1) * per_process]
-                sums = sum(self._micro_step(rollout, advantages, returns, mine[k:k + micro], n_tokens, lengths)
-                           for k in range(0, per_process, micro))
+                sums = sum(self._micro_step(rollout, advantages, returns, i, n_tokens, lengths)
+                           for i in micro_batches(mine, lengths, micro))
                 # not DDP: PolicyStack runs the policy and value adapters of one shared base in turn, and
                 # peft flips requires_grad on every switch, which DDP's per-parameter hooks do not
                 # follow; one all-reduce per optimiser step is what DDP with no_sync would send anyway

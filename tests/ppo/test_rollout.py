@@ -6,8 +6,8 @@ import torch
 
 from align.core import modeling
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import (Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos,
-                               unpadded_columns)
+from align.ppo.rollout import (Sampling, decode_responses, make_rollout, micro_batches, shared_base_scorer, text_scorer,
+                               truncate_at_eos, unpadded_columns)
 from reward.score import RewardModel
 
 
@@ -32,6 +32,13 @@ def test_a_micro_batch_keeps_the_columns_its_own_rows_need():
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([0, 2]), 6) == (slice(3, 10), slice(0, 4))
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([1, 3]), 6) == (slice(0, 11), slice(0, 5))
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([2]), 6) == (slice(4, 8), slice(0, 2))
+
+
+def test_micro_batches_group_rows_of_like_length():
+    lengths = torch.tensor([3, 6, 2, 4, 5, 1]), torch.tensor([4, 1, 2, 5, 5, 1])  # totals 7 7 4 9 10 2
+    cut = micro_batches(torch.tensor([0, 1, 2, 3, 4, 5]), lengths, 2)
+    assert [c.tolist() for c in cut] == [[5, 2], [0, 1], [3, 4]]
+    assert [c.tolist() for c in micro_batches(torch.tensor([4, 0, 5]), lengths, 2)] == [[5, 0], [4]]
 
 def prompts_and_queries(tokenizer, n=6):
     from align.core.records import load_records

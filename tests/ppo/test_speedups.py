@@ -6,7 +6,8 @@ all of them against a run with the code they replaced.
     sampling under inference mode    <- under no_grad
     fused AdamW                      <- the per-tensor loop (the same update up to float rounding)
     snapshot by clone()              <- copy.deepcopy
-    micro-batches at their own width <- at the rollout's (tested on its own)
+    micro-batches of like-length rows, at their own width <- in shuffled order, at the rollout's width
+                                     (tested on its own)
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_model_dir, tmp_path,
             assert after[key] == pytest.approx(before[key], rel=1e-4, abs=1e-7), key
 
 
-def test_micro_batches_at_their_own_width_give_the_figures_of_the_rollouts_width(tiny_model_dir, tmp_path, monkeypatch):
+def test_micro_batches_of_like_length_at_their_own_width_give_the_figures_of_the_rollouts_width(tiny_model_dir, tmp_path, monkeypatch):
     import align.ppo.train as ppo_train
 
     cut = {"left": 0, "right": 0}
@@ -147,8 +148,8 @@ def test_micro_batches_at_their_own_width_give_the_figures_of_the_rollouts_width
 
     def run(name):
         out = tmp_path / name
-        ppo_train.train(toy_config(model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=2",
-                                   "ppo.learning_rate=1e-4",
+        ppo_train.train(toy_config(model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=4",
+                                   "ppo.grad_accum=2", "ppo.learning_rate=1e-4",
                                    "eval_every=0", "sample_every=0", "data.eval_prompts=null"))
         return figures(out)
 
@@ -156,6 +157,7 @@ def test_micro_batches_at_their_own_width_give_the_figures_of_the_rollouts_width
     own = run("own")
     assert cut["left"] > 0 and cut["right"] > 0, cut  # both paddings were cut somewhere
     monkeypatch.setattr(ppo_train, "unpadded_columns", lambda query_lengths, response_lengths, rows, Q: (slice(None),) * 2)
+    monkeypatch.setattr(ppo_train, "micro_batches", lambda rows, lengths, size: list(rows.split(size)))
     full = run("full")
     assert len(own) == len(full) == 3 and own[0]["policy/approxkl_avg"] > 0
     for a, b in zip(own, full):
