@@ -51,6 +51,23 @@ PHASES = ["sec_per_update", "cpu_s_per_update", "generation_s", "forward_s", "sc
 CONTENDERS = ("ours", "peer", "peer_nogc")
 
 
+def our_config(paths: dict[str, Any], s: dict[str, Any], out_dir: Path | str, *extra: str) -> Any:
+    """Our trainer's PPOConfig for a workload (paths as workloads.prepare gives them) under SETTINGS s;
+    `extra` overrides come last and win."""
+    from align.core.config import load_config
+    from align.ppo.config import PPOConfig
+
+    return load_config(PPOConfig, None, [
+        f"out_dir={out_dir}", f"model.name={paths['model_path']}", "model.quantization=none",
+        f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}", "model.lora.dropout=0.0",
+        f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
+        f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
+        f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}",
+        f"ppo.ppo_epochs={s['ppo_epochs']}", f"ppo.learning_rate={s['learning_rate']}",
+        f"sampling.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false", *extra,
+    ])
+
+
 def ours_child(spec_path: str) -> None:
     """One run of our trainer; the time of an update is the time between its metrics.log calls."""
     spec = json.loads(Path(spec_path).read_text())
@@ -58,24 +75,15 @@ def ours_child(spec_path: str) -> None:
 
     torch.set_num_threads(spec["threads"])
     from align.core import rundir
-    from align.core.config import load_config
     from align.core.records import load_records
-    from align.ppo.config import PPOConfig
     from align.ppo.train import PPOTrainer
 
     s = spec["settings"]
     out_dir = Path(spec["workdir"]) / f"ours-{spec['seed']}"
-    config = load_config(PPOConfig, None, [
-        f"out_dir={out_dir}", f"model.name={spec['model_path']}", "model.quantization=none",
-        f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}", "model.lora.dropout=0.0",
-        f"reward.model={spec['reward_dir']}", "reward.no_eos_penalty=null",
-        f"data.prompts={spec['prompts']}", "data.eval_prompts=null",
-        f"ppo.updates={s['updates']}", f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}",
-        f"ppo.ppo_epochs={s['ppo_epochs']}", f"ppo.learning_rate={s['learning_rate']}", f"ppo.adam_eps={s['adam_eps']}",
-        f"ppo.kl_coef={s['kl_coef']}", "ppo.lr_scheduler=linear", f"ppo.seed={spec['seed']}",
-        f"sampling.max_new_tokens={s['max_new_tokens']}", f"sampling.temperature={s['temperature']}",
-        "tracking.wandb=false", "eval_every=0", "sample_every=0", f"save_every={s['updates']}",
-    ])
+    config = our_config(spec, s, out_dir,
+                        f"ppo.updates={s['updates']}", f"ppo.adam_eps={s['adam_eps']}", f"ppo.kl_coef={s['kl_coef']}",
+                        "ppo.lr_scheduler=linear", f"ppo.seed={spec['seed']}", f"sampling.temperature={s['temperature']}",
+                        "eval_every=0", "sample_every=0", f"save_every={s['updates']}")
     load_start = time.perf_counter()
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=True, resume=False)

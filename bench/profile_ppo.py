@@ -31,25 +31,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from align.core import rundir
-    from align.core.config import load_config
     from align.core.records import load_records
-    from align.ppo.config import PPOConfig
     from align.ppo.train import PPOTrainer
     from bench import workloads
-    from bench.ppo_vs_trl import SETTINGS
+    from bench.ppo_vs_trl import SETTINGS, our_config
 
     s = SETTINGS[args.workload]
     with tempfile.TemporaryDirectory(prefix="align-profile-") as tmp:
         paths = workloads.prepare(args.workload, Path(tmp))
-        config = load_config(PPOConfig, None, [
-            f"out_dir={tmp}/run", f"model.name={paths['model_path']}", "model.quantization=none",
-            f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}", "model.lora.dropout=0.0",
-            f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
-            f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
-            f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}",
-            f"ppo.ppo_epochs={s['ppo_epochs']}", f"ppo.learning_rate={s['learning_rate']}",
-            f"sampling.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false",
-        ])
+        config = our_config(paths, s, f"{tmp}/run")
         out = rundir.StageDir(config.out_dir)
         out.prepare(overwrite=True, resume=False)
         trainer = PPOTrainer(config, out)
