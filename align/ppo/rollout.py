@@ -59,9 +59,12 @@ def unpadded_columns(query_lengths: torch.Tensor, response_lengths: torch.Tensor
     first token of their longest prompt to the last of their longest response. The rest is padding
     that every one of those rows has, and dropping it leaves their figures as they were: each row
     masks its own left padding, and causal attention never reads to the right. The lengths are on
-    the CPU, so cutting costs no device sync."""
-    q, t = int(query_lengths[rows].max()), int(response_lengths[rows].max())
-    return slice(Q - q, Q + t), slice(0, t)
+    the CPU, so cutting costs no device sync.
+
+    At least one prompt column stays: the first response token is predicted from the last prompt
+    column, a pad where every prompt is empty (a template-less prompt of "")."""
+    q, t = max(int(query_lengths[rows].max()), 1), int(response_lengths[rows].max())
+    return slice(max(Q - q, 0), Q + t), slice(0, t)
 
 
 def micro_batches(rows: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor], size: int) -> list[torch.Tensor]:

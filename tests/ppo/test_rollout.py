@@ -32,6 +32,8 @@ def test_a_micro_batch_keeps_the_columns_its_own_rows_need():
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([0, 2]), 6) == (slice(3, 10), slice(0, 4))
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([1, 3]), 6) == (slice(0, 11), slice(0, 5))
     assert unpadded_columns(query_lengths, response_lengths, torch.tensor([2]), 6) == (slice(4, 8), slice(0, 2))
+    # empty prompts: their last (pad) column still predicts the first response token
+    assert unpadded_columns(torch.tensor([0, 0, 2]), response_lengths, torch.tensor([0, 1]), 6) == (slice(5, 10), slice(0, 4))
 
 
 def test_micro_batches_group_rows_of_like_length():
