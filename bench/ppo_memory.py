@@ -1,10 +1,11 @@
 """Peak memory of PPO: four separate models against our one shared base with adapters (issue #5).
 
-    .venv/bin/python -m bench.ppo_memory [--updates 2] [--workload smollm2_360m_shape] [--variants none:plain,nf4:gc]
+    .venv/bin/python -m bench.ppo_memory [--updates 2] [--workload smollm2_360m_shape|llama_1b_shape] [--variants none:plain,nf4:gc]
     MALLOC_MMAP_THRESHOLD_=131072 .venv/bin/python -m bench.ppo_memory --variants none:plain   # live memory
 
-SmolLM2-135M (or, with --workload, SmolLM2-360M's shape with random weights), full precision (fp32) and 4-bit (NF4, double quantisation) with the training
-activations kept for backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
+SmolLM2-135M (or, with --workload, SmolLM2-360M's or Llama-3.2-1B's shape with random weights), full
+precision (fp32) and 4-bit (NF4, double quantisation) with the training activations kept for
+backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
 to every trainable model of both layouts). Each run is a process of its own, two at a time (one per
 core: a peak RSS is the child's own, whatever runs beside it), and makes the same PPO updates of our
 trainer (align.ppo.train.PPOTrainer.step) on the ppo_vs_trl workload; within a variant only the
@@ -21,6 +22,9 @@ Figures per layout: the process's peak RSS (wait4); `ppo_mb`, that peak above th
 after its imports, before any model loaded (PPO's own memory, Python and the libraries left out);
 `models_mb`, the size after the first rollout above the same mark (every model has run once, so
 all weights are resident: safetensors are mapped in lazily), before any activation of training.
+RSS counts each of four fp32 copies, as a GPU would hold them, though on the CPU the copies are
+mappings of one checkpoint file and share their pages (PSS counts those once); 4-bit copies are
+each quantised into memory of their own.
 With glibc's MALLOC_MMAP_THRESHOLD_ set, every buffer above it is unmapped when freed, so the peak
 is what PPO holds live (as a GPU's allocator counts it) rather than the freed pages the C heap
 keeps; the results file is then named after the threshold. Not for training: 28% slower on SmolLM2.
@@ -201,8 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--updates", type=int, default=1)
-    parser.add_argument("--workload", default="smollm2", choices=["smollm2", "smollm2_360m_shape"],
-                        help="smollm2_360m_shape: SmolLM2-360M's shape with random weights (not in make bench)")
+    parser.add_argument("--workload", default="smollm2", choices=["smollm2", "smollm2_360m_shape", "llama_1b_shape"],
+                        help="SmolLM2-360M's or Llama-3.2-1B's shape with random weights (not in make bench)")
     parser.add_argument("--variants", default=",".join(f"{q}:{c}" for q, c in VARIANTS),
                         help="precision:activations pairs, e.g. none:plain,nf4:gc")
     args = parser.parse_args()

@@ -7,6 +7,9 @@ so our trainer and the peer (in its own venv) read the very same weights and tok
     smollm2_360m_shape
               SmolLM2-360M's shape (hidden 960, 32 layers), random weights, SmolLM2's tokenizer: a base
               whose copies weigh more against the activations (ppo_memory --workload; not in make bench)
+    llama_1b_shape
+              Llama-3.2-1B's shape (hidden 2048, 16 layers, GQA 32/8 heads), random weights, SmolLM2's
+              tokenizer (ppo_memory --workload; not in make bench)
 
 The reward model is the base with a scalar head drawn from a fixed seed: for the peer a
 sequence-classification model (its value model starts as a copy of it, as TRL's PPO example
@@ -28,6 +31,10 @@ REWARD_SEED = 1234
 # SmolLM2-360M's config.json, where it differs from SmolLM2-135M's
 SMOLLM2_360M = {"hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32, "num_attention_heads": 15,
                 "num_key_value_heads": 5}
+# Llama-3.2-1B's shape (its config.json), with SmolLM2's tokenizer and tied embeddings: 1.07 B parameters
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 64}
+SHAPES = {"smollm2_360m_shape": SMOLLM2_360M, "llama_1b_shape": LLAMA_1B}
 
 
 def random_like(out: Path, source: str, shape: dict[str, int]) -> Path:
@@ -63,11 +70,12 @@ def prepare(workload: str, workdir: Path, n_prompts: int = 8, quantization: str 
         model_path = str(build_tiny_llama(workdir / "tiny-llama", demo_texts()))
     elif workload == "smollm2":
         model_path = modeling.resolve_model_path("smollm2-135m-instruct")
-    elif workload == "smollm2_360m_shape":
-        # 1.4 GB of fixed-seed weights: built once beside the workload dirs (one per precision) that share it
+    elif workload in SHAPES:
+        # 1.4 GB (360M) or 4.3 GB (1B) of fixed-seed weights: built once beside the workload dirs (one per
+        # precision) that share it
         model_dir = workdir.parent / workload
         if not (model_dir / "config.json").exists():
-            random_like(model_dir, modeling.resolve_model_path("smollm2-135m-instruct"), SMOLLM2_360M)
+            random_like(model_dir, modeling.resolve_model_path("smollm2-135m-instruct"), SHAPES[workload])
         model_path = str(model_dir)
     else:
         raise ValueError(f"unknown workload {workload!r}")
