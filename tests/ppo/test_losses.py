@@ -42,7 +42,6 @@ def test_value_loss_by_hand():
     assert out.clipfrac.item() == pytest.approx(1 / 3)
 
 
-
 def test_a_value_inside_the_clip_range_is_not_counted_as_clipped():
     # V_old + (V − V_old) is 0.0065870378 here in float32, not V: the clipped term came out an ulp
     # larger and val/clipfrac reported clipping on a step that moved V by 0.004 (seen in a PPO run)
@@ -52,6 +51,7 @@ def test_a_value_inside_the_clip_range_is_not_counted_as_clipped():
     assert out.clipfrac.item() == 0.0
     out.loss.backward()
     assert values.grad.item() == pytest.approx(values.item() - returns.item())  # d/dV ½(V − R)²
+
 
 def test_entropy_and_logprobs():
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [10.0, -10.0, -10.0, -10.0]]])

@@ -25,7 +25,6 @@ def test_any_of_several_eos_ids_ends_a_response():
     assert mask.tolist() == [[1, 1, 0], [1, 1, 0]] and has_eos.all()
 
 
-
 def test_a_micro_batch_keeps_the_columns_its_own_rows_need():
     # Q = 6 prompt columns (left-padded), T = 5 response columns (right-padded)
     query_lengths, response_lengths = torch.tensor([3, 6, 2, 4]), torch.tensor([4, 1, 2, 5])
@@ -41,6 +40,7 @@ def test_micro_batches_group_rows_of_like_length():
     cut = micro_batches(torch.tensor([0, 1, 2, 3, 4, 5]), lengths, 2)
     assert [c.tolist() for c in cut] == [[5, 2], [0, 1], [3, 4]]
     assert [c.tolist() for c in micro_batches(torch.tensor([4, 0, 5]), lengths, 2)] == [[5, 0], [4]]
+
 
 def prompts_and_queries(tokenizer, n=6):
     from align.core.records import load_records
