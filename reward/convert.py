@@ -144,7 +144,10 @@ def oasst_groups(root: dict[str, Any], where: str, report: Report, langs: set[st
                 report.skipped["assistant reply without a rank"] += len(unranked)
             if len(ranked) >= 2:
                 ranks = [_rank(r["rank"]) for r in ranked]
-                if len(set(ranks)) >= 2:
+                if len({r["text"].strip() for r in ranked}) < len(ranked):
+                    # a ranking with two equal completions is refused when read (records.parse_ranking)
+                    report.skip(f"{where} message {mid}", "two ranked replies with the same text")
+                elif len(set(ranks)) >= 2:
                     order = sorted(set(ranks))
                     dense = [order.index(r) for r in ranks]
                     yield {"prompt": conversation, "completions": [r["text"] for r in ranked], "ranks": dense}

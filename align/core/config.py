@@ -8,6 +8,7 @@ the key and where it came from, never a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -46,7 +47,9 @@ def read_yaml_mapping(path: Path, lines: dict[str, str] | None = None) -> dict[s
         raise ConfigError(f"{path}: config file not found")
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKey as e:
+        raise ConfigError(f"{path}:{e.line}: duplicate key {e.key!r} (first at line {e.first})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid YAML: not UTF-8 (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except yaml.YAMLError as e:
@@ -63,6 +66,40 @@ def read_yaml_mapping(path: Path, lines: dict[str, str] | None = None) -> dict[s
     if lines is not None:
         _key_lines(yaml.compose(text), "", str(path), lines)
     return data
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A key given twice in one mapping; lines count from 1."""
+
+    def __init__(self, key: Any, line: int, first: int):
+        self.key, self.line, self.first = key, line, first
+        super().__init__(f"line {line}: duplicate key {key!r} (first at line {first})")
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key repeated in one mapping: PyYAML keeps the last
+    silently, so a second `training:` block would drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # `<<: *base` merges a mapping whose keys this one may override; a list as key is not hashable
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first:
+                raise DuplicateKey(key, line, first[key])
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, refusing repeated keys (ConfigLoader is a SafeLoader: no Python objects)."""
+    loader = ConfigLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _key_lines(node: Any, prefix: str, path: str, out: dict[str, str]) -> None:
@@ -86,7 +123,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set training.learning_rate=1e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKey as e:
+        raise ConfigError(f"--set {item!r}: duplicate key {e.key!r}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -205,15 +244,20 @@ def _coerce_at(tp: Any, value: Any, source: str, where: str, name: str, lines: d
             return int(value)
         raise ConfigError(f"{where}: {name}: expected an integer, got {_show(value)}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads `1e-4` (no dot) as a string
+        number = None
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
+                number = float(value)  # a string too: YAML 1.1 reads `1e-4` (no dot) as one
             except ValueError:
                 pass
-        raise ConfigError(f"{where}: {name}: expected a number, got {_show(value)}")
+            except OverflowError:  # an integer beyond any float
+                number = math.inf
+        if number is None:
+            raise ConfigError(f"{where}: {name}: expected a number, got {_show(value)}")
+        if not math.isfinite(number):
+            # `.inf`, `.nan`, `--set x=inf`: every `check(x > 0)` lets inf through, and training turns it into NaN weights
+            raise ConfigError(f"{where}: {name}: must be a finite number, got {number}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

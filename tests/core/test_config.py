@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from align.core.config import dump_yaml, load_config
+from align.core.config import dump_yaml, load_config, read_yaml_mapping
 from align.core.errors import ConfigError
 from sft.config import DataSource, SFTConfig
 
@@ -68,3 +68,67 @@ def test_dumped_config_loads_back_to_the_same_config(tmp_path):
     path.write_text(dump_yaml(config))
     assert load_config(SFTConfig, path) == config
     assert yaml.safe_load(path.read_text())["model"]["lora"]["r"] == 8
+
+
+def test_a_repeated_key_is_an_error_naming_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    # safe_load would keep the second `training:` and drop batch_size without a word
+    path.write_text("training:\n  batch_size: 4\nmodel:\n  lora: {r: 8}\ntraining:\n  learning_rate: 1.0e-4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path)
+    assert str(err.value) == f"{path}:5: duplicate key 'training' (first at line 1)"
+    path.write_text("model:\n  lora:\n    r: 4\n    alpha: 8\n    r: 16\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path)
+    assert str(err.value) == f"{path}:5: duplicate key 'r' (first at line 3)"
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, None, ["model.lora={r: 4, r: 8}"])
+    assert str(err.value) == "--set 'model.lora={r: 4, r: 8}': duplicate key 'r'"
+
+
+def test_a_merge_key_may_still_be_overridden(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &base {k: 1, j: 2}\nother:\n  <<: *base\n  k: 3\n")
+    assert read_yaml_mapping(path) == {"base": {"k": 1, "j": 2}, "other": {"k": 3, "j": 2}}
+
+
+@pytest.mark.parametrize(
+    ("content", "overrides", "message"),
+    [
+        ("training:\n  learning_rate: .inf\n", [], "c.yaml:2: training.learning_rate: must be a finite number, got inf"),
+        ("training:\n  batch_size: 4\n  max_grad_norm: .nan\n", [],
+         "c.yaml:3: training.max_grad_norm: must be a finite number, got nan"),
+        ("training:\n  weight_decay: -.inf\n", [], "c.yaml:2: training.weight_decay: must be a finite number, got -inf"),
+        ("training:\n  batch_size: 4\n", ["training.learning_rate=inf"],
+         "c.yaml + --set: training.learning_rate: must be a finite number, got inf"),
+        ("training:\n  epochs: 1e400\n", [], "c.yaml:2: training.epochs: must be a finite number, got inf"),
+        ("data:\n  train:\n    - {path: a.jsonl, weight: .inf}\n", [],
+         "c.yaml:3: data.train[0].weight: must be a finite number, got inf"),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path, content, overrides, message):
+    # `check(learning_rate > 0)` lets inf through, and training turns it into NaN weights
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path, overrides)
+    assert str(err.value) == message.replace("c.yaml", str(path))
+
+
+def test_an_optional_number_refuses_nan_and_keeps_null(tmp_path):
+    from align.ppo.config import PPOConfig
+
+    with pytest.raises(ConfigError) as err:
+        load_config(PPOConfig, None, ["reward.no_eos_penalty=nan"])
+    assert str(err.value) == "defaults + --set: reward.no_eos_penalty: must be a finite number, got nan"
+    assert load_config(PPOConfig, None, ["reward.no_eos_penalty=null"]).reward.no_eos_penalty is None
+
+
+def test_a_byte_order_mark_in_a_config_is_dropped(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbftraining:\n  batch_size: 4\n")
+    assert load_config(SFTConfig, path).training.batch_size == 4
+    path.write_bytes(b"\xef\xbb\xbftraining:\n  batch_size: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(SFTConfig, path)
+    assert str(err.value) == f"{path}:2: training.batch_size: must be > 0, got 0"

@@ -123,6 +123,8 @@ def test_preferences_rankings_prompts(write_jsonl):
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0]}, "has 1 entries for 2 completions"),
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [0, -1]}, r'"ranks\[1\]"'),
         ("rankings", {"prompt": "Q", "completions": ["a", "b"], "ranks": [1, 1]}, "all completions tie"),
+        ("rankings", {"prompt": "Q", "completions": ["a", "b", " a"], "ranks": [0, 1, 2]},
+         r'field "completions\[2\]": identical to completions\[0\]: no preference to learn$'),
         ("prompts", {"reference": "x"}, "no known shape"),
         ("rankings", {"message_tree_id": "t1", "prompt": {"text": "hi"}}, "OpenAssistant export; convert the file first"),
     ],
@@ -132,3 +134,63 @@ def test_bad_preference_ranking_prompt_records(write_jsonl, kind, row, message):
     _, problems = parse_rows(rows, kind)
     assert len(problems) == 1 and "x.jsonl:1:" in problems[0]
     assert __import__("re").search(message, problems[0])
+
+
+def test_a_record_over_the_size_limit_is_a_problem_and_the_rest_are_read(write_jsonl):
+    # 8.5 MB of prompt on line 2: refused by its byte length, before json.loads sees it
+    big = '{"prompt": "%s"}' % ("x" * (8_500_000 - len('{"prompt": ""}\n')))
+    path = write_jsonl("big.jsonl", [PROMPT_COMPLETION, big, {"prompt": ""}, PROMPT_COMPLETION])
+    rows, problems = read_rows(path)
+    assert problems == [f"{path}:2: record is 8.5 MB, over the 8 MB limit per record (ALIGN_MAX_RECORD_MB)"]
+    assert [row.source for row in rows] == [f"{path}:1", f"{path}:3", f"{path}:4"]
+    with pytest.raises(DataError) as err:
+        load_records(path, "instructions")
+    assert str(err.value).splitlines()[-1] == "2 bad of 4 records"
+
+
+def test_the_size_limit_holds_for_every_format_and_comes_from_the_environment(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setenv("ALIGN_MAX_RECORD_MB", "0.1")
+    big = {"prompt": "x" * 300_000, "completion": "y"}
+    (tmp_path / "a.json").write_text(json.dumps([PROMPT_COMPLETION, big, PROMPT_COMPLETION]))
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(f"{json.dumps(PROMPT_COMPLETION)}\n{json.dumps(big)}\n".encode()))
+    (tmp_path / "a.csv").write_text(f"prompt,completion\nq,a\n{big['prompt']},y\n")
+    datasets.Dataset.from_list([PROMPT_COMPLETION, big]).to_parquet(str(tmp_path / "a.parquet"))
+    datasets.Dataset.from_list([PROMPT_COMPLETION, big]).save_to_disk(str(tmp_path / "ds"))
+    limit = "record is 0.3 MB, over the 0.1 MB limit per record (ALIGN_MAX_RECORD_MB)"
+    expected = {
+        "a.json": (2, f"{tmp_path / 'a.json'}: item 1: {limit}"),
+        "a.jsonl.gz": (1, f"{tmp_path / 'a.jsonl.gz'}:2: {limit}"),
+        "a.csv": (1, f"{tmp_path / 'a.csv'}:3: {limit}"),
+        "a.parquet": (1, f"{tmp_path / 'a.parquet'}: row 2: {limit}"),
+        "ds": (1, f"{tmp_path / 'ds'}: row 2: {limit}"),
+    }
+    for name, (n_rows, problem) in expected.items():
+        rows, problems = read_rows(tmp_path / name)
+        assert (len(rows), problems) == (n_rows, [problem]), name
+    monkeypatch.setenv("ALIGN_MAX_RECORD_MB", "lots")
+    with pytest.raises(DataError) as err:
+        read_rows(tmp_path / "a.json")
+    assert str(err.value) == "ALIGN_MAX_RECORD_MB='lots': expected a number of megabytes > 0"
+
+
+def test_a_byte_order_mark_is_dropped_in_every_format(tmp_path):
+    bom, line = b"\xef\xbb\xbf", json.dumps(ALPACA).encode()
+    files = {
+        "a.jsonl": bom + line + b"\n" + line + b"\n",
+        "a.jsonl.gz": gzip.compress(bom + line + b"\n" + line + b"\n"),
+        "a.json": bom + b"[" + line + b", " + line + b"]",  # a JSON array
+        "b.json": bom + line + b"\n" + line + b"\n",  # JSON Lines under a .json name
+        "a.json.gz": gzip.compress(bom + b"[" + line + b", " + line + b"]"),
+        "a.csv": bom + b'instruction,input,output\n"Add.","1, 2","3"\n"Add.","2, 3","5"\n',
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    counts = {name: len(load_records(tmp_path / name, "instructions")) for name in files}
+    assert counts == dict.fromkeys(files, 2)
+    # a bad byte after the mark is named where it is, not three bytes off
+    (tmp_path / "bad.csv").write_bytes(bom + b"instruction,output\n\xff,x\n")
+    with pytest.raises(DataError) as err:
+        read_rows(tmp_path / "bad.csv")
+    assert str(err.value) == f"{tmp_path / 'bad.csv'}:2: not UTF-8 (byte 0xff)"

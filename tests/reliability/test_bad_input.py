@@ -138,6 +138,8 @@ FILE_FAULTS: dict[str, tuple[str, Callable[[dict], bytes | None], list[str]]] = 
                             ["d.jsonl:2: malformed JSON"]),
     "deeply nested line": ("d.jsonl", lambda good: jsonl(good, b"[" * 200_000), ["d.jsonl:2", "nested too deeply"]),
     "huge keys": ("d.jsonl", lambda good: jsonl(good, {"k" * 1_000_000: 1}), ["d.jsonl:2: "]),
+    "record over the size limit": ("d.jsonl", lambda good: jsonl(good, {"prompt": "x" * 8_999_986}),
+                                   ["d.jsonl:2: record is 9.0 MB, over the 8 MB limit per record (ALIGN_MAX_RECORD_MB)"]),
     "csv unbalanced quote": ("d.csv", lambda good: b'prompt,response\n"q,a\nb,c\n', ["d.csv:2: malformed CSV"]),
     "garbage parquet": ("d.parquet", lambda good: b"PAR1 not really", ["d.parquet: not a readable parquet file"]),
     "unknown extension": ("d.txt", lambda good: jsonl(good), ["d.txt: unknown file type"]),
@@ -149,7 +151,7 @@ FILE_FAULTS: dict[str, tuple[str, Callable[[dict], bytes | None], list[str]]] = 
 # the converters skip bad records and list them (tested below); for them a file some of whose
 # lines are fine still converts, so they meet only the faults that leave nothing to convert
 PARTLY_GOOD = {"malformed JSON line", "not an object", "non-UTF-8 line", "huge malformed line", "deeply nested line",
-               "huge keys"}
+               "huge keys", "record over the size limit"}
 
 
 def make_file(tmp: Path, name: str, content) -> Path:
@@ -237,6 +239,8 @@ RECORD_FAULTS: dict[str, list[tuple[str, object, str]]] = {
         ("rank a bool", {"prompt": "q", "completions": ["a", "b"], "ranks": [True, 0]}, 'field "ranks[0]": expected an integer'),
         ("ranks not a list", {"prompt": "q", "completions": ["a", "b"], "ranks": "01"}, 'field "ranks": missing or not a list'),
         ("all tie", {"prompt": "q", "completions": ["a", "b"], "ranks": [0, 0]}, 'field "ranks": all completions tie'),
+        ("duplicate completion", {"prompt": "q", "completions": ["a", "b", "a"], "ranks": [0, 1, 2]},
+         'field "completions[2]": identical to completions[0]: no preference to learn'),
         ("prompt empty list", {"prompt": [], "completions": ["a", "b"], "ranks": [0, 1]}, 'field "prompt": expected a non-empty list'),
         ("huge role", {"prompt": [{"role": "r" * 1_000_000, "content": "q"}], "completions": ["a", "b"], "ranks": [0, 1]},
          'field "prompt[0].role": expected one of system, user, assistant'),
@@ -364,7 +368,10 @@ def config_faults(stage: str) -> list[tuple[str, bytes | None, list[str]]]:
         ("batch size a float", f"{section}:\n  {b}: 2.5\n".encode(), [f"c.yaml:2: {batch}: expected an integer"]),
         ("learning rate negative", f"{section}:\n  {l}: -1.0e-4\n".encode(), [f"c.yaml:2: {lr}: must be > 0"]),
         ("learning rate 0", f"{section}:\n  {l}: 0\n".encode(), [f"c.yaml:2: {lr}: must be > 0"]),
-        ("learning rate NaN", f"{section}:\n  {l}: .nan\n".encode(), [f"c.yaml:2: {lr}: must be > 0"]),
+        ("learning rate NaN", f"{section}:\n  {l}: .nan\n".encode(), [f"c.yaml:2: {lr}: must be a finite number, got nan"]),
+        ("learning rate inf", f"{section}:\n  {l}: .inf\n".encode(), [f"c.yaml:2: {lr}: must be a finite number, got inf"]),
+        ("section twice", f"{section}:\n  {b}: 4\nout_dir: x\n{section}:\n  {l}: 1.0e-4\n".encode(),
+         [f"c.yaml:4: duplicate key '{section}' (first at line 1)"]),
         ("section a number", f"{section}: 5\n".encode(), [f"c.yaml:1: {section}: expected a mapping of settings"]),
         ("lora rank 0", b"model:\n  lora:\n    r: 0\n", ["c.yaml:3: model.lora.r: must be >= 1"]),
         ("bad choice", b"model:\n  quantization: int3\n", ["c.yaml:2: model.quantization: 'int3' is not one of"]),
@@ -397,6 +404,8 @@ OVERRIDE_FAULTS = [
     ("unknown key", "training.lr=1", "unknown key 'training.lr'"),
     ("negative batch", "training.batch_size=-1", "defaults + --set: training.batch_size: must be > 0, got -1"),
     ("zero length", "training.max_length=0", "training.max_length: must be > 0"),
+    ("infinite learning rate", "training.learning_rate=inf",
+     "defaults + --set: training.learning_rate: must be a finite number, got inf"),
     ("empty data path", "data.train=", "no data file given"),
 ]
 

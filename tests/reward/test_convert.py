@@ -111,3 +111,20 @@ def test_oasst_tree_skipped_whole_counts_none_of_its_pairs(tmp_path):
     report = convert("oasst", [str(path)], str(tmp_path / "r.jsonl"))
     assert report.written == 1 and report.pairs == 1
     assert [g["completions"] for g in lines(tmp_path / "r.jsonl")] == [["C", "D"]]
+
+
+def test_oasst_ranking_with_two_equal_replies_is_skipped_and_listed(tmp_path):
+    def message(mid, role, text, rank=None, replies=()):
+        return {"message_id": mid, "role": role, "text": text, "lang": "en", "rank": rank, "deleted": False,
+                "replies": list(replies)}
+
+    twins = message("p1", "prompter", "Q1", replies=[message("a1", "assistant", "Same.", 0),
+                                                      message("a2", "assistant", "Same. ", 1)])
+    good = message("p3", "prompter", "Q2", replies=[message("a3", "assistant", "C", 0), message("a4", "assistant", "D", 1)])
+    path = tmp_path / "trees.jsonl"
+    path.write_text("".join(json.dumps({"message_tree_id": root["message_id"], "prompt": root}) + "\n"
+                            for root in (twins, good)))
+    report = convert("oasst", [str(path)], str(tmp_path / "r.jsonl"))
+    assert report.written == 1 and report.pairs == 1
+    assert report.problems == [f"{path}:1 message p1: two ranked replies with the same text"]
+    assert len(load_records(tmp_path / "r.jsonl", "rankings")) == 1  # what it writes, our validator reads
