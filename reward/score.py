@@ -64,10 +64,18 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def weights_dir(path: str | Path) -> Path:
-    """Accept a reward stage directory or the weights directory inside it."""
+    """Accept a reward stage directory or the weights directory inside it, checked: its base record and
+    normaliser read (the small files first, so a damaged one is named), and safetensors weights there;
+    peft and transformers would fall back to a pickled .bin, which runs code when loaded."""
     path = Path(path)
+    safetensors = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", HEAD_FILE)
     for candidate in (path, path / rundir.ADAPTER, path / rundir.MODEL):
         if (candidate / modeling.BASE_FILE).exists():
+            modeling.recorded_base(candidate)
+            read_normaliser(candidate / NORMALISER)
+            if not any((candidate / name).is_file() for name in safetensors):
+                raise AlignError(f"{candidate}: no safetensors weights; align loads weights only from safetensors "
+                                 f"(a pickled .bin is refused)")
             return candidate
     raise AlignError(f"{path}: not a reward model (no {modeling.BASE_FILE} in it or in its adapter/ or model/)")
 

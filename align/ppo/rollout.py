@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import torch
 
+from align.core.callables import RewardFunctionError, reward_value
 from align.core.distributed import World
 from align.ppo.losses import logprobs_of
 from align.ppo.models import REF, PolicyStack
@@ -170,12 +171,17 @@ def shared_base_scorer(stack: PolicyStack) -> Scorer:
     return lambda rollout, prompts: stack.rewards(rollout.input_ids, rollout.attention_mask, rollout.last_index)
 
 
-def function_scorer(fn: Callable[[str, str], float], tokenizer: Any) -> Scorer:
-    """A rule-based reward: fn(prompt text, response text) per sample."""
+def function_scorer(fn: Callable[[str, str], float], tokenizer: Any, spec: str) -> Scorer:
+    """A rule-based reward: fn(prompt text, response text) per sample; `spec` (module:function) names
+    it when it fails."""
 
     def score(rollout: Rollout, prompts: list) -> torch.Tensor:
         texts = decode_responses(rollout, tokenizer)
-        return torch.tensor([float(fn(p[-1]["content"], t)) for p, t in zip(prompts, texts)])
+        try:
+            return torch.tensor([reward_value(fn, spec, p[-1]["content"], t) for p, t in zip(prompts, texts)])
+        except RewardFunctionError as e:
+            raise RewardFunctionError(f"{e}. Once the function is fixed, --resume continues the run from its newest "
+                                      f"checkpoint (with none saved yet, the same command starts it again)") from None
 
     return score
 
