@@ -6,6 +6,7 @@ Errors caused by input (AlignError) print one message and exit 2, with no traceb
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,10 +28,28 @@ class AlignGroup(click.Group):
         except Terminated as e:  # status.json already says failed; exit as the signal would have
             click.echo(f"error: {e}", err=True)
             ctx.exit(128 + e.signum)
+        except OSError as e:
+            if e.errno not in USER_OS_ERRORS:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}{USER_OS_ERRORS[e.errno]}", err=True)
+            ctx.exit(2)
+
+
+# errors of the machine the user can act on, not bugs: one line each, no traceback
+USER_OS_ERRORS = {
+    errno.ENOSPC: " (free space there, then --resume continues from the newest checkpoint)",
+    errno.EDQUOT: " (the disk quota is full; free space, then --resume continues from the newest checkpoint)",
+    errno.EROFS: " (a read-only file system: write elsewhere with --out)",
+    errno.EACCES: " (no permission: write elsewhere with --out)",
+    errno.EPERM: " (not permitted: write elsewhere with --out)",
+}
 
 
 def stage_options(fn):
     """--config, --set, --out, --overwrite, --resume: the same for every training stage."""
+    fn = click.option("--allow-changes", is_flag=True,
+                      help="With --resume: take settings that differ from the checkpoint's (recorded), instead of refusing.")(fn)
     fn = click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the output dir.")(fn)
     fn = click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in the output dir.")(fn)
     fn = click.option("--out", "out_dir", type=click.Path(), help="Output directory (overrides out_dir).")(fn)
@@ -52,7 +71,8 @@ def load_stage_config(cls, config_path, overrides, out_dir):
 def run_stage(cls, train, options: dict, keys: tuple[str, ...], label: str) -> None:
     """The body of every training command: config, train, headline figures, where the results are."""
     config = load_stage_config(cls, options["config_path"], options["overrides"], options["out_dir"])
-    figures = train(config, overwrite=options["overwrite"], resume=options["resume"])
+    figures = train(config, overwrite=options["overwrite"], resume=options["resume"],
+                    allow_changes=options["allow_changes"])
     click.echo(json.dumps({k: figures.get(k) for k in keys}))
     click.echo(f"{label} done: {config.out_dir}")
 
@@ -166,7 +186,8 @@ def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
     if models:
         overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged
     config = load_stage_config(EvalConfig, options["config_path"], overrides, options["out_dir"])
-    metrics = evaluate(config, overwrite=options["overwrite"], resume=options["resume"])
+    metrics = evaluate(config, overwrite=options["overwrite"], resume=options["resume"],
+                       allow_changes=options["allow_changes"])
     click.echo(summary_table(metrics))
     click.echo(f"report: {Path(config.out_dir) / 'report.html'}")
 
@@ -234,12 +255,16 @@ def convert_cmd(inputs, source, out_path, lang, show_skipped):
               help="Override a pipeline setting (--set model=...) or a stage's (--set ppo.ppo.updates=50).")
 @click.option("--from-stage", type=click.Choice(["sft", "reward", "ppo", "dpo", "grpo", "rloo", "eval"]),
               help="Rerun this stage and every later one, even if finished.")
-def run(config_path, name, overrides, from_stage):
+@click.option("--allow-changes", is_flag=True,
+              help="Let a stage resumed from its checkpoint take changed settings (recorded in the manifest).")
+def run(config_path, name, overrides, from_stage, allow_changes):
     """The whole pipeline: finished stages are skipped, a killed stage resumes from its checkpoint."""
-    from align.pipeline import Pipeline, load_config
+    from align.pipeline import Pipeline, check_run_name, load_config
 
-    config = load_config(config_path, [*overrides, *([f"name={name}"] if name else [])])
-    echo_results(Pipeline(config, echo=click.echo).run(from_stage=from_stage))
+    if name is not None:
+        check_run_name(name)  # before the config: `--name ""` must not fall back to the config's name
+    config = load_config(config_path, [*overrides, *([f"name={name}"] if name is not None else [])])
+    echo_results(Pipeline(config, echo=click.echo).run(from_stage=from_stage, allow_changes=allow_changes))
 
 
 @cli.command()

@@ -10,14 +10,15 @@ resumes from its newest checkpoint; `from_stage` reruns from a point.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from align.core import heap, rundir, tracking
-from align.core.config import build, parse_override, read_yaml_mapping, set_dotted, to_dict
+from align.core.config import build, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.errors import AlignError, ConfigError
 from align.core.tracking import TrackingConfig
 
@@ -76,15 +77,24 @@ class PipelineConfig:
         order = [STAGES.index(s) for s in self.stages]
         if order != sorted(order):
             raise ConfigError(f"stages: {self.stages} are out of order; the order is {', '.join(STAGES)}")
-        if not self.name or "/" in self.name:
-            raise ConfigError(f"name: {self.name!r} must be a non-empty directory name")
+        check_run_name(self.name)
+
+
+def check_run_name(name: str) -> None:
+    """A run name is one plain path component: `..`, `.`, `a/b` or `` would put the run's stage
+    directories (and what --overwrite clears) outside RUNS_DIR."""
+    seps = [sep for sep in (os.sep, os.altsep, "/", "\\") if sep]
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in seps) or "\0" in name:
+        raise ConfigError(f"name: {name!r} must be a plain directory name (not empty, '.', '..', or with a path "
+                          f"separator): the run goes to RUNS_DIR/NAME")
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
     """A pipeline config from YAML, then overrides. `--set sft.training.epochs=2` reaches into a
     stage's settings (its `set`); `--set name=x`, `--set model=...`, `--set stages=[sft,eval]` are
     the pipeline's own."""
-    data = read_yaml_mapping(Path(path)) if path is not None else {}
+    lines: dict[str, str] = {}
+    data = read_yaml_mapping(Path(path), lines) if path is not None else {}
     for item in overrides:
         key, value = parse_override(item)
         stage, _, rest = key.partition(".")
@@ -93,10 +103,13 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             if not isinstance(spec, dict):
                 spec = data[stage] = {"config": spec}
             spec.setdefault("set", {})[rest] = value
+            lines.pop(f"{stage}.set.{rest}", None)  # now the command line's, not the file's
         else:
             set_dotted(data, key, value)
     source = f"{path if path is not None else 'defaults'}{' + --set' if overrides else ''}"
-    return build(PipelineConfig, data, source)
+    config = build(PipelineConfig, data, source, lines=lines)
+    config.key_lines = lines  # where each key sits (FILE:LINE), so a stage's `set:` typo names its line
+    return config
 
 
 @dataclass
@@ -132,9 +145,14 @@ class Pipeline:
         """The stage's typed config: its file, then the pipeline's wiring, then the user's overrides."""
         cls, _ = stage_entry(stage)
         spec: StageSpec = getattr(self.config, stage)
-        data = read_yaml_mapping(Path(spec.config)) if spec.config else {}
+        lines: dict[str, str] = {}
+        data = read_yaml_mapping(Path(spec.config), lines) if spec.config else {}
         for key, value in self.wiring(stage).items():
             set_dotted(data, key, value)
+        # a key the pipeline file sets is blamed on its line there, not on the stage's file
+        prefix = f"{stage}.set."
+        lines.update({k[len(prefix):]: v for k, v in getattr(self.config, "key_lines", {}).items()
+                      if k.startswith(prefix)})
         for key, value in spec.set.items():
             set_dotted(data, key, value)
         # always the pipeline's, whatever a stage file or override said: the manifest points here
@@ -143,7 +161,7 @@ class Pipeline:
             wandb=self.config.tracking.wandb, project=self.config.tracking.project, group=self.config.name,
             run_name=f"{self.config.name}-{stage}",
         )
-        return build(cls, data, f"{spec.config or 'defaults'} (pipeline stage {stage!r})")
+        return build(cls, data, f"{spec.config or 'defaults'} (pipeline stage {stage!r})", lines=lines)
 
     def wiring(self, stage: str) -> dict[str, Any]:
         """How the stages feed each other: the SFT adapter starts the reward model and the policy,
@@ -171,27 +189,51 @@ class Pipeline:
             wired["reward.function"] = None
         return wired
 
-    def run(self, *, from_stage: str | None = None) -> PipelineResult:
-        """Run what is not done yet (everything from `from_stage` on, when given)."""
+    def run(self, *, from_stage: str | None = None, allow_changes: bool = False) -> PipelineResult:
+        """Run what is not done yet (everything from `from_stage` on, when given). `allow_changes` lets
+        a stage resumed from its checkpoint take changed settings (recorded in the manifest)."""
         if from_stage is not None and from_stage not in self.config.stages:
             raise ConfigError(f"--from-stage {from_stage!r} is not one of this run's stages: {', '.join(self.config.stages)}")
         # every config is built before any stage runs: a typo in the last stage fails in seconds, not hours
         configs = {stage: self.stage_config(stage) for stage in self.config.stages}
-        manifest = self.read_manifest()
-        rerun = False
-        results: dict[str, dict[str, Any]] = {}
-        for stage in self.config.stages:
-            rerun = rerun or stage == from_stage
-            results[stage] = self.run_stage(stage, configs[stage], manifest, rerun=rerun)
-        manifest["finished"] = _now()
-        self.write_manifest(manifest)
+        with self.claimed():
+            manifest = self.read_manifest()
+            rerun = False
+            results: dict[str, dict[str, Any]] = {}
+            for stage in self.config.stages:
+                rerun = rerun or stage == from_stage
+                results[stage] = self.run_stage(stage, configs[stage], manifest, rerun=rerun,
+                                                allow_changes=allow_changes)
+            manifest["finished"] = _now()
+            self.write_manifest(manifest)
         return PipelineResult(self.root, manifest, results)
 
-    def run_stage(self, stage: str, config: Any, manifest: dict[str, Any], *, rerun: bool) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """The run directory for this run alone: align's marker in it, its lock held by the main
+        process to the end, and SIGTERM turned into an exception, so the manifest says `failed` for a
+        stop that lands between two stages as for one inside a stage."""
+        main = int(os.environ.get("RANK", "0")) == 0
+        lock = rundir.DirLock(self.root, f"align run --name {self.config.name}")
+        if main:
+            rundir.refuse_foreign(self.root)
+            lock.acquire()
+        previous = rundir.on_sigterm(rundir.raise_terminated)
+        try:
+            if main:
+                rundir.mark(self.root, "run")
+            yield
+        finally:
+            rundir.on_sigterm(previous)
+            lock.release()
+
+    def run_stage(self, stage: str, config: Any, manifest: dict[str, Any], *, rerun: bool,
+                  allow_changes: bool = False) -> dict[str, Any]:
         out = rundir.StageDir(self.stage_dir(stage))
         state = out.state()
         if state == "running":
-            raise AlignError(f"{out.path} is in use by a running process (pid {out.status().get('pid')})")
+            holder = rundir.lock_holder(out.path) or {}
+            raise AlignError(f"{out.path} is in use by a running process (pid {holder.get('pid')} on {holder.get('host')})")
         entry = manifest["stages"].setdefault(stage, {"out_dir": str(out.path)})
         if state == "done" and not rerun:
             check_same_config(out, config, stage)
@@ -200,6 +242,9 @@ class Pipeline:
             self.write_manifest(manifest)
             return out.metrics()
         resume = not rerun and state in ("failed", "dead") and out.newest_checkpoint() is not None
+        # replace only what this run's stage left: a rerun, or a stage killed before it wrote a status;
+        # a failed stage with no checkpoint is replaced by the stage itself
+        overwrite = not resume and (rerun or state is None) and out.path.exists()
         how = f"resuming from {out.newest_checkpoint().name}" if resume else "starting"
         self.echo(f"[{self.config.name}] {stage}: {how} -> {out.path}")
         _, train = stage_entry(stage)
@@ -207,10 +252,12 @@ class Pipeline:
         # the stage before freed its models: hand those pages back, or this stage's peak starts on them
         heap.release()
         tracking.reset_peak_memory()
-        entry.update(status="running", started=_now(), finished=None, error=None)
+        changes = out.changed_settings(dump_yaml(config)) if resume and allow_changes else {}
+        entry.update(status="running", started=_now(), finished=None, error=None,
+                     resumed_with_changes={k: {"before": a, "after": b} for k, (a, b) in changes.items()} or None)
         self.write_manifest(manifest)
         try:
-            figures = train(config, overwrite=not resume, resume=resume)
+            figures = train(config, overwrite=overwrite, resume=resume, allow_changes=resume and allow_changes)
         except BaseException as e:
             entry.update(status="failed", error=f"{type(e).__name__}: {e}", seconds=round(time.time() - started, 1))
             self.write_manifest(manifest)
@@ -223,10 +270,21 @@ class Pipeline:
         return figures
 
     def read_manifest(self) -> dict[str, Any]:
+        """The manifest so far; a fresh one when there is none, or when it cannot be read (each stage's
+        own status.json is the truth it summarises, and the unreadable one is kept beside it)."""
+        fresh = {"name": self.config.name, "created": _now(), "stages": {}}
         try:
             manifest = rundir.read_json(self.root / MANIFEST)
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages", {}), dict):
+                raise ValueError("not a manifest")
         except FileNotFoundError:
-            manifest = {"name": self.config.name, "created": _now(), "stages": {}}
+            manifest = fresh
+        except (ValueError, UnicodeDecodeError) as e:
+            kept = self.root / f"{MANIFEST}.unreadable"
+            os.replace(self.root / MANIFEST, kept)
+            self.echo(f"[{self.config.name}] warning: {self.root / MANIFEST} could not be read ({e}); "
+                      f"kept as {kept.name}, starting a new one from the stages' own status")
+            manifest = fresh
         manifest["config"] = to_dict(self.config)
         manifest["stages"] = {s: manifest["stages"][s] for s in self.config.stages if s in manifest.get("stages", {})}
         return manifest
@@ -242,30 +300,10 @@ class Pipeline:
 def check_same_config(out: rundir.StageDir, config: Any, stage: str) -> None:
     """A finished stage is reused only for the settings it ran with: reusing it under changed
     settings would report figures of a run that was never made."""
-    import yaml
-
-    try:
-        before = yaml.safe_load(out.file(rundir.CONFIG).read_text(encoding="utf-8"))
-    except (FileNotFoundError, yaml.YAMLError):
-        return
-    now = to_dict(config)
-    changed = [k for k in sorted(set(_flat(before)) | set(_flat(now))) if _flat(before).get(k) != _flat(now).get(k)]
+    changed = out.changed_settings(dump_yaml(config))
     if changed:
-        k = changed[0]
-        raise ConfigError(
-            f"{out.path} finished with different settings ({k}: {_flat(before).get(k)!r} then, "
-            f"{_flat(now).get(k)!r} now{f', and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
-            f"rerun it with --from-stage {stage}, or give the run a new --name"
-        )
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): data}
+        raise ConfigError(f"{out.path} finished with different settings ({rundir.describe_changes(changed)}); "
+                          f"rerun it with --from-stage {stage}, or give the run a new --name")
 
 
 def headline(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
@@ -312,8 +350,13 @@ def status_rows(root: Path) -> list[dict[str, Any]]:
     when the pipeline process was killed before it could update the manifest)."""
     try:
         manifest = rundir.read_json(Path(root) / MANIFEST)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"{root}: no {MANIFEST} here; is it a run directory of `align run`?") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{Path(root) / MANIFEST}: cannot be read ({e}); `align run` with the same name "
+                          f"starts a new one from the stages' own status") from None
+    if not isinstance(manifest, dict):
+        raise ConfigError(f"{Path(root) / MANIFEST}: not a manifest of `align run`")
     rows = []
     stages = manifest.get("stages", {})
     order = [s for s in manifest.get("config", {}).get("stages", []) if s in stages]

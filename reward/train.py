@@ -40,7 +40,8 @@ def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], li
     return train_groups, eval_groups, reference
 
 
-def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False,
+          allow_changes: bool = False) -> dict[str, Any]:
     """Train into `config.out_dir`; returns the figures written to metrics.json."""
     groups = load_reward_data(config)
     processes = distributed.world().size
@@ -51,7 +52,8 @@ def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False
     out = rundir.StageDir(config.out_dir)
     memory = guards.memory_advice(config, lower=("training.batch_size", "data.max_length", "training.eval_batch_size"),
                                   raise_=("training.grad_accum",))
-    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
+                               allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("the reward model", memory):
             return _train(config, out, *groups, world=world, resume=resume)
 
@@ -133,6 +135,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     if newest is not None:
         state = checkpoint.load_checkpoint(newest, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer)
         scheduler.load_state_dict(state.pop("scheduler"))
+        checkpoint.apply_settings(optimizer, scheduler, t.learning_rate, t.weight_decay)
         metrics.final = out.metrics()
         metrics.truncate_after(state["step"])
     elif eval_groups:

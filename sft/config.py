@@ -35,6 +35,12 @@ class SFTData:
     """A system message put before every conversation (chat template only)."""
     max_records: int | None = None
     """Use at most this many mixed training records (quick runs)."""
+    too_long: Literal["truncate", "drop"] = "truncate"
+    """A record longer than training.max_length tokens (counted with the tokenizer and template, before
+    the model loads): `truncate` trains on its first max_length tokens, as TRL's SFTTrainer and
+    LLaMA-Factory's cutoff_len do, so a long answer still teaches its start; `drop` leaves it out. A record
+    whose prompt alone fills max_length has no response token left to learn and is dropped either way.
+    The counts are logged and go to metrics.json (`data/too_long_truncated`, `data/too_long_dropped`)."""
 
     def __post_init__(self):
         check(bool(self.train), "data.train", "needs at least one source")
@@ -62,7 +68,7 @@ class SFTTraining:
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     max_length: int = 512
-    """Tokens per sequence after the template; longer sequences are truncated."""
+    """Tokens per sequence after the template; `data.too_long` says what happens to a longer record."""
     completion_only_loss: bool = True
     """Loss on the response tokens only (the prompt is context, not a target)."""
     gradient_checkpointing: bool = False

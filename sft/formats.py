@@ -1,4 +1,5 @@
-"""Instruction records -> TRL prompt/completion examples, through a prompt template; mixing.
+"""Instruction records -> TRL prompt/completion examples, through a prompt template; mixing; fitting
+the examples to training.max_length.
 
 Every template yields TRL's prompt-completion shape, so SFTTrainer puts the loss on the
 completion only. `chat` keeps conversations as message lists (TRL applies the tokenizer's chat
@@ -7,10 +8,15 @@ template); `alpaca` and `flan` render plain text.
 
 from __future__ import annotations
 
+import logging
 import random
-from typing import Any
+from typing import Any, Iterable
 
+from align.core import distributed, modeling
+from align.core.errors import AlignError
 from align.core.records import Instruction, load_records
+
+log = logging.getLogger(__name__)
 
 # Stanford Alpaca's prompts, verbatim (github.com/tatsu-lab/stanford_alpaca, train.py)
 ALPACA_WITH_INPUT = (
@@ -75,10 +81,22 @@ def mix(sources: list[tuple[list[Instruction], float]], seed: int) -> list[Instr
     return mixed
 
 
-def load_sft_examples(config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read, validate, mix and split the data of an SFTConfig; (train, eval) TRL examples.
+class Examples(list):
+    """One split's TRL examples, with how many of its records were longer than training.max_length:
+    `truncated` are among the examples (TRL cuts them), `dropped` are not."""
 
-    Every file is validated before any is used, so bad data fails before a model loads.
+    def __init__(self, examples: Iterable[dict[str, Any]] = (), *, truncated: int = 0, dropped: int = 0):
+        super().__init__(examples)
+        self.truncated = truncated
+        self.dropped = dropped
+
+
+def load_sft_examples(config) -> tuple[Examples, Examples]:
+    """Read, validate, mix and split the data of an SFTConfig, and fit it to training.max_length;
+    (train, eval) TRL examples.
+
+    Every file is validated before any is used, and the records are measured with the tokenizer
+    alone, so bad data, or data with nothing left to learn, fails before a model loads.
     """
     data = config.data
     sources = [(load_records(src.path, "instructions"), src.weight) for src in data.train]
@@ -90,4 +108,85 @@ def load_sft_examples(config) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     if data.max_records:
         mixed = mixed[: data.max_records]
     convert = lambda rs: [to_example(r, data.template, data.system_prompt) for r in rs]  # noqa: E731
-    return convert(mixed), convert(held_out)
+    train, held_out = convert(mixed), convert(held_out)
+    modeling.check_model(config.model)  # a wrong path is refused at once, not after the tokenizer loads
+    tokenizer = template_tokenizer(config)
+    max_length = config.training.max_length
+    eval_name = "data.eval" if data.eval else f"held-out records (data.eval_fraction={data.eval_fraction})"
+    return (fit_to_length(train, tokenizer, max_length, data.too_long, "data.train"),
+            fit_to_length(held_out, tokenizer, max_length, data.too_long, eval_name, held_out=True))
+
+
+def template_tokenizer(config) -> Any:
+    """The tokenizer training will use, refused early when the chat template is asked of a model without one."""
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    if config.data.template == "chat" and not tokenizer.chat_template:
+        raise AlignError(f"model {config.model.name!r} has no chat template; set data.template=alpaca or flan")
+    return tokenizer
+
+
+def token_lengths(example: dict[str, Any], tokenizer: Any) -> tuple[int, int]:
+    """(prompt tokens, prompt + completion tokens) of a TRL example, tokenised as TRL's SFTTrainer
+    tokenises it (trl 1.16, `SFTTrainer._prepare_dataset`): a conversation through the chat template,
+    the prompt alone with the generation prompt; plain text with EOS added to the completion. The
+    completion starts where the two token lists part (TRL's `common_prefix_length`)."""
+    if isinstance(example["prompt"], list):
+        prompt = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)["input_ids"]
+        whole = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True,
+                                              return_dict=True)["input_ids"]
+    else:
+        completion = example["completion"]
+        if not completion.endswith(tokenizer.eos_token):
+            completion += tokenizer.eos_token
+        prompt = tokenizer(text=example["prompt"])["input_ids"]
+        whole = tokenizer(text=example["prompt"] + completion)["input_ids"]
+    shared = 0
+    for a, b in zip(prompt, whole):
+        if a != b:
+            break
+        shared += 1
+    return shared, len(whole)
+
+
+def fit_to_length(examples: list[dict[str, Any]], tokenizer: Any, max_length: int, too_long: str,
+                  name: str, held_out: bool = False) -> Examples:
+    """The examples to train on: those that fit in max_length tokens, and the longer ones when
+    `too_long` is "truncate" and a response token survives the cut.
+
+    TRL truncates every sequence to max_length and then drops, without a word, those left with no
+    completion token; deciding here, with its tokenisation, makes the counts ours to report (TRL then
+    drops none). A record whose prompt alone fills max_length is dropped whatever `too_long` says."""
+    kept, truncated, prompt_alone, shortest = [], 0, 0, None
+    for example in examples:
+        prompt, total = token_lengths(example, tokenizer)
+        if total <= max_length:
+            kept.append(example)
+            continue
+        shortest = total if shortest is None else min(shortest, total)
+        if prompt >= max_length:
+            prompt_alone += 1
+        elif too_long == "truncate":
+            kept.append(example)
+            truncated += 1
+    fitted = Examples(kept, truncated=truncated, dropped=len(examples) - len(kept))
+    if examples and not kept:
+        raise AlignError(f"{name}: all {len(examples)} records are longer than training.max_length={max_length} "
+                         f"tokens (prompt alone: {prompt_alone}), so none is left to "
+                         f"{'evaluate' if held_out else 'train on'}; "
+                         + _advice(max_length, too_long, shortest, len(examples) - prompt_alone, held_out))
+    if (truncated or fitted.dropped) and distributed.world().is_main:
+        log.warning("%s: %d of %d records are longer than training.max_length=%d tokens: %d truncated, %d dropped "
+                    "(prompt alone: %d; data.too_long=%s)", name, truncated + fitted.dropped, len(examples),
+                    max_length, truncated, fitted.dropped, prompt_alone, too_long)
+    return fitted
+
+
+def _advice(max_length: int, too_long: str, shortest: int, prompt_fits: int, held_out: bool) -> str:
+    ways = [f"raise training.max_length (the shortest record has {shortest} tokens)"]
+    if too_long == "drop" and prompt_fits:
+        ways.append(f"set data.too_long=truncate to train on the first {max_length} tokens of the {prompt_fits} "
+                    f"whose prompt fits")
+    if held_out:
+        ways.append("hold out no records (data.eval unset and data.eval_fraction=0)")
+    return ", or ".join(ways)

@@ -12,22 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from align.core import distributed, guards, modeling, rundir, tracking
+from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.errors import AlignError
 from sft.config import SFTConfig
-from sft.formats import load_sft_examples
+from sft.formats import load_sft_examples, template_tokenizer
 
 
-def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
+          allow_changes: bool = False) -> dict[str, Any]:
     """Run SFT into `config.out_dir`; returns the figures written to metrics.json."""
+    out = rundir.StageDir(config.out_dir)
+    out.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)  # before the tokenizer loads
     train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
     processes = distributed.world().size
     if config.training.batch_size % processes:
         raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
                          f"processes it must divide by {processes}")
-    modeling.check_model(config.model)
-    out = rundir.StageDir(config.out_dir)
-    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
+                               allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("SFT", guards.memory_advice(config, **MEMORY_SETTINGS)):
             return _train(config, out, train_examples, eval_examples, resume, world)
 
@@ -49,9 +52,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     if checkpoint is not None:
         metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
 
-    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
-    if config.data.template == "chat" and not tokenizer.chat_template:
-        raise AlignError(f"model {config.model.name!r} has no chat template; set data.template=alpaca or flan")
+    tokenizer = template_tokenizer(config)
     torch.manual_seed(config.training.seed)  # the new adapter's initial weights: the same on every run
     model = modeling.load_base(config.model, tokenizer)
     model = modeling.attach_tuning(model, config.model)
@@ -98,16 +99,23 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         train_dataset=datasets.Dataset.from_list(train_examples),
         eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
-        callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback()],
+        callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback(),
+                   resumed_settings_callback(t.learning_rate, t.weight_decay)],
     )
     modeling.undo_trl_bf16_adapters(trainer.model)
+    trainer.add_callback(_resumable_end_callback())
+    _check_trl_kept_all(trainer, train_examples, eval_examples)
 
     figures: dict[str, Any] = {
         "params/trainable": trainable,
         "params/total": total,
         "params/trainable_pct": round(100 * trainable / total, 4),
         "data/train_records": len(train_examples),
+        "data/too_long_truncated": train_examples.truncated,
+        "data/too_long_dropped": train_examples.dropped,
         "data/eval_records": len(eval_examples),
+        "data/eval_too_long_truncated": eval_examples.truncated,
+        "data/eval_too_long_dropped": eval_examples.dropped,
     }
     if eval_examples and "eval/loss_before" not in previous:
         figures["eval/loss_before"] = trainer.evaluate()["eval_loss"]
@@ -123,7 +131,9 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         # TRL counts the tokens seen in the trainer, not in the state it checkpoints: carry the count
         trainer._total_train_tokens = _logged_in(checkpoint, "num_tokens") or 0
     try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except _NothingLeftToTrain:
+        pass  # the checkpoint is the last step's: its weights and state are the trained ones
     except guards.NonFinite as e:
         raise guards.halt_trainer(trainer, e, "SFT", "Lower training.learning_rate or look for broken records") from None
     runtime = time.time() - started
@@ -135,7 +145,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     figures.update(
         {
             "train/loss": _logged(trainer, "loss"),
-            "train/loss_mean": result.training_loss,
+            "train/loss_mean": _mean_logged_loss(trainer.state.log_history),
             "train/steps": trainer.state.global_step,
             "train/runtime_s": round(runtime, 2),
             "train/tokens": tokens,
@@ -153,6 +163,66 @@ def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.Stag
     """adapter/ (LoRA, prompt tuning) or model/ (full), each loadable by peft/transformers alone."""
     target = out.file(rundir.MODEL if config.model.tuning == "full" else rundir.ADAPTER)
     return modeling.save_loadable(model, tokenizer, target, config.model)
+
+
+class _NothingLeftToTrain(Exception):
+    """Raised at the start of a resumed train() whose checkpoint already holds every step."""
+
+
+def _resumable_end_callback() -> Any:
+    """A TrainerCallback that lets a run resumed from any checkpoint, the last one included, end with
+    the figures of a run never stopped (transformers 5.25):
+
+    - it logs at every checkpoint and at the last step, so the log history a checkpoint saves covers
+      every step before it: the run's mean loss is read from it, and a resumed run's first logged
+      loss averages the same steps as an unbroken run's (transformers starts a new logging interval
+      at the checkpoint it resumes from, and would lose an unlogged tail before it).
+    - it evaluates the last step before the last checkpoint is written (eval_strategy "epoch" would
+      evaluate after it, at the epoch's end), so that checkpoint holds the final eval loss.
+    - resumed from a checkpoint at max_steps, transformers runs a step past it (its epoch loop does
+      not look at global_step before the first step): this stops train() before that step."""
+    from transformers import TrainerCallback
+
+    class ResumableEnd(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                raise _NothingLeftToTrain()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            last = state.global_step >= state.max_steps
+            if last or (args.save_strategy == "steps" and state.global_step % state.save_steps == 0):
+                control.should_log = True
+            if last and args.eval_strategy == "epoch":
+                control.should_evaluate = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps and args.eval_strategy == "epoch":
+                control.should_evaluate = False  # done at the last step, above
+
+    return ResumableEnd()
+
+
+def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
+    """The mean training loss over every step of the run, from the logged means and the steps each covers.
+
+    transformers' `training_loss` averages only the steps of one train() call (5.25), so after a
+    resume it leaves out the steps before the checkpoint."""
+    total, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry:
+            total += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return total / last if last else None
+
+
+def _check_trl_kept_all(trainer: Any, train_examples: list, eval_examples: list) -> None:
+    """TRL drops the examples truncation leaves without a completion token; load_sft_examples has left
+    those out already, so a count that differs means our token count and TRL's disagree."""
+    for name, examples, dataset in (("training", train_examples, trainer.train_dataset),
+                                    ("eval", eval_examples, trainer.eval_dataset)):
+        if dataset is not None and len(dataset) != len(examples):
+            raise RuntimeError(f"TRL kept {len(dataset)} of the {len(examples)} {name} examples that fit "
+                               f"training.max_length by align's token count: the two tokenisations disagree")
 
 
 def _logged(trainer: Any, key: str) -> float | None:

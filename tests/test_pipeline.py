@@ -135,6 +135,17 @@ def test_bad_stage_lists_are_refused(stages, message):
         load_config(TINY, [f"stages={stages}"])
 
 
+def test_a_typo_in_a_stages_set_names_the_pipeline_files_line(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: x\nruns_dir: {tmp_path}\nstages: [sft]\nsft:\n  config: {ROOT / 'configs/sft/smollm2-demo.yaml'}\n"
+                    "  set:\n    training.max_length: 96\n    training.max_lenght: 96\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:8: unknown key 'training.max_lenght'"):
+        Pipeline(load_config(path)).run()
+    # set again on the command line, the key is no longer the file's: no line of it is named
+    with pytest.raises(ConfigError, match=r"^\S+smollm2-demo.yaml \(pipeline stage 'sft'\): unknown key 'training.max_lenght'"):
+        Pipeline(load_config(path, ["sft.training.max_lenght=1"])).run()
+
+
 def test_a_typo_in_a_late_stage_fails_before_any_stage_runs(tmp_path):
     config = load_config(TINY, [f"runs_dir={tmp_path}", "eval.no_such_setting=1"])
     with pytest.raises(ConfigError, match="no_such_setting"):

@@ -22,12 +22,42 @@ def trainable(model: Any) -> dict[str, Any]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def first_nonfinite(params: dict[str, Any]) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, or None."""
+    import torch
+
+    return next((name for name, p in params.items() if not torch.isfinite(p.detach()).all()), None)
+
+
+def newest_saved(directory: Path) -> Path | None:
+    steps = [p for p in Path(directory).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(steps, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def refuse_nonfinite(params: dict[str, Any], directory: Path, step: int) -> None:
+    """Stop before non-finite weights become a checkpoint that --resume would start from."""
+    from align.core.errors import TrainingHalted
+
+    bad = first_nonfinite(params)
+    if bad is None:
+        return
+    newest = newest_saved(directory)
+    where = (f"`--resume` continues from {newest}, the newest checkpoint" if newest is not None
+             else "no checkpoint was saved before it: start again with --overwrite")
+    raise TrainingHalted(f"the weights are not finite after step {step} ({bad}), so that state was not saved; "
+                         f"{where}. Lower the learning rate")
+
+
 def save_checkpoint(directory: Path, params: dict[str, Any], optimizer: Any, state: dict[str, Any], keep: int = 2,
-                    name: str | None = None) -> Path:
+                    name: str | None = None, require_finite: bool = True) -> Path:
+    """`require_finite`: refuse (TrainingHalted) weights with a NaN or infinity, as resume points must not
+    hold them; off only for a checkpoint kept for inspection under a name resume does not pick."""
     import torch
     from safetensors.torch import save_file
 
     directory = Path(directory)
+    if require_finite:
+        refuse_nonfinite(params, directory, state["step"])
     target = directory / (name or f"checkpoint-{state['step']}")
     tmp = directory / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -65,3 +95,39 @@ def load_checkpoint(path: Path, params: dict[str, Any], optimizer: Any) -> dict[
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())
+
+
+def apply_settings(optimizer: Any, scheduler: Any, learning_rate: float, weight_decay: float,
+                   decay_groups: int | None = None) -> None:
+    """Put the config's learning rate and weight decay into a restored optimiser and scheduler.
+
+    Their saved state carries the rates of the run that wrote the checkpoint, so without this a run
+    resumed with `--allow-changes` would record a new rate and train with the old one. With the same
+    settings nothing changes. `decay_groups`: how many leading parameter groups decay (transformers
+    puts the decaying parameters first and biases and norms, at 0, after); all when None."""
+    import warnings
+
+    for i, group in enumerate(optimizer.param_groups):
+        group["initial_lr"] = learning_rate
+        if decay_groups is None or i < decay_groups:
+            group["weight_decay"] = weight_decay
+    scheduler.base_lrs = [learning_rate] * len(optimizer.param_groups)
+    with warnings.catch_warnings():  # get_lr outside step() warns; here it is the closed form we want
+        warnings.simplefilter("ignore")
+        rates = scheduler.get_lr()
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)
+
+
+def resumed_settings_callback(learning_rate: float, weight_decay: float) -> Any:
+    """A TrainerCallback doing `apply_settings` once transformers has restored a checkpoint's
+    optimiser and scheduler (it restores them before `on_train_begin`)."""
+    from transformers import TrainerCallback
+
+    class ResumedSettings(TrainerCallback):
+        def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+            if state.global_step > 0 and optimizer is not None and lr_scheduler is not None:
+                apply_settings(optimizer, lr_scheduler, learning_rate, weight_decay, decay_groups=1)
+
+    return ResumedSettings()

@@ -131,14 +131,20 @@ def world() -> World:
 
 
 @contextlib.contextmanager
-def stage_run(out: "StageDir", config_yaml: str, *, overwrite: bool, resume: bool) -> Iterator[World]:
-    """The stage directory contract under any number of processes: the main process prepares it,
-    writes config.yaml and status.json; every process runs the body with its World."""
+def stage_run(out: "StageDir", config_yaml: str, *, overwrite: bool, resume: bool,
+              allow_changes: bool = False) -> Iterator[World]:
+    """The stage directory contract under any number of processes: the main process takes the
+    directory's lock, prepares it, writes config.yaml and status.json; every process runs the body
+    with its World."""
     here = world()
 
     def prepare() -> None:
-        out.prepare(overwrite=overwrite, resume=resume)
-        out.write_config(config_yaml)
+        out.prepare(overwrite=overwrite, resume=resume, config_yaml=config_yaml, allow_changes=allow_changes)
+        try:
+            out.write_config(config_yaml)
+        except BaseException:
+            out.release()
+            raise
 
     here.on_main(prepare)
     with out.running() if here.is_main else contextlib.nullcontext():

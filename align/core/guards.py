@@ -90,14 +90,31 @@ def nonfinite_callback() -> Any:
                 if param.grad is not None and not torch.isfinite(param.grad).all():
                     raise NonFinite(f"the gradient of {name} is not finite (the loss was NaN or infinite)")
 
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            # a finite gradient times a huge learning rate overflows the weights: stop before this
+            # step's checkpoint (saved after on_step_end) would hold them
+            if state.global_step % args.save_steps == 0 or control.should_save:
+                from align.core.checkpoint import first_nonfinite, trainable
+
+                bad = first_nonfinite(trainable(model))
+                if bad is not None:
+                    raise NonFinite(f"the weights are not finite after it ({bad}): lower the learning rate")
+
     return NonFiniteGradients()
 
 
 def halt_trainer(trainer: Any, error: NonFinite, stage: str, advice: str) -> TrainingHalted:
     """Save the Trainer's state (weights, optimiser, scheduler: all still those of the last finished
     step) as a resumable checkpoint, and return the error that says what happened and where it is."""
+    from align.core.checkpoint import first_nonfinite, newest_saved, trainable
+
     step = trainer.state.global_step
     target = Path(trainer.args.output_dir) / f"checkpoint-{step}"
+    if first_nonfinite(trainable(trainer.model)) is not None:
+        newest = newest_saved(Path(trainer.args.output_dir))
+        where = (f"`--resume` continues from {newest}, the newest checkpoint" if newest is not None
+                 else "no checkpoint was saved before it: start again with --overwrite")
+        return TrainingHalted(f"{stage} stopped at step {step}: {error}. That state was not saved; {where}. {advice}")
     if not (target / "trainer_state.json").exists():
         # transformers has no public call that writes a resumable checkpoint now
         trainer._save_checkpoint(trainer.model, trial=None)

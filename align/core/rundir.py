@@ -6,13 +6,19 @@
     status.json    running / done / failed, with the error; pid and host while running
     checkpoints/   resumable state while running
     adapter/ or model/   the weights a later stage or a user loads
+    .align         the marker: align made this directory, so `--overwrite` may empty it
+    .lock          an OS lock held by the one process that writes here (pid and host inside)
 
 Every file is written atomically (temp file + rename), so a killed run never leaves half a file.
+A directory without the marker is never emptied: an `--out` or run name pointing at a user's own
+files is refused, whatever the flags say.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +44,8 @@ STATUS = "status.json"
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MODEL = "model"
+MARKER = ".align"
+LOCK = ".lock"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -92,6 +100,107 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def refuse_foreign(directory: Path) -> None:
+    """Refuse a directory that holds files align did not write: nothing of a user's is ever emptied."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise AlignError(f"{directory}: is a file, not an output directory")
+    if directory.is_dir() and not (directory / MARKER).is_file() and _contents(directory):
+        raise AlignError(f"{directory} holds files that align did not write (there is no {MARKER} marker in it); "
+                         f"align writes only into a new or empty directory, or one it made: choose another")
+
+
+def mark(directory: Path, kind: str) -> None:
+    """The marker that says align made `directory` (a stage's or a whole run's)."""
+    if not (Path(directory) / MARKER).is_file():
+        write_json_atomic(Path(directory) / MARKER, {"written_by": "align", "kind": kind, "created": _now()})
+
+
+def _contents(directory: Path) -> list[Path]:
+    return [p for p in Path(directory).iterdir() if p.name not in (MARKER, LOCK)]
+
+
+class DirLock:
+    """An exclusive OS lock (flock) on DIR/.lock, held by the one process that writes DIR.
+
+    The kernel drops it when its process ends, however it ends: a SIGKILL or an out-of-memory kill
+    leaves no stale lock, and unlike a pid in a file it does not depend on the host's name or on
+    pids surviving a container restart. The file holds the holder's pid and host, for messages."""
+
+    def __init__(self, directory: Path, what: str):
+        self.directory, self.what = Path(directory), what
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        if self.fd is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = lock_holder(self.directory) or {}
+            raise AlignError(f"{self.directory} is in use by {holder.get('what') or 'another align process'} "
+                             f"(pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); wait "
+                             f"for it to finish or stop it, or write elsewhere") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
+                                 "what": self.what}).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+
+def lock_holder(directory: Path) -> dict[str, Any] | None:
+    """Who holds DIR's lock ({pid, host, since, what}), or None when no process does."""
+    try:
+        fd = os.open(Path(directory) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                found = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:  # caught between the holder's truncate and write
+                found = {}
+            return found if isinstance(found, dict) and found else {"pid": None, "host": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def changed_settings(before: Any, now: Any) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (before, now) for every setting that differs between two config trees."""
+    flat_before, flat_now = _flat(before), _flat(now)
+    return {k: (flat_before.get(k), flat_now.get(k)) for k in sorted(set(flat_before) | set(flat_now))
+            if flat_before.get(k) != flat_now.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """The first changed key in words: `training.learning_rate: 0.001 then, 0.002 now, and 2 more`."""
+    key, (before, now) = next(iter(changes.items()))
+    more = f", and {len(changes) - 1} more" if len(changes) > 1 else ""
+    return f"{key}: {before!r} then, {now!r} now{more}"
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
 @dataclass
 class StageDir:
     """One stage's output directory."""
@@ -100,6 +209,8 @@ class StageDir:
 
     def __post_init__(self):
         self.path = Path(self.path)
+        self._lock = DirLock(self.path, "an align stage")
+        self.resumed_with_changes: dict[str, tuple[Any, Any]] = {}
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -110,18 +221,25 @@ class StageDir:
 
     def status(self) -> dict[str, Any] | None:
         try:
-            return read_json(self.file(STATUS))
-        except (FileNotFoundError, json.JSONDecodeError):
+            status = read_json(self.file(STATUS))
+        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
             return None
+        return status if isinstance(status, dict) else None
 
     def state(self) -> str | None:
         """`done`, `failed`, `running`, or `dead` for a running status whose process is gone."""
         status = self.status()
         if status is None:
             return None
-        if status.get("state") == "running" and not _process_alive(status):
+        if status.get("state") == "running" and not self._writer_alive(status):
             return "dead"
         return status.get("state")
+
+    def _writer_alive(self, status: dict[str, Any]) -> bool:
+        """Whether the process a `running` status names still holds the directory's lock."""
+        if self._lock.fd is not None:  # ours: the status is this process's own, or a dead run's
+            return status.get("pid") == os.getpid()
+        return lock_holder(self.path) is not None
 
     def metrics(self) -> dict[str, Any]:
         """The figures a previous run of this stage wrote (empty when none): kept across a resume."""
@@ -138,30 +256,97 @@ class StageDir:
                  and checkpoint_complete(p)]
         return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
-    def prepare(self, *, overwrite: bool = False, resume: bool = False) -> None:
-        """Refuse to clobber a finished run; clear it on `overwrite`; keep checkpoints on `resume`."""
+    def prepare(self, *, overwrite: bool = False, resume: bool = False, config_yaml: str | None = None,
+                allow_changes: bool = False) -> None:
+        """Take the directory for this process (its lock, held until `running()` ends or `release()`)
+        and check it may be written: refuse to clobber a finished run; clear it on `overwrite`; keep
+        checkpoints on `resume`, whose settings must be the checkpoint's (`config_yaml`) unless
+        `allow_changes`, which records the changes in `resumed_with_changes` and metrics.jsonl."""
+        self.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)
+        existed = self.path.exists()
+        self._lock.acquire()
+        try:
+            self._check(overwrite, resume, config_yaml, allow_changes)
+            mark(self.path, "stage")
+        except BaseException:
+            self.release()
+            if not existed:  # a refused command leaves nothing where its output would have gone
+                shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def check_options(self, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> None:
+        """What `prepare` refuses without taking the lock: contradicting flags, a directory of the
+        user's, a resume with nothing to resume. A stage calls it first, before seconds of loading."""
         if overwrite and resume:
             raise AlignError("--overwrite and --resume contradict each other: pick one")
-        if self.path.exists() and not self.path.is_dir():
-            raise AlignError(f"{self.path}: is a file, not an output directory")
+        if allow_changes and not resume:
+            raise AlignError("--allow-changes goes with --resume: it lets a resumed run take changed settings")
+        refuse_foreign(self.path)
+        if resume and self.newest_checkpoint() is None and self.state() not in ("done", "running"):
+            raise AlignError(f"{self.path}: --resume given but there is no checkpoint to resume from")
+
+    def _check(self, overwrite: bool, resume: bool, config_yaml: str | None, allow_changes: bool) -> None:
         state = self.state()
+        checkpoint = self.newest_checkpoint()
         if overwrite:
-            if self.path.exists():
-                shutil.rmtree(self.path)
+            self.clear()
         elif state == "done" and not resume:
             raise AlignError(f"{self.path} already holds a finished run; pass --overwrite to replace it")
-        elif state == "running":
-            raise AlignError(f"{self.path} is in use by a running process ({self.status().get('pid')})")
-        elif resume and self.newest_checkpoint() is None and state != "done":
+        elif resume and checkpoint is None and state != "done":
             raise AlignError(f"{self.path}: --resume given but there is no checkpoint to resume from")
-        elif not resume and self.path.exists() and any(self.path.iterdir()):
-            hint = "--resume to continue from its newest checkpoint, or " if self.newest_checkpoint() else ""
+        elif not resume and state in ("failed", "dead") and checkpoint is None:
+            # nothing finished and nothing to resume: starting again loses nothing
+            log.warning("%s: replacing a run that %s and left no checkpoint", self.path, self.describe_state())
+            self.clear()
+        elif not resume and _contents(self.path):
+            hint = "--resume to continue from its newest checkpoint, or " if checkpoint else ""
             raise AlignError(f"{self.path} holds an unfinished run ({self.describe_state()}); pass {hint}--overwrite")
         if resume and state != "done":
-            log.warning("%s: resuming from %s a run that %s", self.path, self.newest_checkpoint().name,
-                        self.describe_state())
+            self._check_resumed_settings(config_yaml, allow_changes, checkpoint)
+            log.warning("%s: resuming from %s a run that %s", self.path, checkpoint.name, self.describe_state())
             self.remove_debris()
-        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _check_resumed_settings(self, config_yaml: str | None, allow_changes: bool, checkpoint: Path) -> None:
+        """A resumed run continues the checkpoint's settings: a change is refused unless allowed,
+        and the model's (whose weights the checkpoint holds) never."""
+        changes = self.changed_settings(config_yaml) if config_yaml is not None else {}
+        if not changes:
+            return
+        if not allow_changes:
+            raise AlignError(f"{self.path}: --resume with settings that differ from the checkpoint's "
+                             f"({describe_changes(changes)}); resume with the same settings, add --allow-changes "
+                             f"to apply the new ones from {checkpoint.name} on, or start again with --overwrite")
+        fixed = {k: v for k, v in changes.items() if k.startswith("model.")}
+        if fixed:
+            raise AlignError(f"{self.path}: {describe_changes(fixed)}: the model cannot change on resume, "
+                             f"{checkpoint.name} holds weights for the old one; start again with --overwrite")
+        self.resumed_with_changes = changes
+        log.warning("%s: resuming with changed settings: %s", self.path,
+                    ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+        with open(self.file(METRICS_LOG), "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": int(checkpoint.name.split("-")[-1]), "resumed_with_changes":
+                                {k: {"before": a, "after": b} for k, (a, b) in changes.items()}}, default=str) + "\n")
+
+    def changed_settings(self, config_yaml: str) -> dict[str, tuple[Any, Any]]:
+        """The settings of `config_yaml` that differ from those this directory's run wrote."""
+        import yaml
+
+        try:
+            before = yaml.safe_load(self.file(CONFIG).read_text(encoding="utf-8"))
+        except (FileNotFoundError, yaml.YAMLError):
+            return {}
+        return changed_settings(before, yaml.safe_load(config_yaml))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def clear(self) -> None:
+        """Remove what a run of align left here (the directory carries align's marker), keeping the lock."""
+        for p in _contents(self.path):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
     def describe_state(self) -> str:
         """The state in words, naming the process of a run that died without saying so."""
@@ -183,59 +368,77 @@ class StageDir:
             for p in self.checkpoints.iterdir():
                 if p.is_dir() and (p.name.startswith(".tmp-") or (p.name.startswith("checkpoint-")
                                                                   and not checkpoint_complete(p))):
-                    log.warning("%s: removing %s, a checkpoint cut short", self.path, p.name)
+                    log.warning("%s: removing %s, a checkpoint cut short or damaged", self.path, p.name)
                     shutil.rmtree(p, ignore_errors=True)
 
     def write_config(self, config_yaml: str) -> None:
         write_text_atomic(self.file(CONFIG), config_yaml)
 
     def set_status(self, state: str, **extra: Any) -> None:
-        body = {"state": state, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        body = {"state": state, "time": _now(), **extra}
         if state == "running":
-            body.update(pid=os.getpid(), host=socket.gethostname(), pid_start=_process_start(os.getpid()))
+            body.update(pid=os.getpid(), host=socket.gethostname())
+            if self.resumed_with_changes:
+                body["resumed_with_changes"] = {k: {"before": a, "after": b}
+                                                for k, (a, b) in self.resumed_with_changes.items()}
         write_json_atomic(self.file(STATUS), body)
+
+    def _set_failed(self, **extra: Any) -> None:
+        """Record a failure even on a full disk, where the atomic write's new file cannot be made:
+        then status.json is rewritten in place, in the blocks it already has (without the traceback)."""
+        try:
+            self.set_status("failed", **extra)
+        except OSError:
+            body = json.dumps({"state": "failed", "time": _now(), "error": extra["error"][:1000]}).encode()
+            try:
+                with open(self.file(STATUS), "r+b") as f:
+                    f.write(body)
+                    f.truncate()
+            except OSError as e:
+                log.warning("%s: could not record the failure in %s: %s", self.path, STATUS, e)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[StageDir]:
-        """Mark the stage running; `done` on success, `failed` with the error on any exception.
+        """Mark the stage running; `done` on success, `failed` with the error on any exception; the
+        directory's lock is let go at the end.
 
         SIGTERM (a scheduler's or `docker stop`'s way to end a job) becomes an exception here, so
         the status says `failed` instead of a `running` that outlives the process. SIGKILL cannot be
-        caught: `state()` reads such a run as `dead` from its pid."""
+        caught: `state()` reads such a run as `dead`, its lock gone with its process."""
         started = time.time()
-        self.set_status("running")
-        previous = _on_sigterm(_raise_terminated)
+        previous = on_sigterm(raise_terminated)
         try:
-            yield self
-        except BaseException as e:
-            kind = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
-            self.set_status(
-                "failed",
-                error=f"{kind}: {e}",
-                traceback=None if isinstance(e, AlignError) else traceback.format_exc(limit=20),
-                elapsed_s=round(time.time() - started, 2),
-            )
-            raise
+            self.set_status("running")
+            try:
+                yield self
+            except BaseException as e:
+                kind = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
+                self._set_failed(error=f"{kind}: {e}", elapsed_s=round(time.time() - started, 2),
+                                 traceback=None if isinstance(e, (AlignError, Terminated, KeyboardInterrupt))
+                                 else traceback.format_exc(limit=20))
+                raise
+            self.set_status("done", elapsed_s=round(time.time() - started, 2))
         finally:
-            _on_sigterm(previous)
-        self.set_status("done", elapsed_s=round(time.time() - started, 2))
+            on_sigterm(previous)
+            self.release()
 
 
 def checkpoint_complete(path: Path) -> bool:
-    """Whether a checkpoint directory was written to the end.
+    """Whether a checkpoint directory was written to the end and its files are whole.
 
     Ours (`state.json`) and the evaluation's are renamed into place whole. transformers' Trainer
-    writes its files in place, `trainer_state.json` last, so a kill can leave weights without it."""
+    writes its files in place, `trainer_state.json` last, so a kill can leave weights without it.
+    Either can hold a file a full disk cut short (0 bytes): such a checkpoint is passed over, and
+    resume falls back to the one before it."""
     if not path.is_dir():
         return False
-    if (path / "trainer_state.json").exists():
-        try:
-            read_json(path / "trainer_state.json")
-            return True
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            return False
-    if (path / "state.json").exists():
-        return True
+    for marker in ("trainer_state.json", "state.json"):
+        if (path / marker).exists():
+            try:
+                read_json(path / marker)
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+                return False
+            return all(_file_whole(f) for f in path.iterdir() if f.is_file())
     hf_files = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "adapter_model.safetensors",
                 "model.safetensors", "adapter_config.json", "config.json")
     if any((path / name).exists() for name in hf_files):
@@ -243,42 +446,41 @@ def checkpoint_complete(path: Path) -> bool:
     return any(path.iterdir())
 
 
-def _raise_terminated(signum: int, frame: Any) -> None:
+def _file_whole(path: Path) -> bool:
+    """A safetensors file whose header and data are all there; a torch file whose zip archive ends
+    where it should. Other files are taken as they are."""
+    try:
+        if path.suffix == ".safetensors":
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if size < 8 or not 0 < length <= size - 8:
+                    return False
+                header = json.loads(f.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            return 8 + length + end <= size
+        if path.suffix in (".pt", ".pth", ".bin"):
+            import zipfile
+
+            return zipfile.is_zipfile(path)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return True
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
-def _on_sigterm(handler: Any) -> Any:
+def on_sigterm(handler: Any) -> Any:
     """Install a SIGTERM handler (main thread only: Python allows no other); returns the old one."""
     if handler is None or threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, handler)
-
-
-def _process_start(pid: int) -> int | None:
-    """The kernel's start time of a process (Linux), so a recycled pid is not taken for the run."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime, in clock ticks since boot
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _process_alive(status: dict[str, Any]) -> bool:
-    if status.get("host") != socket.gethostname():
-        return True  # cannot tell from here; trust the file
-    pid = status.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    recorded = status.get("pid_start")
-    if recorded is not None and _process_start(pid) not in (None, recorded):
-        return False  # the pid now belongs to another process
-    return True
 
 
 def truncate_jsonl(path: Path, key: str, last: int) -> None:

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from align.core import rundir, tracking
+from align.core import distributed, rundir, tracking
 from align.core.callables import load_callable
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, ConfigError
@@ -69,13 +69,12 @@ def check_inputs(config: EvalConfig) -> Inputs:
     return Inputs(prompts, specs, judge, documents, questions)
 
 
-def evaluate(config: EvalConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, float]:
+def evaluate(config: EvalConfig, *, overwrite: bool = False, resume: bool = False,
+             allow_changes: bool = False) -> dict[str, float]:
     """Run the evaluation into config.out_dir; returns the flat `<model>/<metric>` figures of metrics.json."""
     inputs = check_inputs(config)
     out = rundir.StageDir(config.out_dir)
-    out.prepare(overwrite=overwrite, resume=resume)
-    out.write_config(dump_yaml(config))
-    with out.running():
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume, allow_changes=allow_changes):
         return Evaluation(config, out, inputs).run(resume=resume)
 
 

@@ -40,7 +40,8 @@ class Unhealthy(Exception):
     """Found before the weights change: the run stops with the last healthy state saved."""
 
 
-def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False,
+          allow_changes: bool = False) -> dict[str, Any]:
     prompts = load_records(config.data.prompts, "prompts")
     eval_prompts = load_records(config.data.eval_prompts, "prompts")[: config.data.eval_size] if config.data.eval_prompts else []
     if len(prompts) < config.ppo.batch_size:
@@ -52,7 +53,8 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False) -
     out = rundir.StageDir(config.out_dir)
     memory = guards.memory_advice(config, lower=("ppo.mini_batch_size", "sampling.max_new_tokens", "data.max_prompt_length",
                                                  "ppo.batch_size"), raise_=("ppo.grad_accum",))
-    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume) as world:
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
+                               allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("PPO", memory):
             return PPOTrainer(config, out, world).run(prompts, eval_prompts, resume=resume)
 
@@ -95,7 +97,7 @@ class PPOTrainer:
             from align.ppo.rollout import function_scorer
 
             self.normaliser, self.score = (lambda raw: raw), function_scorer(load_callable(config.reward.function),
-                                                                             self.tokenizer)
+                                                                             self.tokenizer, config.reward.function)
         elif self.stack.shares_reward:
             self.normaliser, self.score = self.stack.normaliser, shared_base_scorer(self.stack)
         else:
@@ -403,7 +405,7 @@ class PPOTrainer:
             problem = constant_reward
         if problem:
             # kept for inspection under a name --resume does not pick: resume starts from the last healthy one
-            self._checkpoint(update, name=f"halted-update-{update}")
+            self._checkpoint(update, name=f"halted-update-{update}", require_finite=False)
             raise TrainingHalted(f"PPO stopped at update {update}: {problem}. Its state is in "
                                  f"{self.out.checkpoints / f'halted-update-{update}'}; --resume starts from the last "
                                  f"periodic checkpoint")
@@ -418,12 +420,13 @@ class PPOTrainer:
         with open(self.out.file("samples.jsonl"), "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
-    def _checkpoint(self, update: int, name: str | None = None) -> None:
+    def _checkpoint(self, update: int, name: str | None = None, require_finite: bool = True) -> None:
         if not self.world.is_main:  # every process holds the same weights and optimiser state
             return
         state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value,
                  "ptx_cursor": getattr(self, "_ptx_cursor", 0)}
-        checkpoint.save_checkpoint(self.out.checkpoints, self.stack.named_trainable(), self.optimizer, state, name=name)
+        checkpoint.save_checkpoint(self.out.checkpoints, self.stack.named_trainable(), self.optimizer, state, name=name,
+                                   require_finite=require_finite)
 
     def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Weights and optimiser state before an update, to undo it if it turns out unhealthy."""
@@ -444,6 +447,7 @@ class PPOTrainer:
         state = checkpoint.load_checkpoint(newest, self.stack.named_trainable(), self.optimizer)
         self._ptx_cursor = state.get("ptx_cursor", 0)
         self.scheduler.load_state_dict(state["scheduler"])
+        checkpoint.apply_settings(self.optimizer, self.scheduler, self.config.ppo.learning_rate, 0.0)
         self.kl_ctl.value = state["kl_coef"]
         self.metrics.final = self.out.metrics()
         self.metrics.truncate_after(state["step"])

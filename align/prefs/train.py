@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from align.core import guards, modeling, rundir, tracking
+from align.core import distributed, guards, modeling, rundir, tracking
+from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
 from align.prefs.config import DPOConfig, OnlineConfig, RecipeTraining
@@ -44,12 +45,14 @@ class RuleFunction:
     def __init__(self, spec: str):
         from align.core.callables import load_callable
 
-        self.fn, self.__name__ = load_callable(spec), spec.rpartition(":")[2]
+        self.spec, self.fn, self.__name__ = spec, load_callable(spec), spec.rpartition(":")[2]
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
+        from align.core.callables import reward_value
+
         prompt_texts = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return [float(self.fn(p, t)) for p, t in zip(prompt_texts, texts)]
+        return [reward_value(self.fn, self.spec, p, t) for p, t in zip(prompt_texts, texts)]
 
 
 def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracking.TrackingConfig, job: str) -> dict:
@@ -66,18 +69,20 @@ def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracki
     )
 
 
-def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool) -> dict[str, Any]:
+def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool,
+               allow_changes: bool = False) -> dict[str, Any]:
     """The shared frame: output dir contract, model with adapter, metrics files, save."""
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
-    out.prepare(overwrite=overwrite, resume=resume)
-    out.write_config(dump_yaml(config))
     memory = guards.memory_advice(config, lower=("training.batch_size", "training.max_length"), raise_=("training.grad_accum",))
-    with out.running(), guards.explain_out_of_memory(job.upper(), memory):
+    with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume, allow_changes=allow_changes), \
+            guards.explain_out_of_memory(job.upper(), memory):
         metrics = tracking.MetricsLog(out.path)
         tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
         model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
-        trainer = build_trainer(model, tokenizer, out, [tracking.trainer_callback(metrics), guards.nonfinite_callback()])
+        callbacks = [tracking.trainer_callback(metrics), guards.nonfinite_callback(),
+                     resumed_settings_callback(config.training.learning_rate, 0.0)]
+        trainer = build_trainer(model, tokenizer, out, callbacks)
         modeling.undo_trl_bf16_adapters(trainer.model)
         checkpoint = out.newest_checkpoint() if resume else None
         if checkpoint is not None:  # steps past the checkpoint are run again: log them once
@@ -97,7 +102,7 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
         return metrics.final
 
 
-def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
     import datasets
     import trl
 
@@ -119,10 +124,11 @@ def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False) -> 
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                               processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, "dpo", build, overwrite, resume)
+    return run_recipe(config, "dpo", build, overwrite, resume, allow_changes)
 
 
-def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False,
+           allow_changes: bool = False) -> dict[str, Any]:
     """GRPO or RLOO with our reward model (normalised) or a rule function as the reward."""
     import datasets
     import trl
@@ -138,4 +144,4 @@ def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume
         return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=datasets.Dataset.from_list(prompts),
                            processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, method, build, overwrite, resume)
+    return run_recipe(config, method, build, overwrite, resume, allow_changes)

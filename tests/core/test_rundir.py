@@ -66,3 +66,31 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
     assert oct((tmp_path / "m.json").stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_replaced_without_overwrite(tmp_path):
+    """Nothing finished and nothing to resume: the corrected command needs no --overwrite."""
+    out = StageDir(tmp_path / "s")
+    out.prepare()
+    with pytest.raises(AlignError):
+        with out.running():
+            (out.path / "metrics.jsonl").write_text('{"step": 1}\n')
+            raise AlignError("adapter x does not fit base y")
+    again = StageDir(tmp_path / "s")
+    again.prepare()
+    assert sorted(p.name for p in again.path.iterdir()) == [".align", ".lock"]
+    with again.running():
+        pass
+    assert again.state() == "done"
+
+
+def test_a_failed_run_with_a_checkpoint_is_kept_for_resume(tmp_path):
+    out = StageDir(tmp_path / "s")
+    out.prepare()
+    with pytest.raises(ValueError):
+        with out.running():
+            (out.checkpoints / "checkpoint-3").mkdir(parents=True)
+            (out.checkpoints / "checkpoint-3" / "state.json").write_text("{}")
+            raise ValueError("boom")
+    with pytest.raises(AlignError, match=r"holds an unfinished run \(failed: ValueError: boom\); pass --resume"):
+        StageDir(tmp_path / "s").prepare()

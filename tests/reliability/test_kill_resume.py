@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from align.cli import cli
-from align.core.rundir import StageDir, replace_dir, write_json_atomic
+from align.core.rundir import StageDir, replace_dir
 from tests.reliability import stages
 
 SEED = 20260101
@@ -162,17 +162,3 @@ def test_replace_dir_writes_a_directory_whole_or_keeps_the_old_one(tmp_path):
     with replace_dir(target) as tmp:
         (tmp / "weights").write_text("new")
     assert (target / "weights").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["adapter"]
-
-
-def test_a_recycled_pid_is_not_taken_for_the_run(tmp_path):
-    """In containers pids are small and reused: a live process with the run's pid but another start
-    time is someone else."""
-    run = StageDir(tmp_path / "s")
-    run.prepare()
-    run.set_status("running")
-    assert run.state() == "running"
-    status = run.status()
-    assert isinstance(status["pid_start"], int)
-    status["pid_start"] -= 1
-    write_json_atomic(run.file("status.json"), status)
-    assert run.state() == "dead"

@@ -232,3 +232,46 @@ def test_other_errors_are_not_taken_for_out_of_memory():
     with pytest.raises(OutOfMemory, match=r"SFT ran out of memory \(OutOfMemoryError: CUDA out of memory"):
         with guards.explain_out_of_memory("SFT", "lower x"):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+
+
+# ---------------------------------------------------------------- non-finite weights: never a resume point
+
+def nan_weights_after_each_step(monkeypatch) -> None:
+    """An optimiser step that leaves a weight NaN (as an overflowing update or a faulty kernel would)
+    although the loss and gradient before it were finite."""
+    real = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data.fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+
+
+@pytest.mark.parametrize(("stage", "first", "then", "newest"), [
+    ("sft", ["training.save_steps=1", "training.max_steps=2"], ["training.save_steps=1", "training.max_steps=4"], 2),
+    ("reward", [], [], 12),  # 14 steps, a checkpoint every 3
+])
+def test_non_finite_weights_are_never_named_as_the_resume_point(stage, first, then, newest, tiny_model_dir,
+                                                                reward_data, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run(stage, tiny_model_dir, reward_data, out, *first)
+    status = json.loads((out / "status.json").read_text())
+    (out / "status.json").write_text(json.dumps({**status, "state": "failed"}))
+    (out / "metrics.json").unlink()
+    nan_weights_after_each_step(monkeypatch)
+    with pytest.raises(TrainingHalted, match=rf"not saved; `--resume` continues from .*checkpoint-{newest}, the newest"):
+        run(stage, tiny_model_dir, reward_data, out, *then, resume=True, allow_changes=bool(then))
+    checkpoint = StageDir(out).newest_checkpoint()
+    assert checkpoint.name == f"checkpoint-{newest}" and finite_weights(checkpoint)
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward"])
+def test_non_finite_weights_in_the_first_step_leave_no_checkpoint(stage, tiny_model_dir, reward_data, tmp_path,
+                                                                   monkeypatch):
+    nan_weights_after_each_step(monkeypatch)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingHalted, match="no checkpoint was saved before it: start again with --overwrite"):
+        run(stage, tiny_model_dir, reward_data, out, "training.save_steps=1")
+    assert StageDir(out).newest_checkpoint() is None

@@ -81,7 +81,8 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_dir, tmp
     whole = train(config(tmp_path / "whole", 2))
     train(config(tmp_path / "cut", 1))  # 5 steps, checkpoint at 5
     (tmp_path / "cut" / "status.json").write_text('{"state": "failed"}')
-    resumed = train(config(tmp_path / "cut", 2), resume=True)
+    # the epochs are the one setting that differs: a resume takes it only when allowed
+    resumed = train(config(tmp_path / "cut", 2), resume=True, allow_changes=True)
     assert resumed["train/steps"] == whole["train/steps"] == 10
     assert resumed["eval/margin"] == pytest.approx(whole["eval/margin"], rel=1e-5)
 
