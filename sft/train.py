@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import distributed, guards, modeling, rundir, tracking
+from align.core import distributed, guards, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.errors import AlignError
@@ -103,7 +103,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
                    resumed_settings_callback(t.learning_rate, t.weight_decay)],
     )
     modeling.undo_trl_bf16_adapters(trainer.model)
-    trainer.add_callback(_resumable_end_callback())
+    trainer.add_callback(resumable.end_callback())
     _check_trl_kept_all(trainer, train_examples, eval_examples)
 
     figures: dict[str, Any] = {
@@ -127,12 +127,10 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     metrics.update({**previous, **figures})
 
     started = time.time()
-    if checkpoint is not None and hasattr(trainer, "_total_train_tokens"):
-        # TRL counts the tokens seen in the trainer, not in the state it checkpoints: carry the count
-        trainer._total_train_tokens = _logged_in(checkpoint, "num_tokens") or 0
+    resumable.restore_token_count(trainer, checkpoint)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except _NothingLeftToTrain:
+    except resumable.NothingLeftToTrain:
         pass  # the checkpoint is the last step's: its weights and state are the trained ones
     except guards.NonFinite as e:
         raise guards.halt_trainer(trainer, e, "SFT", "Lower training.learning_rate or look for broken records") from None
@@ -145,7 +143,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     figures.update(
         {
             "train/loss": _logged(trainer, "loss"),
-            "train/loss_mean": _mean_logged_loss(trainer.state.log_history),
+            "train/loss_mean": resumable.mean_logged_loss(trainer.state.log_history),
             "train/steps": trainer.state.global_step,
             "train/runtime_s": round(runtime, 2),
             "train/tokens": tokens,
@@ -163,56 +161,6 @@ def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.Stag
     """adapter/ (LoRA, prompt tuning) or model/ (full), each loadable by peft/transformers alone."""
     target = out.file(rundir.MODEL if config.model.tuning == "full" else rundir.ADAPTER)
     return modeling.save_loadable(model, tokenizer, target, config.model)
-
-
-class _NothingLeftToTrain(Exception):
-    """Raised at the start of a resumed train() whose checkpoint already holds every step."""
-
-
-def _resumable_end_callback() -> Any:
-    """A TrainerCallback that lets a run resumed from any checkpoint, the last one included, end with
-    the figures of a run never stopped (transformers 5.25):
-
-    - it logs at every checkpoint and at the last step, so the log history a checkpoint saves covers
-      every step before it: the run's mean loss is read from it, and a resumed run's first logged
-      loss averages the same steps as an unbroken run's (transformers starts a new logging interval
-      at the checkpoint it resumes from, and would lose an unlogged tail before it).
-    - it evaluates the last step before the last checkpoint is written (eval_strategy "epoch" would
-      evaluate after it, at the epoch's end), so that checkpoint holds the final eval loss.
-    - resumed from a checkpoint at max_steps, transformers runs a step past it (its epoch loop does
-      not look at global_step before the first step): this stops train() before that step."""
-    from transformers import TrainerCallback
-
-    class ResumableEnd(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                raise _NothingLeftToTrain()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            last = state.global_step >= state.max_steps
-            if last or (args.save_strategy == "steps" and state.global_step % state.save_steps == 0):
-                control.should_log = True
-            if last and args.eval_strategy == "epoch":
-                control.should_evaluate = True
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps and args.eval_strategy == "epoch":
-                control.should_evaluate = False  # done at the last step, above
-
-    return ResumableEnd()
-
-
-def _mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
-    """The mean training loss over every step of the run, from the logged means and the steps each covers.
-
-    transformers' `training_loss` averages only the steps of one train() call (5.25), so after a
-    resume it leaves out the steps before the checkpoint."""
-    total, last = 0.0, 0
-    for entry in history:
-        if "loss" in entry:
-            total += entry["loss"] * (entry["step"] - last)
-            last = entry["step"]
-    return total / last if last else None
 
 
 def _check_trl_kept_all(trainer: Any, train_examples: list, eval_examples: list) -> None:
@@ -240,12 +188,6 @@ def _final_eval_loss(trainer: Any) -> float:
     if last is not None and last.get("step") == trainer.state.global_step:
         return last["eval_loss"]
     return trainer.evaluate()["eval_loss"]
-
-
-def _logged_in(checkpoint: Path, key: str) -> Any:
-    """The newest value of `key` in a checkpoint's saved log history."""
-    history = rundir.read_json(checkpoint / "trainer_state.json").get("log_history", [])
-    return next((entry[key] for entry in reversed(history) if key in entry), None)
 
 
 def _perplexity(loss: float) -> float:

@@ -105,7 +105,9 @@ def refuse_foreign(directory: Path) -> None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise AlignError(f"{directory}: is a file, not an output directory")
-    if directory.is_dir() and not (directory / MARKER).is_file() and _contents(directory):
+    # a directory of align's own directories (a run's, its stages made by `align sft --out`) is align's
+    if directory.is_dir() and not (directory / MARKER).is_file() and any(
+            not (p.is_dir() and (p / MARKER).is_file()) for p in _contents(directory)):
         raise AlignError(f"{directory} holds files that align did not write (there is no {MARKER} marker in it); "
                          f"align writes only into a new or empty directory, or one it made: choose another")
 
@@ -286,6 +288,7 @@ class StageDir:
             raise AlignError(f"{self.path}: --resume given but there is no checkpoint to resume from")
 
     def _check(self, overwrite: bool, resume: bool, config_yaml: str | None, allow_changes: bool) -> None:
+        self._refuse_live_run()
         state = self.state()
         checkpoint = self.newest_checkpoint()
         if overwrite:
@@ -305,6 +308,16 @@ class StageDir:
             self._check_resumed_settings(config_yaml, allow_changes, checkpoint)
             log.warning("%s: resuming from %s a run that %s", self.path, checkpoint.name, self.describe_state())
             self.remove_debris()
+
+    def _refuse_live_run(self) -> None:
+        """A stage directory of an `align run` belongs to that run while it lives: another command
+        writing it would change what the run's later stages read."""
+        run = self.path.parent
+        holder = lock_holder(run) if (run / MARKER).is_file() else None
+        if holder is not None and holder.get("pid") != os.getpid():
+            raise AlignError(f"{self.path} belongs to the run {run}, in use by {holder.get('what') or 'align run'} "
+                             f"(pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); wait "
+                             f"for it to finish or stop it, or write elsewhere")
 
     def _check_resumed_settings(self, config_yaml: str | None, allow_changes: bool, checkpoint: Path) -> None:
         """A resumed run continues the checkpoint's settings: a change is refused unless allowed,

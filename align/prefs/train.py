@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from align.core import distributed, guards, modeling, rundir, tracking
+from align.core import distributed, guards, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
@@ -79,24 +80,35 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
             guards.explain_out_of_memory(job.upper(), memory):
         metrics = tracking.MetricsLog(out.path)
         tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+        import torch
+
+        torch.manual_seed(config.training.seed)  # the new adapter's initial weights: the same on every run
         model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
         callbacks = [tracking.trainer_callback(metrics), guards.nonfinite_callback(),
                      resumed_settings_callback(config.training.learning_rate, 0.0)]
         trainer = build_trainer(model, tokenizer, out, callbacks)
+        trainer.add_callback(resumable.end_callback())
         modeling.undo_trl_bf16_adapters(trainer.model)
         checkpoint = out.newest_checkpoint() if resume else None
         if checkpoint is not None:  # steps past the checkpoint are run again: log them once
             metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
+        resumable.restore_token_count(trainer, checkpoint)
+        started = time.time()
         try:
-            result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        except resumable.NothingLeftToTrain:
+            pass  # the checkpoint is the last step's: its weights and state are the trained ones
         except guards.NonFinite as e:
             raise guards.halt_trainer(trainer, e, job.upper(), "Lower training.learning_rate or training.beta") from None
-        figures = {"train/loss_mean": result.training_loss, "train/steps": trainer.state.global_step,
-                   "train/runtime_s": round(result.metrics.get("train_runtime", 0.0), 2), **tracking.peak_memory_mb()}
+        figures = {"train/loss_mean": resumable.mean_logged_loss(trainer.state.log_history),
+                   "train/steps": trainer.state.global_step, "train/runtime_s": round(time.time() - started, 2),
+                   **tracking.peak_memory_mb()}
         if getattr(trainer, "eval_dataset", None) is not None:
             figures.update({tracking.hf_key(k): v for k, v in trainer.evaluate().items()})
         for entry in trainer.state.log_history:  # the newest value of each logged figure
-            figures.update({tracking.hf_key(k): v for k, v in entry.items() if not k.startswith("train_")})
+            # not the end-of-train() summary: it covers one train() call, and a resumed one has none
+            figures.update({tracking.hf_key(k): v for k, v in entry.items()
+                            if not k.startswith("train_") and k != "total_flos"})
         modeling.save_loadable(trainer.model, tokenizer, out.file(rundir.ADAPTER), config.model)
         metrics.update(figures)
         return metrics.final

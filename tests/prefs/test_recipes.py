@@ -49,3 +49,35 @@ def test_rule_function_reads_message_completions():
     fn = RuleFunction("tests.ppo.toy_reward:digit_count")
     assert fn([[{"role": "user", "content": "Q"}]], [[{"role": "assistant", "content": "a1b22"}]]) == [3.0]
     assert fn.__name__ == "digit_count"
+
+
+@pytest.mark.parametrize("kill_at", [None, 3])
+def test_dpo_resumed_ends_with_the_figures_of_an_unbroken_run(kill_at, tiny_model_dir, tmp_path):
+    """Killed after its last checkpoint (None) or at a middle one: the same figures as a run never
+    stopped, not a step past the end nor a mean loss over the resumed steps alone."""
+    from align.core.rundir import StageDir, write_json_atomic
+    from tests.reliability.stages import UNTIMED
+
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(32)))
+
+    def config(out):
+        return load_config(DPOConfig, None, [
+            f"out_dir={out}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+            "model.quantization=none", "model.lora.r=4", "model.lora.dropout=0", "training.max_steps=6",
+            "training.save_steps=3", "training.learning_rate=5e-3", "training.max_length=64", "tracking.wandb=false",
+            "tracking.logging_steps=2"])
+
+    whole = dpo(config(tmp_path / "whole"))
+    cut = tmp_path / "cut"
+    dpo(config(cut))
+    if kill_at is not None:
+        import shutil
+
+        shutil.rmtree(cut / "checkpoints" / "checkpoint-6")
+    status = json.loads((cut / "status.json").read_text())
+    write_json_atomic(cut / "status.json", {**status, "state": "failed"})
+    assert StageDir(cut).newest_checkpoint().name == f"checkpoint-{kill_at or 6}"
+    resumed = dpo(config(cut), resume=True)
+    assert whole["train/steps"] == resumed["train/steps"] == 6
+    assert {k: v for k, v in resumed.items() if not UNTIMED.search(k)} == \
+           {k: v for k, v in whole.items() if not UNTIMED.search(k)}

@@ -168,9 +168,12 @@ def test_ppo_resumed_under_two_processes_matches_the_uninterrupted_run(tiny_mode
     assert launch("ppo", "--out", str(tmp_path / "whole"), *sets, "--set=ppo.updates=4").returncode == 0
     assert launch("ppo", "--out", str(tmp_path / "cut"), *sets, "--set=ppo.updates=2").returncode == 0
     (tmp_path / "cut" / "status.json").write_text('{"state": "failed"}')  # as if killed after its checkpoint
-    resumed = launch("ppo", "--out", str(tmp_path / "cut"), "--resume", *sets, "--set=ppo.updates=4")
+    resumed = launch("ppo", "--out", str(tmp_path / "cut"), "--resume", "--allow-changes", *sets, "--set=ppo.updates=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    whole, cut = logged(tmp_path / "whole"), logged(tmp_path / "cut")
+    whole = logged(tmp_path / "whole")
+    cut = [r for r in logged(tmp_path / "cut") if "resumed_with_changes" not in r]
+    assert [r["resumed_with_changes"] for r in logged(tmp_path / "cut") if "resumed_with_changes" in r] == [
+        {"ppo.updates": {"before": 2, "after": 4}}]
     assert [r["step"] for r in cut] == [r["step"] for r in whole] == [1, 2, 2, 3, 4, 4]
     for x, y in zip(whole, cut):
         differences(x, y, {})

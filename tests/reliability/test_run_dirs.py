@@ -148,7 +148,14 @@ def test_two_runs_of_one_name_cannot_both_proceed(at):
         result = CliRunner().invoke(cli, ["run", "--config", str(TINY), "--name", "x", "--set", f"runs_dir={runs}"])
         assert result.exit_code == 2, result.output
         assert f"{runs / 'x'} is in use by align run --name x (pid {proc.pid} on {HOST}" in result.output
-    assert sorted(p.name for p in (runs / "x").iterdir()) == sorted([LOCK, MARKER])
+        # nor can a stage command write one of its stage directories, finished or not
+        (runs / "x" / "sft").mkdir()
+        for flags in ({}, {"overwrite": True}):
+            with pytest.raises(AlignError, match=rf"{runs / 'x' / 'sft'} belongs to the run {runs / 'x'}, in use by "
+                                                 rf"align run --name x \(pid {proc.pid} on {HOST}"):
+                StageDir(runs / "x" / "sft").prepare(**flags)
+    assert sorted(p.name for p in (runs / "x").iterdir()) == sorted([LOCK, MARKER, "sft"])
+    StageDir(runs / "x" / "sft").prepare()  # the run is over: the directory is free
 
 
 def test_sigterm_between_two_stages_is_recorded_as_failed(tmp_path):
