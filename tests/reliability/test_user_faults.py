@@ -24,17 +24,6 @@ from tests.reliability import faulty_rewards, stages
 FAULTY = "tests.reliability.faulty_rewards"
 
 
-@pytest.fixture
-def no_models(monkeypatch):
-    """Any model load fails the test: the fault must be found first."""
-
-    def must_not_load(*args, **kwargs):
-        raise AssertionError("a model was loaded although the input is bad")
-
-    for name in ("load_base", "load_tokenizer", "attach_tuning"):
-        monkeypatch.setattr(modeling, name, must_not_load)
-
-
 def refused(result, *expected: str) -> str:
     """Exit 2 with one `error:` line holding each of `expected`, and no traceback; returns the line."""
     output = result.output
