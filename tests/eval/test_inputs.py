@@ -83,6 +83,10 @@ def test_adapter_for_another_base(tmp_path, eval_dirs, heldout):
     config = make_config(tmp_path, eval_dirs, heldout, **{"models.sft": moved})
     with pytest.raises(AlignError, match=r"model 'sft': adapter .* does not fit base"):
         evaluate(config)
+    # found after the output directory was written; the corrected command needs no --overwrite
+    assert json.loads((tmp_path / "eval" / "status.json").read_text())["state"] == "failed"
+    evaluate(make_config(tmp_path, eval_dirs, heldout))
+    assert json.loads((tmp_path / "eval" / "status.json").read_text())["state"] == "done"
 
 
 def test_prompts_with_no_text(tmp_path, eval_dirs, write_jsonl):

@@ -319,3 +319,21 @@ def test_an_output_directory_that_cannot_be_written_is_one_message(tmp_path, mon
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (f"error: {tmp_path / 'ro'}: Read-only file system "
                                                       f"(a read-only file system: write elsewhere with --out)")
+
+
+def test_a_corrupt_manifest_is_kept_aside_and_rebuilt_from_the_stages(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    settings = [f"runs_dir={tmp_path}", "stages=[reward]", f"model={tiny_model_dir}",
+                f"reward.data.train={stages.preference_file(tmp_path / 'p.jsonl')}"]
+    Pipeline(load_config(TINY, settings), echo=lambda _: None).run()
+    manifest = tmp_path / "tiny" / "manifest.json"
+    manifest.write_bytes(b'{"name": "tiny", "stages": {"rew')  # cut by a full disk
+    result = CliRunner().invoke(cli, ["status", str(tmp_path / "tiny")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"error: {manifest}: cannot be read (" in result.output
+    said = []
+    rebuilt = Pipeline(load_config(TINY, settings), echo=said.append).run()
+    assert any("could not be read" in line and "kept as manifest.json.unreadable" in line for line in said)
+    assert rebuilt.manifest["stages"]["reward"]["status"] == "done"
+    assert (tmp_path / "tiny" / "manifest.json.unreadable").read_bytes() == b'{"name": "tiny", "stages": {"rew'
+    assert CliRunner().invoke(cli, ["status", str(tmp_path / "tiny")]).exit_code == 0
