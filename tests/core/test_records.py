@@ -194,3 +194,32 @@ def test_a_byte_order_mark_is_dropped_in_every_format(tmp_path):
     with pytest.raises(DataError) as err:
         read_rows(tmp_path / "bad.csv")
     assert str(err.value) == f"{tmp_path / 'bad.csv'}:2: not UTF-8 (byte 0xff)"
+
+
+@pytest.mark.parametrize(
+    ("row", "field"),
+    [
+        ({"prompt": "Q", "chosen": [{"role": "assistant", "content": ""}], "rejected": "bad"}, "chosen"),
+        ({"prompt": "Q", "chosen": "good", "rejected": [{"role": "assistant", "content": "  "}]}, "rejected"),
+        # TRL's implicit prompt: whole conversations sharing every turn but the last, here an empty one
+        ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}],
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "bad"}]}, "chosen"),
+        ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "good"}],
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": " \n"}]}, "rejected"),
+    ],
+)
+def test_an_empty_reply_given_as_messages_is_refused(write_jsonl, row, field):
+    rows, _ = read_rows(write_jsonl("x.jsonl", [row]))
+    records, problems = parse_rows(rows, "preferences")
+    assert records == [] and len(problems) == 1
+    assert problems[0].startswith(f'{rows[0].source}: field "{field}": empty'), problems
+
+
+def test_a_blank_line_does_not_shift_the_line_named_after_it(write_jsonl):
+    path = write_jsonl("blank.jsonl", [], raw=b'{"prompt": "a", "completion": "b"}\n\n{"prompt": ""}\n  \n{"prompt": "c", "completion": "d"}\n')
+    rows, problems = read_rows(path)
+    assert problems == [] and [r.source for r in rows] == [f"{path}:1", f"{path}:3", f"{path}:5"]
+    with pytest.raises(DataError) as err:
+        load_records(path, "instructions")
+    assert f'{path}:3: field "prompt": empty' in str(err.value)
+    assert ":2:" not in str(err.value) and "1 bad of 3 records" in str(err.value)

@@ -158,3 +158,35 @@ def test_kl_to_base_is_the_mean_log_ratio_of_the_sampled_answers(finished, eval_
                   for s in samples]
         per_prompt.append(sum(ratios) / len(ratios))
     assert metrics["sft/kl_to_base"] == pytest.approx(sum(per_prompt) / len(per_prompt), abs=1e-3)
+
+
+def test_a_model_equal_to_its_base_is_0_nats_from_it_at_the_sampling_temperature(eval_dirs, heldout, tmp_path):
+    """An adapter with LoRA B = 0 leaves its base as it was: kl_to_base is 0 at temperature 0.7 when the
+    answers' log-probs (recorded while sampling) and the base's are taken at that same temperature."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from align.core import modeling
+    from align.core.rundir import StageDir
+    from align.eval.generate import answer
+    from align.eval.models import ModelPool
+    from align.eval.run import Evaluation, check_inputs
+
+    torch.manual_seed(0)
+    identity = get_peft_model(LlamaForCausalLM.from_pretrained(eval_dirs["base"]),
+                              LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))  # B = 0
+    modeling.save_loadable(identity, AutoTokenizer.from_pretrained(eval_dirs["base"]), tmp_path / "same" / "adapter",
+                           modeling.ModelConfig(name=str(eval_dirs["base"]), quantization="none"))
+    config = make_config(tmp_path, eval_dirs, heldout, **{
+        "models": json.dumps({"base": str(eval_dirs["base"]), "same": str(tmp_path / "same")}),
+        "generation.temperature": 0.7})
+    inputs = check_inputs(config)
+    evaluation = Evaluation(config, StageDir(config.out_dir), inputs)
+    pool = ModelPool(inputs.specs, "none")
+    answers = answer(pool.view("same"), evaluation.prompts, config.generation, config.samples_per_seed)
+    assert all(a.token_ids for row in answers.sampled for a in row)
+    figures = evaluation.kl_to_base(pool, "same", answers)
+    assert figures["kl_to_base"] == pytest.approx(0.0, abs=1e-4)
+    assert figures["kl_to_base_ci_low"] == pytest.approx(0.0, abs=1e-4)
+    assert figures["kl_to_base_ci_high"] == pytest.approx(0.0, abs=1e-4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from align.eval import scores
@@ -29,6 +30,23 @@ def test_bootstrap_matches_the_normal_interval_on_a_large_sample():
 def test_bootstrap_is_seeded_and_empty_is_nan():
     assert scores.bootstrap_ci([1.0, 2.0, 7.0], seed=3) == scores.bootstrap_ci([1.0, 2.0, 7.0], seed=3)
     assert all(math.isnan(x) for x in scores.bootstrap_ci([]))
+    # the seed is the one the caller gives: the documented resampling, transcribed, with that seed ...
+    values = [1.0, 2.0, 7.0, 3.5, 0.25, 9.0, 4.0, 6.5]
+    rng = np.random.default_rng(3)
+    means = [float(np.mean([values[k] for k in row])) for row in rng.integers(0, len(values), size=(1000, len(values)))]
+    assert scores.bootstrap_ci(values, seed=3) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=1e-12)
+    # ... and another seed draws other resamples
+    assert scores.bootstrap_ci(values, seed=4) != scores.bootstrap_ci(values, seed=3)
+
+
+def test_bootstrap_interval_is_95_percent_not_90():
+    # 8 zeros and 8 ones: a resample's mean is Binomial(16, 1/2) / 16, with P(X <= 3) = 697/65536 = 0.011,
+    # P(X <= 4) = 2517/65536 = 0.038 and P(X <= 5) = 6885/65536 = 0.105. The 2.5th percentile is X = 4
+    # (0.25) and by symmetry the 97.5th X = 12 (0.75); a 90% interval would read X = 5 and 11:
+    # (0.3125, 0.6875). With 4000 resamples each empirical tail fraction is within about 0.003 (one
+    # standard error) of its probability: 0.025 and 0.05 fall clear of the steps, whichever the seed
+    for seed in (0, 1, 2):
+        assert scores.bootstrap_ci([0.0] * 8 + [1.0] * 8, samples=4000, seed=seed) == (0.25, 0.75)
 
 
 def test_with_ci_names_the_bounds():

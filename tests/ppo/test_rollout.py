@@ -125,3 +125,27 @@ def test_log_probs_from_the_sampling_logits_match_a_pass_of_their_own(tiny_model
     assert torch.equal(sampled.response_ids, separate.response_ids)
     assert (separate.logprobs[separate.response_mask.bool()] < -0.5).any()  # tempered log-probs, not all ~0
     torch.testing.assert_close(sampled.logprobs, separate.logprobs, atol=1e-4, rtol=0)
+
+
+def test_reference_log_probs_are_taken_at_the_sampling_temperature(tiny_model_dir):
+    """While the policy is the reference (LoRA B = 0) π_ref's log-probs are π_old's, token for token,
+    at a sampling temperature other than 1: the KL penalty starts at 0."""
+    from align.ppo.losses import logprobs_of
+    from align.ppo.models import REF
+
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(cfg, tokenizer, None)
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    for from_sampling in (False, True):
+        torch.manual_seed(4)
+        rollout = make_rollout(stack, ids, mask, prompts, Sampling(8, 0.7, 1.0, from_sampling),
+                               lambda r, p: torch.zeros(len(p)), lambda raw: raw, [tokenizer.eos_token_id],
+                               tokenizer.pad_token_id, None, {})
+        # a pass of its own gives the same numbers; the sampling logits agree up to rounding
+        torch.testing.assert_close(rollout.ref_logprobs, rollout.logprobs, atol=1e-4 if from_sampling else 0, rtol=0)
+    # at temperature 1 they differ: the check above can tell the two apart
+    with torch.no_grad():
+        logits = stack.policy_logits(rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1], adapter=REF)
+    at_one = logprobs_of(logits, rollout.response_ids, 1.0) * rollout.response_mask
+    assert (at_one - rollout.logprobs).abs().max() > 0.1

@@ -68,15 +68,30 @@ def test_telemetry_is_healthy(toy_run):
 
 def test_outputs_the_aligned_adapter_loadable_by_peft(toy_run, tiny_model_dir):
     from peft import AutoPeftModelForCausalLM
+    from safetensors.torch import load_file
 
     out, _ = toy_run
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "samples.jsonl").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] > 0
+    from align.core import modeling
+    from align.ppo.models import PolicyStack
+
+    # it is the trained policy: the logits of the policy adapter of the last checkpoint (taken after the
+    # last update), not those of the value adapter nor of the base
+    stack = PolicyStack(toy_config(tiny_model_dir, out).model, modeling.load_tokenizer(str(tiny_model_dir)), None)
+    with torch.no_grad():
+        for name, tensor in load_file(out / "checkpoints" / "checkpoint-60" / "trainable.safetensors").items():
+            stack.named_trainable()[name].copy_(tensor)
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    with torch.no_grad():
+        loaded = model(input_ids=ids).logits[0, :-1]  # (5, V): what predicts tokens 2..6
+        policy, value, base = (stack.policy_logits(ids, torch.ones_like(ids), ids.shape[1] - 1, adapter=a)[0]
+                               for a in ("policy", "value", "ref"))
+    torch.testing.assert_close(loaded, policy, atol=1e-4, rtol=0)
+    assert (loaded - value).abs().max() > 1e-2 and (loaded - base).abs().max() > 1e-2
     sample = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert {"update", "prompt", "response", "score"} <= set(sample)
-    from safetensors.torch import load_file
-
     assert set(load_file(out / "value_head.safetensors")) == {"weight", "bias"}
 
 
@@ -141,3 +156,144 @@ def test_a_guard_trip_is_kept_apart_from_the_resume_point(tiny_model_dir, tmp_pa
         train(config)
     assert (out / "checkpoints" / "halted-update-1" / "trainable.safetensors").exists()
     assert StageDir(out).newest_checkpoint() is None
+
+
+# ---------------------------------------------------------------- one update, watched by spies
+
+
+@pytest.fixture
+def trainer(tiny_model_dir, tmp_path):
+    """A PPOTrainer outside `train`: 8 prompts an update, 2 mini-batches of 4, one epoch, 4 updates,
+    sampling (and every log-prob) at temperature 0.7."""
+    from align.core.rundir import StageDir
+    from align.ppo.train import PPOTrainer
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = toy_config(tiny_model_dir, out, "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=1",
+                        "ppo.grad_accum=1", "ppo.updates=4", "ppo.lr_scheduler=linear", "ppo.kl_estimator=k1",
+                        "ppo.adaptive_kl=false", "ppo.kl_coef=0.05", "ppo.whiten_rewards=false",
+                        "sampling.temperature=0.7", "data.eval_prompts=null", "eval_every=0")
+    return PPOTrainer(config, StageDir(out))
+
+
+def demo_prompts(n=8):
+    from align.core.records import load_records
+
+    return load_records(DEMO / "prompts.jsonl", "prompts")[:n]
+
+
+def move_off_the_start(trainer):
+    """The policy starts as the reference (LoRA B = 0) and the value head at 0: random B and head weights
+    give the policy log-probs of its own and the values something to add to the advantages."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in trainer.stack.named_trainable().items():
+            if ".lora_B.policy." in name or name.startswith("value_head."):
+                param.normal_(0, 0.05)
+
+
+def record_calls(monkeypatch, owner, name):
+    """Wrap owner.name so each call's arguments are kept; returns the list of (args, kwargs)."""
+    calls, real = [], getattr(owner, name)
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_the_update_trains_on_whitened_gae_of_kl_shaped_rewards(trainer, monkeypatch):
+    """Worked from the rollout by hand: r_t = −β·(log π_old − log π_ref) on every response token plus the
+    score at the last, GAE on those, then the advantages whitened over the response mask."""
+    from align.ppo import advantages as adv
+
+    move_off_the_start(trainer)
+    shaped = record_calls(monkeypatch, adv, "shaped_rewards")
+    optimised = record_calls(monkeypatch, trainer, "optimise")
+    stats, rollout = trainer.step(demo_prompts(), 0)
+    (_, advantages, returns, _), _ = optimised[0]
+    mask = rollout.response_mask.float()
+    p, beta = trainer.config.ppo, 0.05
+
+    # whitened: mean 0 and (Bessel-corrected, as TRL) variance 1 over the real tokens, 0 on padding
+    n = mask.sum()
+    mean = (advantages * mask).sum() / n
+    assert mean.item() == pytest.approx(0.0, abs=1e-6)
+    assert (((advantages - mean) ** 2 * mask).sum() / (n - 1)).item() == pytest.approx(1.0, abs=1e-5)
+    assert (advantages[mask == 0] == 0).all()
+
+    kl = (rollout.logprobs - rollout.ref_logprobs) * mask  # k1
+    assert kl.abs().sum() > 0.1 and rollout.values.abs().sum() > 0.1  # neither term is 0
+    rewards = -beta * kl
+    rewards[torch.arange(len(rewards)), mask.sum(1).long() - 1] += rollout.scores
+    # the sign of the KL term where `step` shapes the rewards: a positive KL lowers the reward
+    (scores, kl_given, _, beta_given), _ = shaped[0]
+    assert beta_given == beta and torch.equal(scores, rollout.scores)
+    assert torch.allclose(kl_given, kl, atol=1e-7)
+    torch.testing.assert_close(adv.shaped_rewards(scores, kl_given, mask, beta_given), rewards, atol=1e-7, rtol=0)
+    want_advantages, want_returns = adv.gae(rewards, rollout.values, mask, p.gamma, p.lam)
+    torch.testing.assert_close(returns, want_returns, atol=1e-6, rtol=0)
+    torch.testing.assert_close(advantages, adv.whiten(want_advantages, mask), atol=1e-5, rtol=0)
+    assert stats["objective/non_score_reward"] == pytest.approx((-beta * kl).sum(1).mean().item(), abs=1e-6)
+
+
+def test_each_mini_batch_clips_against_the_old_policy_and_fits_the_returns_from_zeroed_gradients(trainer, monkeypatch):
+    """Inside optimise: the ratio is π_θ / π_old (not / π_ref), the value target is the returns (not the
+    advantages), and each mini-batch's gradient starts from zero (no sum over earlier mini-batches)."""
+    import align.ppo.train as ppo_train
+    from align.ppo.rollout import unpadded_columns
+
+    move_off_the_start(trainer)
+    params = trainer.stack.trainable_parameters()
+    micro_steps = []
+    real_micro_step = type(trainer)._micro_step
+
+    def micro_step(self, rollout, advantages, returns, rows, n_tokens, lengths):
+        fresh = all(q.grad is None or not q.grad.any() for q in params)
+        micro_steps.append((rollout, advantages, returns, rows, lengths, fresh))
+        return real_micro_step(self, rollout, advantages, returns, rows, n_tokens, lengths)
+
+    monkeypatch.setattr(type(trainer), "_micro_step", micro_step)
+    policy_calls = record_calls(monkeypatch, ppo_train, "policy_loss")
+    value_calls = record_calls(monkeypatch, ppo_train, "value_loss")
+    optimiser_steps = []
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, args, kwargs: optimiser_steps.append(sum(q.grad.abs().sum().item() for q in params if q.grad is not None)))
+    trainer.step(demo_prompts(), 0)
+
+    assert len(micro_steps) == len(policy_calls) == len(value_calls) == 2  # 8 rollouts, 2 mini-batches of 4
+    assert all(g > 0 for g in optimiser_steps) and len(optimiser_steps) == 2
+    for (rollout, advantages, returns, rows, lengths, fresh), (pg, _), (vf, _) in zip(micro_steps, policy_calls, value_calls):
+        assert fresh  # optimizer.zero_grad after every step
+        resp = unpadded_columns(*lengths, rows, rollout.query_ids.shape[1])[1]
+        old, ref = rollout.logprobs[rows, resp], rollout.ref_logprobs[rows, resp]
+        assert not torch.allclose(old, ref, atol=1e-3)  # so a ratio against π_ref would show
+        _, old_given, advantages_given, _, _ = pg
+        assert torch.equal(old_given, old) and torch.equal(advantages_given, advantages[rows, resp])
+        _, old_values, target, _, _ = vf
+        assert not torch.allclose(returns[rows, resp], advantages[rows, resp], atol=1e-3)
+        assert torch.equal(old_values, rollout.values[rows, resp]) and torch.equal(target, returns[rows, resp])
+
+
+def test_the_learning_rate_decays_linearly_update_by_update(trainer):
+    # ppo.learning_rate 1e-3, 4 updates, linear: update u steps at 1e-3 · (1 − u/4) on both of its mini-batches;
+    # `lr` is logged after the scheduler's step, so it is the rate the next update will use
+    used = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    logged = [trainer.step(demo_prompts(), u)[0]["lr"] for u in range(3)]
+    assert used == pytest.approx([1e-3, 1e-3, 7.5e-4, 7.5e-4, 5e-4, 5e-4], rel=1e-9)
+    assert logged == pytest.approx([7.5e-4, 5e-4, 2.5e-4], rel=1e-9)
+
+
+def test_reference_log_probs_of_the_held_out_answers_use_the_sampling_temperature(trainer):
+    """While the policy is the reference (LoRA B = 0) the held-out answers' KL to it is 0, at any
+    temperature, if both log-probs are taken at that temperature."""
+    from align.core.records import load_records
+
+    prompts = load_records(DEMO / "heldout.jsonl", "prompts")[:4]
+    figures = trainer.evaluate(prompts)
+    assert figures["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert figures["response_length"] > 0

@@ -32,7 +32,14 @@ def test_dpo_learns_a_separable_preference(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["grpo", "rloo"])
-def test_online_recipes_run_with_a_rule_reward(method, tiny_model_dir, tmp_path):
+def test_online_recipes_run_with_a_rule_reward(method, tiny_model_dir, tmp_path, monkeypatch):
+    handed, score = [], RuleFunction.__call__  # the completions TRL has scored, one list per step
+
+    def spy(self, prompts, completions, **kwargs):
+        handed.append(completions)
+        return score(self, prompts, completions, **kwargs)
+
+    monkeypatch.setattr(RuleFunction, "__call__", spy)
     figures = online(load_config(OnlineConfig, None, [
         f"out_dir={tmp_path / method}", f"model.name={tiny_model_dir}", f"data.prompts={DEMO / 'prompts.jsonl'}",
         "reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count", "model.quantization=none",
@@ -42,6 +49,11 @@ def test_online_recipes_run_with_a_rule_reward(method, tiny_model_dir, tmp_path)
     rewards = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rewards if "train/reward" in r]
     assert len(logged) == 3 and all(r["train/reward"] >= 0 for r in logged)  # digit counts
+    # each step logs the mean digit count of the completions it sampled (the response's digits, not the prompt's)
+    counts = [[sum(ch.isdigit() for ch in (c[-1]["content"] if isinstance(c, list) else c)) for c in step]
+              for step in handed]
+    assert len(counts) == 3 and all(len(step) == 8 for step in counts) and sum(map(sum, counts)) > 0
+    assert [r["train/reward"] for r in logged] == pytest.approx([sum(step) / len(step) for step in counts], abs=1e-6)
     assert (tmp_path / method / "adapter" / "adapter_config.json").exists()
 
 

@@ -57,7 +57,7 @@ def test_saved_model_reloads_and_scores_like_training(reward_run):
 
 
 def test_score_file_writes_raw_and_normalised_rewards(reward_run, tmp_path):
-    root, _ = reward_run
+    root, figures = reward_run
     data = tmp_path / "in.jsonl"
     data.write_text(json.dumps({"prompt": "What is 2 + 3?", "completions": ["2 + 3 = 5.", "2 + 3 = 6."]}) + "\n"
                     + json.dumps({"prompt": "What is 1 + 1?", "response": "1 + 1 = 2."}) + "\n")
@@ -65,6 +65,17 @@ def test_score_file_writes_raw_and_normalised_rewards(reward_run, tmp_path):
     first, second = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert len(first["reward"]) == 2 and len(first["reward_normalised"]) == 2
     assert isinstance(second["reward"], float) and "reward_normalised" in second
+    # raw: the reward model's own score of each completion, in the file's order
+    model = RewardModel.load(root / "run")
+    prompts = [[{"role": "user", "content": q}] for q in ("What is 2 + 3?", "What is 2 + 3?", "What is 1 + 1?")]
+    direct = model.score(prompts, ["2 + 3 = 5.", "2 + 3 = 6.", "1 + 1 = 2."]).tolist()
+    raw = [*first["reward"], second["reward"]]
+    assert raw == pytest.approx(direct, abs=1e-5) and len({round(r, 4) for r in raw}) == 3
+    # normalised: (raw - mean) / std with the normaliser fitted at the end of training (not 0 and 1)
+    mean, std = figures["normaliser/mean"], figures["normaliser/std"]
+    assert abs(mean) > 1e-3 and abs(std - 1) > 1e-3
+    assert [*first["reward_normalised"], second["reward_normalised"]] == pytest.approx(
+        [(r - mean) / std for r in raw], abs=1e-5)
 
 
 def test_resume_gives_the_same_model_as_an_uninterrupted_run(tiny_model_dir, tmp_path):
@@ -122,3 +133,22 @@ def test_gradient_checkpointing_trains_the_same_model(tiny_model_dir, tmp_path, 
     assert plain["eval/margin"] != plain["eval_before/margin"]  # it trained
     for key in ("eval/margin", "normaliser/mean", "normaliser/std"):
         assert checkpointed[key] == pytest.approx(plain[key], rel=1e-4), key
+
+
+def test_batcher_offsets_each_groups_pairs_to_its_own_completions(tiny_model_dir):
+    """Pairs index the batch's flat list of completions: without each group's offset every group's
+    pairs would point into the first group, and only it would get a gradient."""
+    from align.core import modeling
+    from reward.formats import Group
+    from reward.train import Batcher
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    user = ({"role": "user", "content": "Q"},)
+    groups = [Group(user, ("a", "b", "c"), (0, 1, 2), 0.5, "x:1"),  # completions 0 1 2 of the batch
+              Group(user, ("d", "e"), (1, 0), 2.0, "x:2")]  # completions 3 4: "e" (4) beats "d" (3)
+    batch = Batcher(tokenizer, 64, use_margin=True)(groups)
+    assert batch["inputs"]["input_ids"].shape[0] == 5
+    assert batch["pairs"].tolist() == [[0, 1], [0, 2], [1, 2], [4, 3]]
+    assert batch["pair_group"].tolist() == [0, 0, 0, 1]
+    assert batch["margins"].tolist() == [0.5, 0.5, 0.5, 2.0]
+    assert Batcher(tokenizer, 64, use_margin=False)(groups)["margins"] is None
