@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from align.core import modeling
+from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
+from align.core.model_config import ModelConfig
 from reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
 
 POLICY, VALUE, REWARD, REF = "policy", "value", "reward", "ref"
@@ -56,98 +58,142 @@ def load_lora(peft: Any, weights: dict[str, torch.Tensor], adapter: str, source:
         raise AlignError(f"{source}: adapter does not fit this base (unexpected {result.unexpected_keys[:3]})")
 
 
+@dataclass
+class SharedReward:
+    """What of a reward model runs on the shared base: its LoRA adapter and head, or a head on the base
+    itself; neither when it was trained on another base or at another precision (it then runs on its
+    own, see rollout.Scorer), only its normaliser."""
+
+    normaliser: Normaliser = field(default_factory=Normaliser)
+    head: torch.Tensor | None = None  # (1, H) the score head's weight
+    lora: tuple[Any, dict[str, torch.Tensor]] | None = None  # (LoraConfig, LoRA tensors)
+    directory: Path | None = None
+    on_base: bool = False  # the head reads the base's own hidden states, adapters off
+
+
+def shared_base(model_config: ModelConfig, tokenizer: Any, gradient_checkpointing: bool) -> Any:
+    """The frozen (4-bit) base the adapters share, with dropout off, ready for adapters to train."""
+    base = base_model.load_base(model_config, tokenizer)
+    for module in base.modules():  # N+ details: no dropout anywhere, or the ratio starts away from 1
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return tuning.prepare_for_training(base, model_config, gradient_checkpointing=gradient_checkpointing)
+
+
+def policy_adapters(base: Any, model_config: ModelConfig) -> tuple[Any, Any, bool]:
+    """The policy adapter on the base: the SFT adapter's weights when one is given, with a frozen copy of
+    them as the reference; else a fresh adapter from the LoRA settings, and the base is the reference.
+
+    Returns (the peft model, the policy's LoraConfig, whether a reference adapter was added)."""
+    from peft import get_peft_model
+
+    sft = Path(model_config.adapter) if model_config.adapter else None
+    if sft is None:
+        config, weights = tuning.lora_config(model_config.lora, "CAUSAL_LM"), None
+    else:
+        config, weights, _ = lora_weights(sft)
+    # N+ details: dropout off, or log-prob ratios start away from 1
+    config = tuning.for_task(config, "CAUSAL_LM", dropout=0.0)
+    peft = get_peft_model(base, copy.deepcopy(config), adapter_name=POLICY)
+    if weights is not None:
+        load_lora(peft, weights, POLICY, sft)
+        peft.add_adapter(REF, copy.deepcopy(config))
+        load_lora(peft, weights, REF, sft)
+    return peft, config, weights is not None
+
+
+def shared_reward(reward_path: str | None, model_config: ModelConfig) -> SharedReward:
+    """Read the reward model's directory for what can run on the shared base."""
+    if reward_path is None:
+        return SharedReward()
+    directory = weights_dir(reward_path)
+    record = saved_models.recorded_base(directory)
+    # the same weights at the same precision, or the reward model's scores (and normaliser) shift
+    same_base = (record["resolved"] == model_paths.resolve_model_path(model_config.name)
+                 and record["quantization"] == model_config.quantization)
+    normaliser = Normaliser()
+    if (directory / NORMALISER).exists():
+        normaliser = Normaliser(**json.loads((directory / NORMALISER).read_text()))
+    if same_base and (directory / "adapter_config.json").exists():
+        config, weights, head = lora_weights(directory)
+        return SharedReward(normaliser, head, (config, weights), directory)
+    if same_base and (directory / HEAD_FILE).exists():
+        from safetensors.torch import load_file
+
+        return SharedReward(normaliser, load_file(directory / HEAD_FILE)["weight"], on_base=True)
+    return SharedReward(normaliser)
+
+
+def reward_and_value_adapters(peft: Any, reward: SharedReward, policy_config: Any) -> None:
+    """The frozen reward adapter and the value adapter, both from the reward model's LoRA weights (N+
+    details: the critic is initialised from the reward model); with no reward adapter, a fresh value
+    adapter shaped like the policy's."""
+    if reward.lora is None:
+        peft.add_adapter(VALUE, copy.deepcopy(policy_config))
+        return
+    config, weights = reward.lora
+    config = tuning.for_task(config, "CAUSAL_LM", dropout=0.0)
+    config.modules_to_save = None  # the reward model's head is our reward_head, not one of peft's modules
+    for name in (REWARD, VALUE):
+        peft.add_adapter(name, copy.deepcopy(config))
+        load_lora(peft, weights, name, reward.directory)
+
+
+def reward_head(reward: SharedReward, hidden: int) -> nn.Linear | None:
+    """r(x, y) = w·h at the last real token, frozen; None when no reward model runs on the shared base."""
+    if reward.head is None:
+        return None
+    head = nn.Linear(hidden, 1, bias=False)
+    head.weight.data.copy_(reward.head.float())
+    return head.requires_grad_(False)
+
+
+def value_head(reward_head: nn.Linear | None, normaliser: Normaliser, hidden: int) -> nn.Linear:
+    """V(s) = w·h + b: the normalised reward to start, V = (w_r·h − mean) / std, the scale of the returns; 0
+    with no reward head."""
+    head = nn.Linear(hidden, 1, bias=True)
+    if reward_head is not None:
+        head.weight.data.copy_(reward_head.weight.data / normaliser.std)
+        head.bias.data.fill_(-normaliser.mean / normaliser.std)
+    else:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return head
+
+
 class PolicyStack(nn.Module):
     """The shared base with its adapters and heads; `use(name)` selects what runs."""
 
-    def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None, *,
+    def __init__(self, model_config: ModelConfig, tokenizer: Any, reward_path: str | None, *,
                  gradient_checkpointing: bool = False):
         super().__init__()
-        from peft import LoraConfig, get_peft_model
-
         if model_config.tuning != "lora":
             raise AlignError(f"PPO trains LoRA adapters on a shared base; model.tuning={model_config.tuning!r} is not supported")
-        base = modeling.load_base(model_config, tokenizer)
-        for module in base.modules():  # N+ details: no dropout anywhere, or the ratio starts away from 1
-            if isinstance(module, nn.Dropout):
-                module.p = 0.0
-        if model_config.quantization != "none":
-            from peft import prepare_model_for_kbit_training
-
-            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
-                                                   gradient_checkpointing_kwargs=modeling.NON_REENTRANT)
-        elif gradient_checkpointing:
-            base.gradient_checkpointing_enable(modeling.NON_REENTRANT)
+        base = shared_base(model_config, tokenizer, gradient_checkpointing)
         hidden = base.config.hidden_size
-        sft = Path(model_config.adapter) if model_config.adapter else None
-        lora = model_config.lora
-        if sft is not None:
-            policy_config, policy_weights, _ = lora_weights(sft)
-        else:
-            policy_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0,
-                                       target_modules="all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules)
-            policy_weights = None
-        policy_config.task_type, policy_config.inference_mode = "CAUSAL_LM", False
-        policy_config.lora_dropout = 0.0  # N+ details: dropout off, or log-prob ratios start away from 1
-        self.peft = get_peft_model(base, copy.deepcopy(policy_config), adapter_name=POLICY)
-        if policy_weights is not None:
-            load_lora(self.peft, policy_weights, POLICY, sft)
-            self.peft.add_adapter(REF, copy.deepcopy(policy_config))
-            load_lora(self.peft, policy_weights, REF, sft)
-        self.has_ref_adapter = policy_weights is not None
-
-        self.reward_on_base = False
-        self.normaliser = Normaliser()
-        reward_config = reward_weights = reward_head = None
-        if reward_path is not None:
-            directory = weights_dir(reward_path)
-            base_record = modeling.recorded_base(directory)
-            # the same weights at the same precision, or the reward model's scores (and normaliser) shift
-            same_base = (base_record["resolved"] == modeling.resolve_model_path(model_config.name)
-                         and base_record["quantization"] == model_config.quantization)
-            if (directory / NORMALISER).exists():
-                self.normaliser = Normaliser(**json.loads((directory / NORMALISER).read_text()))
-            if same_base and (directory / "adapter_config.json").exists():
-                reward_config, reward_weights, reward_head = lora_weights(directory)
-            elif same_base and (directory / HEAD_FILE).exists():
-                from safetensors.torch import load_file
-
-                reward_head = load_file(directory / HEAD_FILE)["weight"]
-                self.reward_on_base = True
-        self.reward_head = self.value_head = None
-        if reward_head is not None:
-            self.reward_head = nn.Linear(hidden, 1, bias=False)
-            self.reward_head.weight.data.copy_(reward_head.float())
-            self.reward_head.requires_grad_(False)
-        if reward_config is not None:
-            reward_config.task_type, reward_config.inference_mode, reward_config.modules_to_save = "CAUSAL_LM", False, None
-            reward_config.lora_dropout = 0.0
-            self.peft.add_adapter(REWARD, copy.deepcopy(reward_config))
-            load_lora(self.peft, reward_weights, REWARD, directory)
-            self.peft.add_adapter(VALUE, copy.deepcopy(reward_config))
-            load_lora(self.peft, reward_weights, VALUE, directory)
-        else:
-            self.peft.add_adapter(VALUE, copy.deepcopy(policy_config))
-        self.value_head = nn.Linear(hidden, 1, bias=True)
-        if self.reward_head is not None:
-            # start the critic at the normalised reward: V = (w·h − mean) / std, the scale of the returns
-            self.value_head.weight.data.copy_(self.reward_head.weight.data / self.normaliser.std)
-            self.value_head.bias.data.fill_(-self.normaliser.mean / self.normaliser.std)
-        else:
-            nn.init.zeros_(self.value_head.weight)
-            nn.init.zeros_(self.value_head.bias)
-        self.has_reward_adapter = reward_config is not None
+        self.peft, policy_config, self.has_ref_adapter = policy_adapters(base, model_config)
+        reward = shared_reward(reward_path, model_config)
+        self.normaliser, self.reward_on_base = reward.normaliser, reward.on_base
+        # the reward head before the adapters: the order the random initialisations are drawn in
+        self.reward_head = reward_head(reward, hidden)
+        reward_and_value_adapters(self.peft, reward, policy_config)
+        self.has_reward_adapter = reward.lora is not None
+        self.value_head = value_head(self.reward_head, self.normaliser, hidden)
         self._params = {name: [p for n, p in self.peft.named_parameters()
                                if f".lora_A.{name}." in n or f".lora_B.{name}." in n]
                         for name in (POLICY, VALUE, REWARD, REF)}
+        self._settle()
+
+    def _settle(self) -> None:
+        """Heads on the base's device; trained adapters in fp32 (on GPUs too); our requires_grad; the LoRA
+        layers found once, for use() and base_only()."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         device = next(self.peft.parameters()).device
         self.value_head.to(device)
         if self.reward_head is not None:
             self.reward_head.to(device)
-        for name in TRAINABLE:
-            for p in self._params[name]:
-                p.data = p.data.float()
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
+        tuning.cast_to_fp32(p for name in TRAINABLE for p in self._params[name])
         # the LoRA layers, found once: adapters switch on every pass of an update (see use())
         self._adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         self._trainable: dict[str, nn.Parameter] | None = None

@@ -139,3 +139,86 @@ def test_qlora_gradients_survive_a_no_grad_eval_pass(tiny_model_dir):
     after = grad_of_first_layer()
     assert before.abs().sum() > 0
     torch.testing.assert_close(after, before)
+
+
+PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def adapted_layers(model) -> dict[str, set[str]]:
+    """Decoder layer index -> the names of its modules that carry a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    layers: dict[str, set[str]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            parts = name.split(".")
+            layers.setdefault(parts[parts.index("layers") + 1] if "layers" in parts else "-", set()).add(parts[-1])
+    return layers
+
+
+def test_lora_settings_reach_every_adapted_layer(tiny_model_dir):
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    cfg = config(tiny_model_dir, "quantization=none", "lora.r=4", "lora.alpha=12", "lora.dropout=0.1",
+                 "lora.target_modules=[q_proj, v_proj]")
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    assert adapted_layers(model) == {"0": {"q_proj", "v_proj"}, "1": {"q_proj", "v_proj"}}
+    q_proj = model.base_model.model.model.layers[1].self_attn.q_proj
+    assert q_proj.r["default"] == 4 and q_proj.scaling["default"] == 12 / 4  # the update is scaled by alpha / r
+    assert q_proj.lora_dropout["default"].p == 0.1
+    assert model.peft_config["default"].task_type == "CAUSAL_LM" and not model.peft_config["default"].modules_to_save
+    # the default, `all-linear`: every attention and MLP projection, never the LM head
+    default = config(tiny_model_dir, "quantization=none")
+    model = modeling.attach_tuning(modeling.load_base(default, tokenizer), default)
+    assert adapted_layers(model) == {"0": PROJECTIONS, "1": PROJECTIONS}
+
+
+def test_a_lora_target_the_model_lacks_is_a_clear_error(tiny_model_dir):
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    cfg = config(tiny_model_dir, "quantization=none", "lora.target_modules=[qkv_proj]")
+    with pytest.raises(AlignError, match=r"model.lora.target_modules \['qkv_proj'\]"):
+        modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+
+
+@pytest.mark.parametrize("quantization", ["nf4", "none"])
+def test_trainable_weights_are_fp32_on_cpu_whatever_the_base_dtype(tiny_model_dir, quantization):
+    """bf16 adapters and heads crawl on a CPU; a 4-bit base's norms are cast to fp32 too (QLoRA's
+    preparation). A reward model, so that its new head (a bf16 copy of the base's) is among them."""
+    import torch
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    cfg = config(tiny_model_dir, f"quantization={quantization}", "dtype=bfloat16", "lora.r=4")
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer, head="score"), cfg, task_type="SEQ_CLS",
+                                   gradient_checkpointing=True)
+    trainable = {n: p.dtype for n, p in model.named_parameters() if p.requires_grad}
+    assert set(trainable.values()) == {torch.float32}
+    assert {".lora_" in n or ".score.modules_to_save." in n for n in trainable} == {True}
+    assert any(".score.modules_to_save." in n for n in trainable)
+    norm = model.base_model.model.model.norm.weight
+    assert norm.dtype == (torch.float32 if quantization == "nf4" else torch.bfloat16)
+    assert model.base_model.model.is_gradient_checkpointing
+    plain = modeling.attach_tuning(modeling.load_base(cfg, tokenizer, head="score"), cfg, task_type="SEQ_CLS")
+    assert not plain.base_model.model.is_gradient_checkpointing
+
+
+def test_a_reward_model_starts_from_the_sft_adapter_with_a_fresh_head_training_in_full(tiny_model_dir, tmp_path):
+    """InstructGPT starts its reward model from the SFT model: the SFT LoRA weights on the backbone,
+    a new scalar head beside them."""
+    import torch
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    sft_cfg = config(tiny_model_dir, "quantization=none", "lora.r=4", "lora.alpha=8")
+    sft = modeling.attach_tuning(modeling.load_base(sft_cfg, tokenizer), sft_cfg)
+    with torch.no_grad():
+        for name, p in sft.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.25)
+    modeling.save_loadable(sft, tokenizer, tmp_path / "sft", sft_cfg)
+
+    cfg = config(tiny_model_dir, "quantization=none", f"adapter={tmp_path / 'sft'}", "lora.r=16")
+    reward = modeling.attach_tuning(modeling.load_base(cfg, tokenizer, head="score"), cfg, task_type="SEQ_CLS")
+    lora = reward.peft_config["default"]
+    assert lora.task_type == "SEQ_CLS" and lora.r == 4 and "score" in lora.modules_to_save  # the SFT adapter's rank
+    b = reward.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].weight
+    assert torch.all(b == 0.25) and b.requires_grad
+    head = [n for n, p in reward.named_parameters() if p.requires_grad and "score" in n]
+    assert head and all(".modules_to_save.default." in n for n in head)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from align.core import modeling
-from align.ppo.models import POLICY, REF, TRAINABLE, VALUE, PolicyStack, position_ids
+from align.ppo.models import POLICY, REF, REWARD, TRAINABLE, VALUE, PolicyStack, position_ids, shared_base
 
 
 def stack_with_distinct_adapters(model_dir) -> PolicyStack:
@@ -113,3 +113,100 @@ def test_sampling_under_inference_mode_gives_the_same_tokens_as_a_normal_tensor(
     # the update embeds sampled ids with gradients flowing into the adapters
     stack.policy_logits(out, torch.ones_like(out), 6).sum().backward()
     assert all(p.grad is not None for p in stack._params[POLICY])
+
+
+def lora_reward(model_dir, directory, quantization):
+    """A LoRA reward model with a normaliser, as the reward stage saves it; its weights made distinct."""
+    import json
+
+    from reward.score import NORMALISER
+
+    cfg = modeling.ModelConfig(name=str(model_dir), quantization=quantization, lora=modeling.LoraSettings(r=4, alpha=8))
+    tokenizer = modeling.load_tokenizer(str(model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer, head="score"), cfg, task_type="SEQ_CLS")
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    modeling.save_loadable(model, tokenizer, directory, cfg)
+    (directory / NORMALISER).write_text(json.dumps({"mean": 0.5, "std": 2.0}))
+    return directory
+
+
+def sft_adapter(model_dir, directory):
+    cfg = modeling.ModelConfig(name=str(model_dir), quantization="none", lora=modeling.LoraSettings(r=2, alpha=4))
+    tokenizer = modeling.load_tokenizer(str(model_dir))
+    model = modeling.attach_tuning(modeling.load_base(cfg, tokenizer), cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.fill_(0.125)
+    modeling.save_loadable(model, tokenizer, directory, cfg)
+    return directory
+
+
+def test_the_shared_base_carries_the_sft_and_reward_models_as_adapters(tiny_model_dir, tmp_path):
+    """policy and ref from the SFT adapter, reward and value from the reward model's; only policy, value
+    and the value head train, in fp32 on a 4-bit base; no dropout anywhere (N+ details), though the
+    config asks for some and the reward model trained with some."""
+    from safetensors.torch import load_file
+
+    reward = lora_reward(tiny_model_dir, tmp_path / "reward", "nf4")
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), adapter=str(sft_adapter(tiny_model_dir, tmp_path / "sft")),
+                               lora=modeling.LoraSettings(r=8, dropout=0.2))
+    stack = PolicyStack(cfg, modeling.load_tokenizer(str(tiny_model_dir)), str(reward))
+    assert stack.has_ref_adapter and stack.has_reward_adapter and stack.shares_reward and not stack.reward_on_base
+    configs = stack.peft.peft_config
+    assert set(configs) == {POLICY, REF, REWARD, VALUE}
+    assert {name: c.r for name, c in configs.items()} == {POLICY: 2, REF: 2, REWARD: 4, VALUE: 4}
+    for c in configs.values():
+        assert c.task_type == "CAUSAL_LM" and c.lora_dropout == 0.0 and not c.modules_to_save and not c.inference_mode
+    assert all(m.p == 0.0 for m in stack.peft.modules() if isinstance(m, torch.nn.Dropout))
+
+    assert {name: {p.requires_grad for p in ps} for name, ps in stack._params.items()} == \
+        {POLICY: {True}, VALUE: {True}, REF: {False}, REWARD: {False}}
+    assert not stack.reward_head.weight.requires_grad and stack.value_head.weight.requires_grad
+    assert {p.dtype for p in stack.trainable_parameters()} == {torch.float32}
+    assert len(stack.named_trainable()) == len(stack._params[POLICY]) + len(stack._params[VALUE]) + 2
+
+    q_proj = stack.peft.base_model.model.model.layers[0].self_attn.q_proj
+    assert torch.all(q_proj.lora_B[POLICY].weight == 0.125) and torch.all(q_proj.lora_B[REF].weight == 0.125)
+    saved = load_file(reward / "adapter_model.safetensors")
+    b = next(v for k, v in saved.items() if "layers.0.self_attn.q_proj.lora_B" in k)
+    torch.testing.assert_close(q_proj.lora_B[REWARD].weight, b, rtol=0, atol=0)
+    torch.testing.assert_close(q_proj.lora_B[VALUE].weight, b, rtol=0, atol=0)
+    head = next(v for k, v in saved.items() if k.endswith("score.weight"))
+    torch.testing.assert_close(stack.reward_head.weight, head.float(), rtol=0, atol=0)
+    # the critic starts at the normalised reward: (w·h - 0.5) / 2
+    torch.testing.assert_close(stack.value_head.weight, head.float() / 2.0, rtol=0, atol=0)
+    assert stack.value_head.bias.item() == -0.25
+
+
+def test_a_fresh_policy_takes_the_lora_settings_with_dropout_off(tiny_model_dir):
+    """On a bf16 base the trained adapters are fp32 all the same; the base stays as loaded."""
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none", dtype="bfloat16",
+                               lora=modeling.LoraSettings(r=4, alpha=12, dropout=0.2, target_modules=["q_proj", "v_proj"]))
+    stack = PolicyStack(cfg, modeling.load_tokenizer(str(tiny_model_dir)), None)
+    assert {p.dtype for p in stack.trainable_parameters()} == {torch.float32}
+    assert stack.peft.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert set(stack.peft.peft_config) == {POLICY, VALUE} and not stack.has_ref_adapter and not stack.shares_reward
+    for c in stack.peft.peft_config.values():
+        assert (c.r, c.lora_alpha, c.lora_dropout, c.task_type) == (4, 12, 0.0, "CAUSAL_LM")
+        assert c.target_modules == {"q_proj", "v_proj"}
+    assert all(p.requires_grad for name in TRAINABLE for p in stack._params[name])
+    assert stack.value_head.weight.abs().sum() == 0 and stack.value_head.bias.item() == 0  # no reward head to start from
+
+
+def test_the_shared_base_turns_every_dropout_off(tiny_model_dir, tmp_path):
+    """N+ details: dropout off, or the ratio starts away from 1. The tiny Llama has no dropout modules;
+    GPT-NeoX (Pythia, the N+ models) has them."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    neox = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=64, hidden_dropout=0.1)
+    GPTNeoXForCausalLM(neox).save_pretrained(tmp_path / "neox")
+    base = shared_base(modeling.ModelConfig(name=str(tmp_path / "neox"), quantization="none"), tokenizer, False)
+    dropouts = [m for m in base.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(m.p == 0.0 for m in dropouts)
