@@ -17,21 +17,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from align.stages import STAGES
+
 __version__ = "0.1.0"
 
-# public name -> (module, attribute)
+# public name -> (module, attribute); each stage's function comes from the registry (align.stages)
 _API = {
     "Pipeline": ("align.pipeline", "Pipeline"),
     "PipelineConfig": ("align.pipeline", "PipelineConfig"),
     "load_config": ("align.pipeline", "load_config"),
-    "stage_config": ("align.api", "stage_config"),
-    "train_sft": ("sft.train", "train"),
-    "train_reward": ("reward.train", "train"),
-    "train_ppo": ("align.ppo.train", "train"),
-    "train_dpo": ("align.prefs.train", "dpo"),
-    "train_grpo": ("align.api", "train_grpo"),
-    "train_rloo": ("align.api", "train_rloo"),
-    "evaluate": ("align.eval.run", "evaluate"),
+    "stage_config": ("align.stages", "stage_config"),
+    **{s.api_name: tuple(s.entry.split(":")) for s in STAGES.values()},
 }
 __all__ = sorted(_API)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 
 from align.core.errors import AlignError, Terminated
+from align.convert import CONVERTERS
+from align.stages import STAGES
 
 
 class AlignGroup(click.Group):
@@ -68,13 +70,16 @@ def load_stage_config(cls, config_path, overrides, out_dir):
     return load_config(cls, config_path, overrides)
 
 
-def run_stage(cls, train, options: dict, keys: tuple[str, ...], label: str) -> None:
+def run_stage(name: str, options: dict) -> None:
     """The body of every training command: config, train, headline figures, where the results are."""
-    config = load_stage_config(cls, options["config_path"], options["overrides"], options["out_dir"])
-    figures = train(config, overwrite=options["overwrite"], resume=options["resume"],
-                    allow_changes=options["allow_changes"])
-    click.echo(json.dumps({k: figures.get(k) for k in keys}))
-    click.echo(f"{label} done: {config.out_dir}")
+    from align.stages import stage
+
+    entry = stage(name)
+    config = load_stage_config(entry.config_class(), options["config_path"], options["overrides"], options["out_dir"])
+    figures = entry.train()(config, overwrite=options["overwrite"], resume=options["resume"],
+                            allow_changes=options["allow_changes"])
+    click.echo(json.dumps({k: figures.get(k) for k in entry.headline}))
+    click.echo(f"{name} done: {config.out_dir}")
 
 
 def _quiet_libraries() -> None:
@@ -89,28 +94,21 @@ def cli():
     _quiet_libraries()
 
 
-@cli.command()
-@stage_options
-def sft(**options):
-    """Stage 1: instruction SFT (QLoRA by default) with TRL's SFTTrainer."""
-    from sft.config import SFTConfig
-    from sft.train import train
+def training_command(name: str) -> click.Command:
+    """`align NAME --config ... --set ...`: a registered stage's command, its help the registry's."""
+    def command(**options):
+        run_stage(name, options)
 
-    run_stage(SFTConfig, train, options, ("eval/loss_before", "eval/loss", "train/runtime_s"), "SFT")
+    command.__doc__ = STAGES[name].summary
+    return cli.command(name=name)(stage_options(command))
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, help=STAGES["reward"].summary)
 @stage_options
 @click.pass_context
 def reward(ctx, **options):
-    """Stage 2: train a reward model from rankings or preferences (`align reward score` scores with one)."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from reward.config import RewardConfig
-    from reward.train import train
-
-    keys = ("eval_before/accuracy", "eval/accuracy", "eval/accuracy_top1", "eval/margin", "train/sec_per_step")
-    run_stage(RewardConfig, train, options, keys, "reward model")
+    if ctx.invoked_subcommand is None:
+        run_stage("reward", options)
 
 
 @reward.command("score")
@@ -127,46 +125,13 @@ def reward_score(model_path, data_path, out_path, batch_size):
     click.echo(f"scored {n} completions -> {out_path}")
 
 
-@cli.command()
-@stage_options
-def ppo(**options):
-    """Stage 3: PPO of the policy against the reward model, under a KL penalty to the reference."""
-    from align.ppo.config import PPOConfig
-    from align.ppo.train import train
-
-    keys = ("eval_before/reward_mean_sampled", "eval/reward_mean_sampled", "eval_before/reward_mean", "eval/reward_mean",
-            "eval/kl", "eval/response_length")
-    run_stage(PPOConfig, train, options, keys, "PPO")
+# every other registered stage but the evaluation (its own options, below) is one plain command
+for _name in STAGES:
+    if _name not in ("reward", "eval"):
+        training_command(_name)
 
 
-@cli.command()
-@stage_options
-def dpo(**options):
-    """DPO on preferences or rankings, through TRL's DPOTrainer."""
-    from align.prefs.config import DPOConfig
-    from align.prefs.train import dpo as train
-
-    run_stage(DPOConfig, train, options, ("train/loss_mean", "eval/rewards/accuracies", "train/steps"), "DPO")
-
-
-def _online(method: str):
-    def command(**options):
-        from align.prefs.config import OnlineConfig
-        from align.prefs.train import online
-
-        train = lambda config, **kw: online(config, method, **kw)  # noqa: E731
-        run_stage(OnlineConfig, train, options, ("train/reward", "train/loss_mean", "train/steps"), method.upper())
-
-    command.__doc__ = {"grpo": "GRPO with our reward model (or a rule function), through TRL's GRPOTrainer.",
-                       "rloo": "RLOO with our reward model (or a rule function), through TRL's RLOOTrainer."}[method]
-    return cli.command(name=method)(stage_options(command))
-
-
-_online("grpo")
-_online("rloo")
-
-
-@cli.command("eval")
+@cli.command("eval", help=STAGES["eval"].summary)
 @stage_options
 @click.option("--models", metavar="NAME=PATH,...",
               help="Models to compare: base=smollm2-135m-instruct,sft=runs/x/sft,aligned=runs/x/ppo.")
@@ -176,7 +141,6 @@ _online("rloo")
 @click.option("--best-of", type=int, help="Add a best-of-N row per model, picked by the reward model.")
 @click.option("--judge", metavar="MODULE:FUNCTION", help="Score (prompt, response) -> float, e.g. align.demo.tasks:judge.")
 def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
-    """Stage 4: compare models on held-out prompts; writes report.html, metrics.json, generations.jsonl."""
     from align.eval.config import EvalConfig
     from align.eval.report import summary_table
     from align.eval.run import evaluate
@@ -229,14 +193,15 @@ def validate(path, kind):
 
 @data.command("convert")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--from", "source", type=click.Choice(["hh-rlhf", "oasst", "alpaca", "dolly"]), required=True)
+@click.option("--from", "source", type=click.Choice(list(CONVERTERS)), required=True,
+              help="; ".join(f"{c.name}: {c.summary}" for c in CONVERTERS.values()))
 @click.option("-o", "--out", "out_path", type=click.Path(), required=True)
 @click.option("--lang", multiple=True, help="OpenAssistant: keep only these languages (repeatable), e.g. --lang en.")
 @click.option("--show-skipped", default=10, show_default=True, type=click.IntRange(min=0),
               help="How many skipped records to list.")
 def convert_cmd(inputs, source, out_path, lang, show_skipped):
     """Convert public data (HH-RLHF, OpenAssistant trees or message tables, Alpaca, Dolly) to ours."""
-    from reward.convert import convert
+    from align.convert import convert
 
     report = convert(source, list(inputs), out_path, set(lang) or None)
     for problem in report.problems[:show_skipped]:
@@ -253,7 +218,7 @@ def convert_cmd(inputs, source, out_path, lang, show_skipped):
 @click.option("--name", help="Run name (default: the config's name); outputs go to RUNS_DIR/NAME.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a pipeline setting (--set model=...) or a stage's (--set ppo.ppo.updates=50).")
-@click.option("--from-stage", type=click.Choice(["sft", "reward", "ppo", "dpo", "grpo", "rloo", "eval"]),
+@click.option("--from-stage", type=click.Choice(list(STAGES)),
               help="Rerun this stage and every later one, even if finished.")
 @click.option("--allow-changes", is_flag=True,
               help="Let a stage resumed from its checkpoint take changed settings (recorded in the manifest).")

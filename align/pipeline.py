@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -21,19 +21,8 @@ from align.core import heap, rundir, tracking
 from align.core.config import build, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.errors import AlignError, ConfigError
 from align.core.tracking import TrackingConfig
+from align.stages import POLICY_STAGES, STAGES, headline
 
-STAGES = ("sft", "reward", "ppo", "dpo", "grpo", "rloo", "eval")
-POLICY_STAGES = ("ppo", "dpo", "grpo", "rloo")
-# the figures `align status` and the manifest show for each stage
-HEADLINES = {
-    "sft": ("eval/loss_before", "eval/loss"),
-    "reward": ("eval_before/accuracy", "eval/accuracy"),
-    "ppo": ("eval_before/reward_mean", "eval/reward_mean", "eval/kl"),
-    "dpo": ("train/loss_mean", "eval/rewards/accuracies"),
-    "grpo": ("train/reward", "train/loss_mean"),
-    "rloo": ("train/reward", "train/loss_mean"),
-    "eval": ("sft/reward_mean", "aligned/reward_mean", "aligned/win_rate_vs_sft"),
-}
 MANIFEST = "manifest.json"
 
 
@@ -46,21 +35,15 @@ class StageSpec:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineSettings:
     name: str = "demo"
     """The run's name: outputs go to RUNS_DIR/NAME/<stage>, and it is the W&B group."""
     runs_dir: str = "runs"
+    """Where runs go: RUNS_DIR/NAME."""
     model: str = "smollm2-135m-instruct"
     """The base model of every stage: the embedded default, a local dir or a hub id."""
     stages: list[str] = field(default_factory=lambda: ["sft", "reward", "ppo", "eval"])
-    """Which stages run, in this order; at most one of ppo, dpo, grpo, rloo."""
-    sft: StageSpec = field(default_factory=StageSpec)
-    reward: StageSpec = field(default_factory=StageSpec)
-    ppo: StageSpec = field(default_factory=StageSpec)
-    dpo: StageSpec = field(default_factory=StageSpec)
-    grpo: StageSpec = field(default_factory=StageSpec)
-    rloo: StageSpec = field(default_factory=StageSpec)
-    eval: StageSpec = field(default_factory=StageSpec)
+    """Which stages run, in the registry's order (align.stages); at most one that makes the policy."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B for every stage (the group is the run name)."""
 
@@ -74,10 +57,17 @@ class PipelineConfig:
             raise ConfigError("stages: name at least one stage")
         if sum(s in POLICY_STAGES for s in self.stages) > 1:
             raise ConfigError(f"stages: pick one of {', '.join(POLICY_STAGES)} (got {self.stages})")
-        order = [STAGES.index(s) for s in self.stages]
+        order = [list(STAGES).index(s) for s in self.stages]
         if order != sorted(order):
             raise ConfigError(f"stages: {self.stages} are out of order; the order is {', '.join(STAGES)}")
         check_run_name(self.name)
+
+
+# the pipeline file's `<stage>: {config, set}` for every registered stage
+PipelineConfig = make_dataclass("PipelineConfig", [(name, StageSpec, field(default_factory=StageSpec)) for name in STAGES],
+                                bases=(PipelineSettings,))
+PipelineConfig.__module__ = __name__
+PipelineConfig.__doc__ = "A pipeline file: the run's settings, and each stage's config file and overrides (StageSpec)."
 
 
 def check_run_name(name: str) -> None:
@@ -143,7 +133,7 @@ class Pipeline:
 
     def stage_config(self, stage: str) -> Any:
         """The stage's typed config: its file, then the pipeline's wiring, then the user's overrides."""
-        cls, _ = stage_entry(stage)
+        cls = STAGES[stage].config_class()
         spec: StageSpec = getattr(self.config, stage)
         lines: dict[str, str] = {}
         data = read_yaml_mapping(Path(spec.config), lines) if spec.config else {}
@@ -177,9 +167,11 @@ class Pipeline:
             if policy:
                 models["aligned"] = str(self.stage_dir(policy))
             curves = {s: str(self.stage_dir(s)) for s in self.config.stages if s != "eval"}
-            wired: dict[str, Any] = {"models": models, "stages": curves}
-            if reward_dir:
-                wired["reward"] = reward_dir
+            # without a reward stage in the run there is no reward model of the run's to score with: a
+            # reward model from elsewhere is named in the stage's `set:`, which comes after the wiring
+            wired: dict[str, Any] = {"models": models, "stages": curves, "reward": reward_dir}
+            if not reward_dir:
+                wired["best_of"] = 0
             return wired
         wired = {"model.name": self.config.model}
         if stage != "sft":
@@ -247,7 +239,7 @@ class Pipeline:
         overwrite = not resume and (rerun or state is None) and out.path.exists()
         how = f"resuming from {out.newest_checkpoint().name}" if resume else "starting"
         self.echo(f"[{self.config.name}] {stage}: {how} -> {out.path}")
-        _, train = stage_entry(stage)
+        train = STAGES[stage].train()
         started = time.time()
         # the stage before freed its models: hand those pages back, or this stage's peak starts on them
         heap.release()
@@ -304,45 +296,6 @@ def check_same_config(out: rundir.StageDir, config: Any, stage: str) -> None:
     if changed:
         raise ConfigError(f"{out.path} finished with different settings ({rundir.describe_changes(changed)}); "
                           f"rerun it with --from-stage {stage}, or give the run a new --name")
-
-
-def headline(stage: str, metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: metrics[k] for k in HEADLINES[stage] if isinstance(metrics.get(k), (int, float))}
-
-
-def stage_entry(stage: str) -> tuple[type, Callable[..., dict[str, Any]]]:
-    """The config class and training function of a stage; imported only when used."""
-    if stage == "sft":
-        from sft.config import SFTConfig
-        from sft.train import train
-
-        return SFTConfig, train
-    if stage == "reward":
-        from reward.config import RewardConfig
-        from reward.train import train
-
-        return RewardConfig, train
-    if stage == "ppo":
-        from align.ppo.config import PPOConfig
-        from align.ppo.train import train
-
-        return PPOConfig, train
-    if stage == "dpo":
-        from align.prefs.config import DPOConfig
-        from align.prefs.train import dpo
-
-        return DPOConfig, dpo
-    if stage in ("grpo", "rloo"):
-        from align.api import train_grpo, train_rloo
-        from align.prefs.config import OnlineConfig
-
-        return OnlineConfig, train_grpo if stage == "grpo" else train_rloo
-    if stage == "eval":
-        from align.eval.config import EvalConfig
-        from align.eval.run import evaluate
-
-        return EvalConfig, evaluate
-    raise ConfigError(f"unknown stage {stage!r}")
 
 
 def status_rows(root: Path) -> list[dict[str, Any]]:

@@ -1,1 +1,2 @@
-"""Stage 2: the reward model from human rankings."""
+"""Stage 2: a scalar reward model from rankings or preferences, with the K-wise InstructGPT loss in our own
+loop (`reward.train.train(config)`); `reward.score.RewardModel` loads one and scores completions."""

@@ -17,6 +17,7 @@ class RewardData:
     eval: str | None = None
     """Held-out rankings or preferences; when unset, `eval_fraction` of the training prompts."""
     eval_fraction: float = 0.1
+    """Share of the training prompts (rankings, each with all its completions) held out when `eval` is unset."""
     reference: str | None = None
     """Rankings/preferences whose completions set the normaliser's mean/std; default: the eval set."""
     max_length: int = 512
@@ -35,12 +36,17 @@ class RewardTraining:
     """Prompts (rankings) per step, over all processes (each of n takes batch_size / n); each brings its
     K completions, all scored in one forward pass."""
     grad_accum: int = 1
+    """Batches per optimiser step; one step sees batch_size x grad_accum prompts."""
     learning_rate: float = 1e-4
     """AdamW peak learning rate (head and adapters)."""
     lr_scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule over the optimiser steps (transformers' `get_scheduler` of that name)."""
     warmup_ratio: float = 0.03
+    """Share of the optimiser steps spent warming the learning rate up from zero."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay; 0 = none."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm, every optimiser step; must be > 0."""
     use_margin: bool = False
     """Subtract each preference's `margin` inside the sigmoid (Llama 2's margin loss)."""
     save_steps: int = 50
@@ -51,6 +57,7 @@ class RewardTraining:
     """Recompute activations in backward: less memory, about 30% more time. A batch holds every
     completion of every ranking, so on GPUs with long texts this is usually on."""
     seed: int = 42
+    """Seeds the held-out split, a fresh head's or adapter's initial weights and each epoch's shuffle."""
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "save_steps", "eval_batch_size"):
@@ -67,9 +74,13 @@ class RewardTraining:
 @dataclass
 class RewardConfig:
     out_dir: str = "runs/reward"
+    """The stage output directory (DESIGN.md contract); PPO's, GRPO's and RLOO's `reward.model` default to it."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """`model.tuning`: `lora` (QLoRA on a 4-bit base, head trained in full; default), `head`
     (only the head, on a frozen backbone), or `full`. `model.adapter` starts from the SFT adapter."""
     data: RewardData = field(default_factory=RewardData)
+    """Which rankings train, which are held out, which set the normaliser."""
     training: RewardTraining = field(default_factory=RewardTraining)
+    """Optimisation and checkpointing of our own training loop."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""

@@ -62,9 +62,11 @@ class SFTTraining:
     learning_rate: float = 2e-4
     """AdamW peak learning rate; 2e-4 is QLoRA's for 7B-13B models with LoRA."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup (transformers' scheduler of that name); cosine decays to zero."""
     warmup_ratio: float = 0.03
     """Share of steps spent warming the learning rate up from zero."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay; 0 = none (transformers' default too)."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     max_length: int = 512
@@ -80,6 +82,7 @@ class SFTTraining:
     save_total_limit: int = 2
     """Checkpoints kept on disk."""
     seed: int = 42
+    """Seeds the data mix and held-out split, the new adapter's initial weights and the trainer's shuffling."""
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
@@ -100,6 +103,10 @@ class SFTConfig:
     out_dir: str = "runs/sft"
     """The stage output directory (DESIGN.md contract)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model and what trains on it (LoRA on a 4-bit base by default: QLoRA)."""
     data: SFTData = field(default_factory=SFTData)
+    """Which instructions, how they are mixed, held out and templated."""
     training: SFTTraining = field(default_factory=SFTTraining)
+    """Optimisation and checkpointing, passed to TRL's SFTTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""

@@ -14,7 +14,6 @@ from typing import Any
 from align.core import distributed, guards, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
-from align.core.errors import AlignError
 from sft.config import SFTConfig
 from sft.formats import load_sft_examples, template_tokenizer
 
@@ -25,10 +24,7 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
     out = rundir.StageDir(config.out_dir)
     out.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)  # before the tokenizer loads
     train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
-    processes = distributed.world().size
-    if config.training.batch_size % processes:
-        raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
-                         f"processes it must divide by {processes}")
+    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, distributed.world().size)
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
                                allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("SFT", guards.memory_advice(config, **MEMORY_SETTINGS)):

@@ -65,7 +65,7 @@ def test_sft_through_the_cli(tiny_model_dir, tmp_path):
 
 
 def test_convert_prints_counts_and_lists_skipped(tmp_path):
-    from tests.reward.test_convert import FIXTURES
+    from tests.convert.test_convert import FIXTURES
 
     result = CliRunner().invoke(cli, ["data", "convert", "--from", "hh-rlhf", str(FIXTURES / "hh-rlhf.jsonl"),
                                       "-o", str(tmp_path / "p.jsonl")])

@@ -10,7 +10,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # package -> top-level names it must not import
 FORBIDDEN = {
-    "align/core": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs"),
+    "align/core": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
+                   "align.stages", "align.convert"),
+    # the converters turn public data into ours for any stage, so they import no stage either
+    "align/convert": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
+                      "align.stages"),
     "sft": ("reward", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
     "reward": ("sft", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
     # the evaluation reads stages' outputs (reward.score loads a reward model), never their training code
@@ -48,3 +52,52 @@ def test_importing_align_core_and_the_cli_loads_no_torch():
     code = "import sys, align.core.config, align.core.records, align.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def module_of(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycle():
+    """The project's modules import each other in one direction, counting the imports inside functions
+    (pipeline and api once imported each other that way)."""
+    sources = [p for d in ("align", "sft", "reward") for p in (ROOT / d).rglob("*.py")]
+    modules = {module_of(p): p for p in sources}
+
+    def project_imports(path: Path) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+        return {name for name in found if name in modules}
+
+    graph = {name: project_imports(path) for name, path in modules.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for other in graph[name]:
+            if state.get(other) == "open":
+                raise AssertionError(" -> ".join(trail[trail.index(other):] + [name, other]))
+            if other not in state:
+                visit(other, trail + [name])
+        state[name] = "done"
+
+    for name in graph:
+        if name not in state:
+            visit(name, [])
+
+
+def test_every_registered_stage_has_a_command_and_an_api_function():
+    import align
+    from align.cli import cli
+    from align.stages import STAGES
+
+    assert set(STAGES) <= set(cli.commands)
+    for stage in STAGES.values():
+        assert getattr(align, stage.api_name) is stage.train(), stage.name
+        assert cli.commands[stage.name].help.startswith(stage.summary.split(":")[0])

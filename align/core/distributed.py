@@ -5,6 +5,7 @@ Our own loops (reward, PPO) need only a few collective steps, kept here; with on
 one of them is a no-op, so the single-process path runs the same code.
 
     world()        this process's rank and the number of processes; starts the process group once
+    check_global_batch   batch settings that every process can take an equal share of
     stage_run      a stage directory prepared, configured and marked by the main process alone
     World.on_main  the stage directory's bookkeeping, done by the main process, failures shared
     World.sum_     gradients and figures summed across processes in place, in one message
@@ -115,6 +116,22 @@ class World:
         from accelerate import PartialState
 
         return PartialState().device
+
+
+def check_global_batch(sizes: dict[str, int], processes: int, per_process: dict[str, int] | None = None) -> None:
+    """Batch settings are global: each of `processes` takes an equal share, refused before anything is
+    written when one does not divide. `per_process`: what each process's share must divide by in turn
+    (PPO's mini-batch by its gradient accumulation)."""
+    uneven = [key for key, size in sizes.items() if size % processes]
+    if uneven:
+        keys = " and ".join(f"{k}={sizes[k]}" for k in uneven)
+        raise AlignError(f"{keys} {'is the global batch' if len(uneven) == 1 else 'are global batches'}: under "
+                         f"{processes} processes {'it' if len(uneven) == 1 else 'each'} must divide by {processes}")
+    for key, divisor in (per_process or {}).items():
+        share = sizes[key] // processes
+        if share % divisor:
+            raise AlignError(f"{key}={sizes[key]} is the global batch: its share under {processes} processes, "
+                             f"{share}, must divide by {divisor}")
 
 
 def world() -> World:

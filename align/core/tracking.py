@@ -32,7 +32,8 @@ class TrackingConfig:
     run_name: str | None = None
     """W&B run name; defaults to the stage directory's name."""
     logging_steps: int = 5
-    """Log training figures every this many optimiser steps."""
+    """Log training figures every this many optimiser steps (SFT, reward, DPO, GRPO, RLOO); PPO logs every
+    update and the evaluation once, whatever this says."""
 
     def __post_init__(self):
         check(self.logging_steps > 0, "tracking.logging_steps", f"must be > 0, got {self.logging_steps}")

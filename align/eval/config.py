@@ -8,12 +8,13 @@ from typing import Literal
 
 from align.core.config import check
 from align.core.tracking import TrackingConfig
+from align.stages import STAGES
 
 # `<model>/<metric>` keys: a name with a slash would split in two
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # keys under this prefix describe the evaluation itself, not one model
 META = "eval"
-CURVE_STAGES = ("sft", "reward", "ppo", "dpo", "grpo", "rloo")
+CURVE_STAGES = tuple(name for name in STAGES if name != "eval")  # every stage that trains
 
 
 @dataclass
@@ -47,6 +48,7 @@ class GenerationSettings:
 @dataclass
 class EvalConfig:
     out_dir: str = "runs/eval"
+    """The stage output directory (DESIGN.md contract): report.md, report.html, plots, metrics.json."""
     models: dict[str, str] = field(default_factory=lambda: {"base": "smollm2-135m-instruct"})
     """name -> model: a base (`smollm2-135m-instruct`, a model directory, a hub id you have cached), or
     one of our stage directories (`runs/x/sft`, `runs/x/ppo`) whose `adapter/` loads on its recorded base.
@@ -58,6 +60,7 @@ class EvalConfig:
     eval_size: int = 50
     """Use the first this many prompts; 0 = all."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    """How every model answers: length cap, temperature, seeds, samples per prompt."""
     best_of: int = 0
     """Best-of-n under the reward model as an extra row per model (`<model>_best_of_<n>`): the sampled
     answer with the highest reward out of n; 0 = off."""
@@ -93,6 +96,7 @@ class EvalConfig:
     examples_in_report: int = 10
     """Prompts shown side by side in the report."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B: one run with the comparison and generation tables and the report's charts (logging_steps unused)."""
 
     def __post_init__(self):
         check(bool(self.models), "models", "name at least one model, e.g. base=smollm2-135m-instruct")

@@ -24,6 +24,8 @@ CURVES = {
     "grpo": [("GRPO reward", [("train/reward", "train")]), ("GRPO KL", [("train/kl", "train")])],
     "rloo": [("RLOO reward", [("train/reward", "train")]), ("RLOO KL", [("train/kl", "train")])],
 }
+# a stage without panels of its own: its loss, as transformers' callback logs it for every TRL trainer
+LOSS_PANEL = [("training loss", [("train/loss", "train"), ("eval/loss", "held-out")])]
 
 
 def _pyplot():
@@ -123,7 +125,7 @@ def training_curves(stage: str, stage_dir: str | Path, path: Path) -> Path | Non
     """The stage's curves as one PNG; None when its log holds none of the figures."""
     plt = _pyplot()
     records = read_log(stage_dir)
-    panels = [(title, [(label, *series(records, key)) for key, label in lines]) for title, lines in CURVES[stage]]
+    panels = [(title, [(label, *series(records, key)) for key, label in lines]) for title, lines in CURVES.get(stage, LOSS_PANEL)]
     panels = [(title, [line for line in lines if line[1]]) for title, lines in panels]
     panels = [p for p in panels if p[1]]
     if not panels:

@@ -1,1 +1,4 @@
-"""Stage 3: our PPO for RLHF (rollout -> advantages -> clipped updates), plus DPO/GRPO/RLOO via TRL."""
+"""Stage 3: our PPO for RLHF (rollout -> advantages -> clipped updates), `align.ppo.train.train(config)`.
+
+DPO, GRPO and RLOO, through TRL's trainers, live in `align.prefs`.
+"""

@@ -46,9 +46,12 @@ class RewardSettings:
 @dataclass
 class SamplingSettings:
     max_new_tokens: int = 32
+    """Response length cap in tokens; a response that reaches it without EOS gets `reward.no_eos_penalty`."""
     temperature: float = 0.7
     """Sampling temperature, also applied in every log-prob pass (N+ details: 0.7)."""
     top_p: float = 1.0
+    """Nucleus sampling of the rollouts. Log-probs stay under the whole tempered distribution (as TRL's PPO),
+    so below 1 they are not those of the sampler; 1 as in the N+ recipe."""
     logprobs_from_sampling: bool = True
     """log π_old from the sampling pass's own logits (TRL's PPO): one forward pass of the policy fewer per
     rollout. They differ from a separate pass only by float rounding (KV-cache steps against one pass), so
@@ -67,7 +70,8 @@ class PPOSettings:
     batch_size: int = 8
     """Prompts per rollout, over all processes: each of n rolls out batch_size / n."""
     mini_batch_size: int = 4
-    """Responses per optimiser step inside an update, over all processes (each of n takes 1/n)."""
+    """Responses per optimiser step inside an update, over all processes (each of n takes 1/n). The N+
+    recipe takes one mini-batch per epoch (mini_batch_size = batch_size); the default here takes two."""
     grad_accum: int = 1
     """Micro-batches per mini-batch and process (memory, not maths): mini_batch_size / processes must
     divide by it."""
@@ -78,20 +82,39 @@ class PPOSettings:
     adam_eps: float = 1e-5
     """N+ details: 1e-5, not PyTorch's 1e-8."""
     lr_scheduler: Literal["linear", "constant"] = "linear"
+    """`linear` decays the learning rate towards zero over `updates` (as Ziegler et al. 2019's code);
+    `constant` keeps it."""
     kl_coef: float = 0.05
     """β, the KL penalty coefficient (N+: 0.05; InstructGPT: 0.02)."""
     kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator of Schulman's note "Approximating KL divergence": k1 = log(π/π_ref), unbiased but
+    negative on some samples (Ziegler et al. 2019, N+); k3 = (r − 1) − log r with r = π_ref/π, never negative."""
     adaptive_kl: bool = False
     """Steer β towards target_kl (Ziegler et al. 2019)."""
     target_kl: float = 6.0
+    """KL the adaptive controller steers towards, in nats summed over a response (as `objective/kl`); 6 as in
+    Ziegler et al. 2019's stylistic tasks. Read only with adaptive_kl."""
     kl_horizon: int = 10000
+    """Adaptive controller's horizon in responses: each update moves β by at most 20% x batch_size / kl_horizon
+    (Ziegler et al. 2019: 10000 episodes). Read only with adaptive_kl."""
     gamma: float = 1.0
+    """γ, the per-token discount of GAE; 1 = none, as in Ziegler et al. 2019, Stiennon et al. 2020 and N+."""
     lam: float = 0.95
+    """λ of GAE (Schulman et al. 2016): 1 = Monte Carlo returns, 0 = one-step TD; 0.95 as in Ziegler et al.
+    2019, Stiennon et al. 2020 and N+."""
     cliprange: float = 0.2
+    """ε of the clipped surrogate: the ratio counts only inside [1 − ε, 1 + ε] (Schulman et al. 2017: 0.2)."""
     cliprange_value: float = 0.2
+    """ε_V: a new value counts only this far from the rollout's, in (normalised) reward units (Ziegler et al.
+    2019, N+: 0.2)."""
     vf_coef: float = 0.1
+    """Weight of the value loss against the policy loss (Ziegler et al. 2019, N+: 0.1)."""
     whiten_rewards: bool = False
+    """Whiten the KL-shaped per-token rewards over the rollout (keeping their mean) before GAE. Off as in the
+    N+ recipe; Ziegler et al. 2019's code had it on. Advantages are whitened either way."""
     max_grad_norm: float = 1.0
+    """Gradient clipping by global norm over the policy and value adapters, every optimiser step. The N+
+    recipe does not clip; we clip at 1.0."""
     gradient_checkpointing: bool = False
     """Recompute the base's activations in the backward of the policy and value passes: the training
     activations, not the weights, are most of PPO's memory at real batch sizes; about 30% more time."""
@@ -100,6 +123,7 @@ class PPOSettings:
     ptx_data: str | None = None
     """Instructions (SFT data) for the PPO-ptx loss."""
     seed: int = 42
+    """Seeds any fresh adapter's initial weights, the prompt order, each update's sampling and mini-batch shuffle."""
 
     def __post_init__(self):
         for name in ("updates", "batch_size", "mini_batch_size", "grad_accum", "ppo_epochs"):
@@ -136,14 +160,21 @@ class GuardSettings:
 @dataclass
 class PPOConfig:
     out_dir: str = "runs/ppo"
+    """The stage output directory (DESIGN.md contract)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy base; `model.adapter` is the SFT adapter to start from (and the frozen reference)."""
     reward: RewardSettings = field(default_factory=RewardSettings)
+    """What scores a response: the reward model (normalised unless `reward.normalise` is off) or a rule function."""
     data: PPOData = field(default_factory=PPOData)
+    """Training prompts and the held-out ones of the in-loop evaluation."""
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    """How rollouts are sampled; the temperature also divides the logits of every log-prob pass."""
     ppo: PPOSettings = field(default_factory=PPOSettings)
+    """The algorithm: batch sizes, optimiser, KL penalty, GAE and the clipped losses."""
     guards: GuardSettings = field(default_factory=GuardSettings)
+    """When to stop a run that has gone wrong, with a checkpoint."""
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(logging_steps=1))
+    """W&B settings. PPO logs every update to metrics.jsonl and W&B; it does not read logging_steps."""
     eval_every: int = 5
     """Greedy evaluation on held-out prompts every this many updates; before the first and after the last
     update in any case (0 = only those two)."""

@@ -1,4 +1,4 @@
-"""Configs of the TRL-backed recipes: DPO (preferences), GRPO and RLOO (prompts + a reward)."""
+"""Configs of the TRL-backed recipes: DPO, KTO and ORPO (preferences), GRPO and RLOO (prompts + a reward)."""
 
 from __future__ import annotations
 
@@ -13,18 +13,35 @@ from align.core.tracking import TrackingConfig
 @dataclass
 class RecipeTraining:
     epochs: float = 1.0
+    """Passes over the training data (DPO, ORPO: the pairs; KTO: its unpaired rows; GRPO/RLOO: the prompts);
+    ignored when max_steps > 0."""
     max_steps: int = -1
     """Stop after this many optimiser steps; -1 = run `epochs`."""
     batch_size: int = 8
+    """Per process, unlike SFT's global batch (TRL's per_device_train_batch_size): DPO/ORPO pairs, KTO rows,
+    GRPO/RLOO completions per forward pass. KTO needs >= 2 (its KL estimate pairs rows within a batch).
+    GRPO/RLOO: batch_size x processes x grad_accum must divide by num_generations."""
     grad_accum: int = 1
+    """Forward passes per optimiser step."""
     learning_rate: float = 5e-5
+    """AdamW peak learning rate: transformers' default (TRL's DPO, KTO, ORPO, GRPO and RLOO configs default to
+    1e-6)."""
     lr_scheduler: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warmup (transformers' scheduler of that name)."""
     warmup_ratio: float = 0.0
+    """Share of the optimiser steps spent warming the learning rate up from zero."""
     beta: float = 0.1
-    """DPO: the β of the implicit reward (Rafailov et al. 2023: 0.1). GRPO/RLOO: the KL coefficient."""
+    """DPO and KTO: the β of the implicit reward β·log(π/π_ref) (Rafailov et al. 2023: 0.1, TRL's default for
+    both). ORPO: λ, the weight of the odds-ratio term beside the SFT loss (Hong et al. 2024, arXiv 2403.07691;
+    TRL's 0.1). GRPO/RLOO: the KL coefficient."""
     max_length: int = 512
+    """DPO, KTO, ORPO: tokens per prompt + response (TRL's max_length); a longer one loses its end (KTO drops a
+    row whose prompt alone fills it). GRPO and RLOO do not read it: `max_new_tokens` caps their completions."""
     save_steps: int = 50
+    """Checkpoint every this many optimiser steps (the newest two are kept); `--resume` continues from the newest."""
     seed: int = 42
+    """Seeds the new adapter's initial weights and TRL's trainer; for DPO, KTO and ORPO also the held-out split
+    (and KTO's row order)."""
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
@@ -42,7 +59,11 @@ class DPOData:
     train: str = "data/demo/rankings.jsonl"
     """Preferences, or rankings (each ranking gives all its (better, worse) pairs)."""
     eval: str | None = None
+    """Held-out preferences or rankings, evaluated every epoch and at the end; when unset, `eval_fraction`
+    of the training pairs."""
     eval_fraction: float = 0.1
+    """Share of the training pairs held out when `eval` is unset. Pairs are drawn one by one, so the pairs of
+    one ranking can fall on both sides."""
 
     def __post_init__(self):
         check(0 <= self.eval_fraction < 1, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
@@ -51,11 +72,87 @@ class DPOData:
 @dataclass
 class DPOConfig:
     out_dir: str = "runs/dpo"
+    """The stage output directory (DESIGN.md contract)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """`model.adapter`: start the policy from the SFT adapter (the reference is then that policy, frozen)."""
     data: DPOData = field(default_factory=DPOData)
+    """Which preferences train and which are held out."""
     training: RecipeTraining = field(default_factory=RecipeTraining)
+    """Optimisation and checkpointing, passed to TRL's DPOTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""
+
+
+@dataclass
+class KTOData:
+    train: str = "data/demo/rankings.jsonl"
+    """Preferences or rankings, made into KTO's unpaired rows (align.convert.pairs_to_kto): a preference's chosen
+    completion desirable and its rejected one undesirable; a ranking's best desirable, its worst undesirable, the
+    ones between left out."""
+    eval: str | None = None
+    """Held-out preferences or rankings, converted the same way; when unset, `eval_fraction` of the training
+    prompts."""
+    eval_fraction: float = 0.1
+    """Share of the training prompts held out when `eval` is unset. A prompt is held out whole, so its desirable
+    and undesirable rows fall on the same side."""
+
+    def __post_init__(self):
+        check(0 <= self.eval_fraction < 1, "data.eval_fraction", f"must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclass
+class KTOTraining(RecipeTraining):
+    desirable_weight: float = 1.0
+    """λ_D, the weight of the desirable rows' loss. KTO's paper (Ethayarajh et al. 2024, Eq. 8) asks for
+    λ_D·n_D / (λ_U·n_U) in [1, 4/3], n_D and n_U the counts of desirable and undesirable rows. Preferences give
+    one of each, so 1 and 1 fit. Raise this one, to between n_U/n_D and 4/3 of that, when desirable rows are the
+    fewer (data where only some prompts have a good answer). TRL logs the range at start when the ratio is out."""
+    undesirable_weight: float = 1.0
+    """λ_U, the weight of the undesirable rows' loss. Raise it, to between n_D/n_U·3/4 and n_D/n_U, when the
+    desirable rows outnumber the undesirable by more than 4/3 (rankings with ties at the top give several
+    desirable rows each). Change one of the two weights, not both."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        # TRL refuses 1 too, in words about its implementation: ours names the setting
+        check(self.batch_size >= 2, "training.batch_size", f"KTO needs >= 2, got {self.batch_size}: its KL term is "
+              "estimated from the other rows' completions in the batch, and alone a row has none")
+        for name in ("desirable_weight", "undesirable_weight"):
+            check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class KTOConfig:
+    """KTO (Ethayarajh et al. 2024, arXiv 2402.01306): each completion labelled good or bad, not paired."""
+
+    out_dir: str = "runs/kto"
+    """The stage output directory (DESIGN.md contract)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """`model.adapter`: start the policy from the SFT adapter (the reference is then that policy, frozen)."""
+    data: KTOData = field(default_factory=KTOData)
+    """Which preferences or rankings train and which are held out."""
+    training: KTOTraining = field(default_factory=KTOTraining)
+    """Optimisation, the two rows' weights and checkpointing, passed to TRL's KTOTrainer."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""
+
+
+@dataclass
+class ORPOConfig:
+    """ORPO (Hong et al. 2024, arXiv 2403.07691): the SFT loss on the chosen completion plus λ times an
+    odds-ratio loss that favours it over the rejected one; no reference model."""
+
+    out_dir: str = "runs/orpo"
+    """The stage output directory (DESIGN.md contract)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """`model.adapter`: start the policy from the SFT adapter. The paper starts from the base model instead, its
+    SFT term standing in for the SFT stage: `model.adapter=null` does that."""
+    data: DPOData = field(default_factory=DPOData)
+    """Which preferences train and which are held out, as DPO's."""
+    training: RecipeTraining = field(default_factory=RecipeTraining)
+    """Optimisation and checkpointing, passed to TRL's ORPOTrainer (trl.experimental); `beta` is ORPO's λ."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""
 
 
 @dataclass
@@ -72,6 +169,7 @@ class OnlineReward:
 @dataclass
 class OnlineData:
     prompts: str = "data/demo/prompts.jsonl"
+    """Prompts to sample completions for ({"prompt"} or {"messages"})."""
 
 
 @dataclass
@@ -79,8 +177,12 @@ class OnlineTraining(RecipeTraining):
     num_generations: int = 4
     """Completions per prompt: GRPO's group, RLOO's k (the leave-one-out baseline needs >= 2)."""
     max_new_tokens: int = 32
+    """Completion length cap in tokens (TRL's max_completion_length)."""
     temperature: float = 0.7
+    """Sampling temperature of the completions (as PPO's, after the N+ details; TRL's default is 1.0)."""
     beta: float = 0.05
+    """KL coefficient towards the reference: 0.05 as TRL's RLOOConfig (TRL's GRPOConfig defaults to 0, no
+    reference model)."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,8 +196,15 @@ class OnlineConfig:
     """GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) share this shape."""
 
     out_dir: str = "runs/grpo"
+    """The stage output directory (DESIGN.md contract); RLOO writes here too unless its config or `--out` says
+    otherwise (configs/rloo sets runs/rloo)."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """`model.adapter`: start the policy from the SFT adapter."""
     reward: OnlineReward = field(default_factory=OnlineReward)
+    """What scores each completion: a reward model (normalised) or a rule function."""
     data: OnlineData = field(default_factory=OnlineData)
+    """The prompts to train on."""
     training: OnlineTraining = field(default_factory=OnlineTraining)
+    """Optimisation, sampling and checkpointing, passed to TRL's GRPOTrainer or RLOOTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """W&B and how often training figures are logged."""

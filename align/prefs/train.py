@@ -1,16 +1,17 @@
-"""DPO, GRPO and RLOO: load data -> load model -> TRL trainer -> save adapter. Thin on purpose."""
+"""DPO, KTO, ORPO, GRPO and RLOO: load data -> load model -> TRL trainer -> save adapter. Thin on purpose."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from align.convert.kto import pairs_to_kto
 from align.core import distributed, guards, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
-from align.prefs.config import DPOConfig, OnlineConfig, RecipeTraining
-from reward.formats import load_groups
+from align.prefs.config import DPOConfig, DPOData, KTOConfig, KTOData, OnlineConfig, ORPOConfig, RecipeTraining
+from reward.formats import load_groups, split_groups
 
 
 def preference_examples(path: str) -> list[dict[str, Any]]:
@@ -114,19 +115,23 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
         return metrics.final
 
 
+def preference_split(data: DPOData, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """DPO's and ORPO's (train, held-out) preference rows: `data.eval`, or `eval_fraction` of the pairs."""
+    rows = preference_examples(data.train)
+    if data.eval:
+        return rows, preference_examples(data.eval)
+    n_eval = round(data.eval_fraction * len(rows)) if data.eval_fraction > 0 else 0
+    import random
+
+    random.Random(seed).shuffle(rows)
+    return rows[n_eval:], rows[:n_eval]
+
+
 def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
     import datasets
     import trl
 
-    rows = preference_examples(config.data.train)  # bad data fails before a model loads
-    if config.data.eval:
-        train_rows, eval_rows = rows, preference_examples(config.data.eval)
-    else:
-        n_eval = round(config.data.eval_fraction * len(rows)) if config.data.eval_fraction > 0 else 0
-        import random
-
-        random.Random(config.training.seed).shuffle(rows)
-        train_rows, eval_rows = rows[n_eval:], rows[:n_eval]
+    train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
 
     def build(model, tokenizer, out, callbacks):
         args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo"),
@@ -137,6 +142,66 @@ def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, all
                               processing_class=tokenizer, callbacks=callbacks)
 
     return run_recipe(config, "dpo", build, overwrite, resume, allow_changes)
+
+
+def kto_split(data: KTOData, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """KTO's (train, held-out) unpaired rows, each list shuffled: `data.eval`, or `eval_fraction` of the prompts."""
+    import random
+
+    if data.eval:
+        train_groups, eval_groups = load_groups(data.train), load_groups(data.eval)
+    else:  # whole prompts, not rows: a prompt's desirable and undesirable completions stay on one side
+        train_groups, eval_groups = split_groups(load_groups(data.train), data.eval_fraction, seed)
+    splits = pairs_to_kto(train_groups), pairs_to_kto(eval_groups)
+    # TRL's KTOTrainer reads its rows in order (sequential sampling, every epoch), and estimates the KL term by
+    # pairing each prompt with the previous row's completion in the batch: shuffled, the rows neither train in
+    # file order nor pair a prompt with its own other completion (pairs_to_kto puts those side by side)
+    for rows in splits:
+        random.Random(seed).shuffle(rows)
+    return splits
+
+
+def kto(config: KTOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
+    import datasets
+    import trl
+
+    train_rows, eval_rows = kto_split(config.data, config.training.seed)  # bad data fails before a model loads
+    t = config.training
+
+    def build(model, tokenizer, out, callbacks):
+        args = trl.KTOConfig(**common_args(t, out, config.tracking, "kto"), max_length=t.max_length,
+                             desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight,
+                             eval_strategy="epoch" if eval_rows else "no",
+                             # the eval rows' KL pairs are made in blocks of the training batch size
+                             per_device_eval_batch_size=t.batch_size)
+        return trl.KTOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
+                              eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+                              processing_class=tokenizer, callbacks=callbacks)
+
+    return run_recipe(config, "kto", build, overwrite, resume, allow_changes)
+
+
+def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
+    import warnings
+
+    import datasets
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():  # TRL 1.16 keeps ORPO in trl.experimental, and warns so on import
+        warnings.simplefilter("ignore", TRLExperimentalWarning)
+        from trl.experimental.orpo import ORPOConfig as TRLORPOConfig, ORPOTrainer
+
+    train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
+
+    def build(model, tokenizer, out, callbacks):
+        args = TRLORPOConfig(**common_args(config.training, out, config.tracking, "orpo"),
+                             max_length=config.training.max_length,
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size)
+        return ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
+                           eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+                           processing_class=tokenizer, callbacks=callbacks)
+
+    return run_recipe(config, "orpo", build, overwrite, resume, allow_changes)
 
 
 def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False,
@@ -157,3 +222,11 @@ def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume
                            processing_class=tokenizer, callbacks=callbacks)
 
     return run_recipe(config, method, build, overwrite, resume, allow_changes)
+
+
+def grpo(config: OnlineConfig, **kw: Any) -> dict[str, Any]:
+    return online(config, "grpo", **kw)
+
+
+def rloo(config: OnlineConfig, **kw: Any) -> dict[str, Any]:
+    return online(config, "rloo", **kw)

@@ -161,7 +161,7 @@ def test_two_runs_of_one_name_cannot_both_proceed(at):
 def test_sigterm_between_two_stages_is_recorded_as_failed(tmp_path):
     """The stop lands after the manifest says `running` and before the stage installs its handler."""
     code = f"""
-import os, signal, time
+import dataclasses, os, signal, time
 import align.pipeline as pipeline
 from align.pipeline import Pipeline, load_config
 
@@ -169,8 +169,7 @@ def train(config, **kw):
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(30)
 
-cls, _ = pipeline.stage_entry("sft")
-pipeline.stage_entry = lambda stage: (cls, train)
+pipeline.STAGES["sft"] = dataclasses.replace(pipeline.STAGES["sft"], entry="__main__:train")
 Pipeline(load_config({str(TINY)!r}, ["runs_dir={tmp_path}", "stages=[sft]"])).run()
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

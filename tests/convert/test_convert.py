@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from align.convert import convert
+from align.core.errors import AlignError
 from align.core.records import load_records
-from reward.convert import convert
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -128,3 +131,35 @@ def test_oasst_ranking_with_two_equal_replies_is_skipped_and_listed(tmp_path):
     assert report.written == 1 and report.pairs == 1
     assert report.problems == [f"{path}:1 message p1: two ranked replies with the same text"]
     assert len(load_records(tmp_path / "r.jsonl", "rankings")) == 1  # what it writes, our validator reads
+
+
+# ---------------------------------------------------------------- the table
+
+
+def test_every_converter_writes_the_kind_it_declares(tmp_path):
+    """A converter wired to the wrong reader, or declaring the wrong kind, fails our own validator here."""
+    from align.convert import CONVERTERS
+
+    dolly = tmp_path / "dolly.jsonl"
+    dolly.write_text(json.dumps({"instruction": "Name a colour.", "context": "", "response": "Blue."}) + "\n")
+    inputs = {"hh-rlhf": FIXTURES / "hh-rlhf.jsonl", "oasst": FIXTURES / "oasst.trees.jsonl",
+              "alpaca": FIXTURES / "alpaca.json", "dolly": dolly}
+    assert set(inputs) == set(CONVERTERS)
+    for name, entry in CONVERTERS.items():
+        out = tmp_path / f"{name}.jsonl"
+        report = convert(name, [str(inputs[name])], str(out))
+        assert len(load_records(out, entry.kind)) == report.written > 0, name
+
+
+def test_an_unknown_source_names_the_known_ones(tmp_path):
+    with pytest.raises(AlignError, match=r"unknown source 'sharegpt' \(known: hh-rlhf, oasst, alpaca, dolly\)"):
+        convert("sharegpt", [str(FIXTURES / "alpaca.json")], str(tmp_path / "out.jsonl"))
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_the_cli_offers_every_converter():
+    from align.cli import cli
+    from align.convert import CONVERTERS
+
+    source = next(p for p in cli.commands["data"].commands["convert"].params if p.name == "source")
+    assert list(source.type.choices) == list(CONVERTERS)

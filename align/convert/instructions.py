@@ -1,0 +1,26 @@
+"""Alpaca {"instruction","input","output"} and Dolly {"instruction","context","response"} -> messages.
+
+One module for both: they differ only in field names, which `align.core.records.parse_instruction`
+already reads. The context (Alpaca "input", Dolly "context") follows the instruction in the user
+turn, after a blank line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from align.convert.report import Report, convert_rows
+from align.core.records import Row, parse_instruction
+
+
+def instruction_to_messages(row: Row) -> dict[str, Any]:
+    record = parse_instruction(row)
+    messages = list(record.messages)
+    if record.context:
+        messages[-1] = {**messages[-1], "content": f"{messages[-1]['content']}\n\n{record.context}"}
+    return {"messages": messages + [{"role": "assistant", "content": record.response}]}
+
+
+def read_instructions(path: str, report: Report, langs: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every convertible record of one file; `langs` is not used (these sets carry no language)."""
+    return list(convert_rows(path, report, instruction_to_messages))
