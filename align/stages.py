@@ -69,7 +69,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("grpo", "align.prefs.config:OnlineConfig", "align.prefs.train:grpo",
           "GRPO with our reward model (or a rule function), through TRL's GRPOTrainer.",
           ("train/reward", "train/loss_mean"), policy=True),
-    Stage("rloo", "align.prefs.config:OnlineConfig", "align.prefs.train:rloo",
+    Stage("rloo", "align.prefs.config:RLOOConfig", "align.prefs.train:rloo",
           "RLOO with our reward model (or a rule function), through TRL's RLOOTrainer.",
           ("train/reward", "train/loss_mean"), policy=True),
     Stage("eval", "align.eval.config:EvalConfig", "align.eval.run:evaluate",

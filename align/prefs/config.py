@@ -18,9 +18,10 @@ class RecipeTraining:
     max_steps: int = -1
     """Stop after this many optimiser steps; -1 = run `epochs`."""
     batch_size: int = 8
-    """Per process, unlike SFT's global batch (TRL's per_device_train_batch_size): DPO/ORPO pairs, KTO rows,
-    GRPO/RLOO completions per forward pass. KTO needs >= 2 (its KL estimate pairs rows within a batch).
-    GRPO/RLOO: batch_size x processes x grad_accum must divide by num_generations."""
+    """The global batch, as for SFT and the reward model: each of n processes takes batch_size / n (a batch
+    that does not divide is refused). DPO/ORPO: pairs; KTO: rows, at least 2 per process (its KL estimate
+    pairs rows within a batch); GRPO/RLOO: completions, so batch_size x grad_accum must divide by
+    num_generations."""
     grad_accum: int = 1
     """Forward passes per optimiser step."""
     learning_rate: float = 5e-5
@@ -196,8 +197,7 @@ class OnlineConfig:
     """GRPO (Shao et al. 2024) and RLOO (Ahmadian et al. 2024) share this shape."""
 
     out_dir: str = "runs/grpo"
-    """The stage output directory (DESIGN.md contract); RLOO writes here too unless its config or `--out` says
-    otherwise (configs/rloo sets runs/rloo)."""
+    """The stage output directory (DESIGN.md contract)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """`model.adapter`: start the policy from the SFT adapter."""
     reward: OnlineReward = field(default_factory=OnlineReward)
@@ -208,3 +208,11 @@ class OnlineConfig:
     """Optimisation, sampling and checkpointing, passed to TRL's GRPOTrainer or RLOOTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B and how often training figures are logged."""
+
+
+@dataclass
+class RLOOConfig(OnlineConfig):
+    """RLOO: GRPO's settings, in its own default directory."""
+
+    out_dir: str = "runs/rloo"
+    """The stage output directory (DESIGN.md contract)."""

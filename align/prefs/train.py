@@ -10,7 +10,7 @@ from align.core import distributed, guards, modeling, resumable, rundir, trackin
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
-from align.prefs.config import DPOConfig, DPOData, KTOConfig, KTOData, OnlineConfig, ORPOConfig, RecipeTraining
+from align.prefs.config import DPOConfig, DPOData, KTOConfig, KTOData, OnlineConfig, ORPOConfig, RecipeTraining, RLOOConfig
 from reward.formats import load_groups, split_groups
 
 
@@ -60,7 +60,8 @@ class RuleFunction:
 def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracking.TrackingConfig, job: str) -> dict:
     return dict(
         output_dir=str(out.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        # batch_size is the global batch (as for SFT and the reward model); TRL's is per process
+        per_device_train_batch_size=t.batch_size // distributed.world().size, gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         beta=t.beta, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         logging_steps=tracking_config.logging_steps, seed=t.seed,
@@ -76,7 +77,10 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
     """The shared frame: output dir contract, model with adapter, metrics files, save."""
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
-    memory = guards.memory_advice(config, lower=("training.batch_size", "training.max_length"), raise_=("training.grad_accum",))
+    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, distributed.world().size)
+    # GRPO and RLOO sample up to max_new_tokens and never read max_length
+    length = "training.max_new_tokens" if hasattr(config.training, "max_new_tokens") else "training.max_length"
+    memory = guards.memory_advice(config, lower=("training.batch_size", length), raise_=("training.grad_accum",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume, allow_changes=allow_changes), \
             guards.explain_out_of_memory(job.upper(), memory):
         metrics = tracking.MetricsLog(out.path)
@@ -136,7 +140,7 @@ def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, all
     def build(model, tokenizer, out, callbacks):
         args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo"),
                              max_length=config.training.max_length,
-                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size)
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size // distributed.world().size)
         return trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                               processing_class=tokenizer, callbacks=callbacks)
@@ -173,7 +177,7 @@ def kto(config: KTOConfig, *, overwrite: bool = False, resume: bool = False, all
                              desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight,
                              eval_strategy="epoch" if eval_rows else "no",
                              # the eval rows' KL pairs are made in blocks of the training batch size
-                             per_device_eval_batch_size=t.batch_size)
+                             per_device_eval_batch_size=t.batch_size // distributed.world().size)
         return trl.KTOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                               processing_class=tokenizer, callbacks=callbacks)
@@ -196,7 +200,7 @@ def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, a
     def build(model, tokenizer, out, callbacks):
         args = TRLORPOConfig(**common_args(config.training, out, config.tracking, "orpo"),
                              max_length=config.training.max_length,
-                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size)
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size // distributed.world().size)
         return ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                            eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                            processing_class=tokenizer, callbacks=callbacks)
@@ -228,5 +232,5 @@ def grpo(config: OnlineConfig, **kw: Any) -> dict[str, Any]:
     return online(config, "grpo", **kw)
 
 
-def rloo(config: OnlineConfig, **kw: Any) -> dict[str, Any]:
+def rloo(config: RLOOConfig, **kw: Any) -> dict[str, Any]:
     return online(config, "rloo", **kw)

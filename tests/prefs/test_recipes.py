@@ -93,3 +93,28 @@ def test_dpo_resumed_ends_with_the_figures_of_an_unbroken_run(kill_at, tiny_mode
     assert whole["train/steps"] == resumed["train/steps"] == 6
     assert {k: v for k, v in resumed.items() if not UNTIMED.search(k)} == \
            {k: v for k, v in whole.items() if not UNTIMED.search(k)}
+
+
+def test_the_batch_is_global_as_for_sft_and_the_reward_model(monkeypatch, tiny_model_dir, tmp_path):
+    """Under n processes TRL takes per-process batches: each gets batch_size / n, and 8 does not split in 3."""
+    from align.core import distributed
+    from align.core.errors import AlignError
+    from align.core.rundir import StageDir
+    from align.prefs.train import common_args
+
+    config = load_config(DPOConfig, None, [f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}",
+                                           "training.batch_size=8", "tracking.wandb=false"])
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=2))
+    args = common_args(config.training, StageDir(tmp_path / "run"), config.tracking, "dpo")
+    assert args["per_device_train_batch_size"] == 4
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=0, size=3))
+    with pytest.raises(AlignError, match=r"training.batch_size=8 is the global batch: under 3 processes"):
+        dpo(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rloo_writes_to_its_own_directory_by_default():
+    from align.stages import STAGES
+
+    assert STAGES["rloo"].config_class()().out_dir == "runs/rloo"
+    assert STAGES["grpo"].config_class()().out_dir == "runs/grpo"
