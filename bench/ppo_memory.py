@@ -64,24 +64,21 @@ def four_models_class():
         def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None, *,
                      gradient_checkpointing: bool = False):
             super().__init__()
-            from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+            from peft import get_peft_model
             from safetensors.torch import load_file
+
+            from align.core import tuning
 
             def base(trainable: bool):
                 model = modeling.load_base(model_config, tokenizer)
                 for module in model.modules():
                     if isinstance(module, nn.Dropout):
                         module.p = 0.0
-                if trainable and model_config.quantization != "none":
-                    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                            gradient_checkpointing_kwargs=modeling.NON_REENTRANT)
-                elif trainable and gradient_checkpointing:
-                    model.gradient_checkpointing_enable(modeling.NON_REENTRANT)
-                return model if trainable else model.requires_grad_(False).eval()
+                if trainable:  # the preparation PolicyStack's shared base gets, from the same builder
+                    return tuning.prepare_for_training(model, model_config, gradient_checkpointing=gradient_checkpointing)
+                return model.requires_grad_(False).eval()
 
-            lora = model_config.lora
-            config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules="all-linear",
-                                task_type="CAUSAL_LM")
+            config = tuning.lora_config(model_config.lora, "CAUSAL_LM", dropout=0.0)
             self.peft = get_peft_model(base(True), copy.deepcopy(config), adapter_name=POLICY)
             self.ref = base(False)
             self.value_model = get_peft_model(base(True), copy.deepcopy(config), adapter_name="value")
