@@ -22,13 +22,17 @@ FORBIDDEN = {
 }
 
 
-def imports_of(path: Path) -> set[str]:
+def imports_of(path: Path, *, with_names: bool = False) -> set[str]:
+    """The modules a file imports, inside functions too; `with_names`: also `module.name` of each
+    `from module import name` (a submodule, when it is one)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            if with_names:
+                names.update(f"{node.module}.{a.name}" for a in node.names)
     return names
 
 
@@ -65,17 +69,7 @@ def test_no_import_cycle():
     sources = [p for d in ("align", "sft", "reward") for p in (ROOT / d).rglob("*.py")]
     modules = {module_of(p): p for p in sources}
 
-    def project_imports(path: Path) -> set[str]:
-        found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found.update(a.name for a in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module)
-                found.update(f"{node.module}.{a.name}" for a in node.names)
-        return {name for name in found if name in modules}
-
-    graph = {name: project_imports(path) for name, path in modules.items()}
+    graph = {name: {m for m in imports_of(path, with_names=True) if m in modules} for name, path in modules.items()}
     state: dict[str, str] = {}
 
     def visit(name: str, trail: list[str]) -> None:
