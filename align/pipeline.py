@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from align.core import heap, rundir, tracking
-from align.core.config import build, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
+from align.core.config import build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
+from align.core.dirlock import DirLock, lock_holder
 from align.core.errors import AlignError, ConfigError
 from align.core.tracking import TrackingConfig
 from align.stages import POLICY_STAGES, STAGES, headline
@@ -206,7 +207,7 @@ class Pipeline:
         process to the end, and SIGTERM turned into an exception, so the manifest says `failed` for a
         stop that lands between two stages as for one inside a stage."""
         main = int(os.environ.get("RANK", "0")) == 0
-        lock = rundir.DirLock(self.root, f"align run --name {self.config.name}")
+        lock = DirLock(self.root, f"align run --name {self.config.name}")
         if main:
             rundir.refuse_foreign(self.root)
             lock.acquire()
@@ -224,7 +225,7 @@ class Pipeline:
         out = rundir.StageDir(self.stage_dir(stage))
         state = out.state()
         if state == "running":
-            holder = rundir.lock_holder(out.path) or {}
+            holder = lock_holder(out.path) or {}
             raise AlignError(f"{out.path} is in use by a running process (pid {holder.get('pid')} on {holder.get('host')})")
         entry = manifest["stages"].setdefault(stage, {"out_dir": str(out.path)})
         if state == "done" and not rerun:
@@ -294,7 +295,7 @@ def check_same_config(out: rundir.StageDir, config: Any, stage: str) -> None:
     settings would report figures of a run that was never made."""
     changed = out.changed_settings(dump_yaml(config))
     if changed:
-        raise ConfigError(f"{out.path} finished with different settings ({rundir.describe_changes(changed)}); "
+        raise ConfigError(f"{out.path} finished with different settings ({describe_changes(changed)}); "
                           f"rerun it with --from-stage {stage}, or give the run a new --name")
 
 

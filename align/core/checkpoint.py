@@ -5,7 +5,8 @@
     checkpoint-N/rng.pt                  torch RNG state
     checkpoint-N/state.json              step counters, scheduler and anything else JSON-able
 
-Written to a temp dir and renamed, so a kill never leaves half a checkpoint.
+Written to a temp dir and renamed, so a kill never leaves half a checkpoint. `checkpoint_complete`
+tells a whole checkpoint (ours or transformers') from one a kill or a full disk cut short.
 """
 
 from __future__ import annotations
@@ -131,3 +132,48 @@ def resumed_settings_callback(learning_rate: float, weight_decay: float) -> Any:
                 apply_settings(optimizer, lr_scheduler, learning_rate, weight_decay, decay_groups=1)
 
     return ResumedSettings()
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """Whether a checkpoint directory was written to the end and its files are whole.
+
+    Ours (`state.json`) and the evaluation's are renamed into place whole. transformers' Trainer
+    writes its files in place, `trainer_state.json` last, so a kill can leave weights without it.
+    Either can hold a file a full disk cut short (0 bytes): such a checkpoint is passed over, and
+    resume falls back to the one before it."""
+    if not path.is_dir():
+        return False
+    for marker in ("trainer_state.json", "state.json"):
+        if (path / marker).exists():
+            try:
+                json.loads((path / marker).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+                return False
+            return all(_file_whole(f) for f in path.iterdir() if f.is_file())
+    hf_files = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "adapter_model.safetensors",
+                "model.safetensors", "adapter_config.json", "config.json")
+    if any((path / name).exists() for name in hf_files):
+        return False
+    return any(path.iterdir())
+
+
+def _file_whole(path: Path) -> bool:
+    """A safetensors file whose header and data are all there; a torch file whose zip archive ends
+    where it should. Other files are taken as they are."""
+    try:
+        if path.suffix == ".safetensors":
+            size = path.stat().st_size
+            with open(path, "rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if size < 8 or not 0 < length <= size - 8:
+                    return False
+                header = json.loads(f.read(length))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            return 8 + length + end <= size
+        if path.suffix in (".pt", ".pth", ".bin"):
+            import zipfile
+
+            return zipfile.is_zipfile(path)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+    return True

@@ -244,25 +244,29 @@ def _coerce_at(tp: Any, value: Any, source: str, where: str, name: str, lines: d
             return int(value)
         raise ConfigError(f"{where}: {name}: expected an integer, got {_show(value)}")
     if tp is float:
-        number = None
-        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-            try:
-                number = float(value)  # a string too: YAML 1.1 reads `1e-4` (no dot) as one
-            except ValueError:
-                pass
-            except OverflowError:  # an integer beyond any float
-                number = math.inf
-        if number is None:
-            raise ConfigError(f"{where}: {name}: expected a number, got {_show(value)}")
-        if not math.isfinite(number):
-            # `.inf`, `.nan`, `--set x=inf`: every `check(x > 0)` lets inf through, and training turns it into NaN weights
-            raise ConfigError(f"{where}: {name}: must be a finite number, got {number}")
-        return number
+        return _finite_number(value, where, name)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise ConfigError(f"{where}: {name}: expected a string, got {_show(value)}")
     raise ConfigError(f"{where}: {name}: unsupported config type {tp}")
+
+
+def _finite_number(value: Any, where: str, name: str) -> float:
+    number = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)  # a string too: YAML 1.1 reads `1e-4` (no dot) as one
+        except ValueError:
+            pass
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+    if number is None:
+        raise ConfigError(f"{where}: {name}: expected a number, got {_show(value)}")
+    if not math.isfinite(number):
+        # `.inf`, `.nan`, `--set x=inf`: every `check(x > 0)` lets inf through, and training turns it into NaN weights
+        raise ConfigError(f"{where}: {name}: must be a finite number, got {number}")
+    return number
 
 
 def _show(value: Any) -> str:
@@ -284,3 +288,26 @@ def check(condition: bool, field: str, message: str) -> None:
         error = ConfigError(f"{field}: {message}")
         error.field, error.reason = field, message  # build() prefixes the field with where it sits
         raise error
+
+
+def changed_settings(before: Any, now: Any) -> dict[str, tuple[Any, Any]]:
+    """Dotted key -> (before, now) for every setting that differs between two config trees."""
+    flat_before, flat_now = _flat(before), _flat(now)
+    return {k: (flat_before.get(k), flat_now.get(k)) for k in sorted(set(flat_before) | set(flat_now))
+            if flat_before.get(k) != flat_now.get(k)}
+
+
+def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """The first changed key in words: `training.learning_rate: 0.001 then, 0.002 now, and 2 more`."""
+    key, (before, now) = next(iter(changes.items()))
+    more = f", and {len(changes) - 1} more" if len(changes) > 1 else ""
+    return f"{key}: {before!r} then, {now!r} now{more}"
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}

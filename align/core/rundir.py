@@ -17,8 +17,6 @@ files is refused, whatever the flags say.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -33,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from align.core.checkpoint import checkpoint_complete
+from align.core.config import changed_settings, describe_changes
+from align.core.dirlock import LOCK, DirLock, lock_holder
 from align.core.errors import AlignError, Terminated
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 MODEL = "model"
 MARKER = ".align"
-LOCK = ".lock"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -120,87 +120,6 @@ def mark(directory: Path, kind: str) -> None:
 
 def _contents(directory: Path) -> list[Path]:
     return [p for p in Path(directory).iterdir() if p.name not in (MARKER, LOCK)]
-
-
-class DirLock:
-    """An exclusive OS lock (flock) on DIR/.lock, held by the one process that writes DIR.
-
-    The kernel drops it when its process ends, however it ends: a SIGKILL or an out-of-memory kill
-    leaves no stale lock, and unlike a pid in a file it does not depend on the host's name or on
-    pids surviving a container restart. The file holds the holder's pid and host, for messages."""
-
-    def __init__(self, directory: Path, what: str):
-        self.directory, self.what = Path(directory), what
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        if self.fd is not None:
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = lock_holder(self.directory) or {}
-            raise AlignError(f"{self.directory} is in use by {holder.get('what') or 'another align process'} "
-                             f"(pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); wait "
-                             f"for it to finish or stop it, or write elsewhere") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": _now(),
-                                 "what": self.what}).encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the lock
-            self.fd = None
-
-
-def lock_holder(directory: Path) -> dict[str, Any] | None:
-    """Who holds DIR's lock ({pid, host, since, what}), or None when no process does."""
-    try:
-        fd = os.open(Path(directory) / LOCK, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            try:
-                found = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            except ValueError:  # caught between the holder's truncate and write
-                found = {}
-            return found if isinstance(found, dict) and found else {"pid": None, "host": None}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-def changed_settings(before: Any, now: Any) -> dict[str, tuple[Any, Any]]:
-    """Dotted key -> (before, now) for every setting that differs between two config trees."""
-    flat_before, flat_now = _flat(before), _flat(now)
-    return {k: (flat_before.get(k), flat_now.get(k)) for k in sorted(set(flat_before) | set(flat_now))
-            if flat_before.get(k) != flat_now.get(k)}
-
-
-def describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
-    """The first changed key in words: `training.learning_rate: 0.001 then, 0.002 now, and 2 more`."""
-    key, (before, now) = next(iter(changes.items()))
-    more = f", and {len(changes) - 1} more" if len(changes) > 1 else ""
-    return f"{key}: {before!r} then, {now!r} now{more}"
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix.rstrip("."): data}
 
 
 @dataclass
@@ -434,51 +353,6 @@ class StageDir:
         finally:
             on_sigterm(previous)
             self.release()
-
-
-def checkpoint_complete(path: Path) -> bool:
-    """Whether a checkpoint directory was written to the end and its files are whole.
-
-    Ours (`state.json`) and the evaluation's are renamed into place whole. transformers' Trainer
-    writes its files in place, `trainer_state.json` last, so a kill can leave weights without it.
-    Either can hold a file a full disk cut short (0 bytes): such a checkpoint is passed over, and
-    resume falls back to the one before it."""
-    if not path.is_dir():
-        return False
-    for marker in ("trainer_state.json", "state.json"):
-        if (path / marker).exists():
-            try:
-                read_json(path / marker)
-            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-                return False
-            return all(_file_whole(f) for f in path.iterdir() if f.is_file())
-    hf_files = ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "adapter_model.safetensors",
-                "model.safetensors", "adapter_config.json", "config.json")
-    if any((path / name).exists() for name in hf_files):
-        return False
-    return any(path.iterdir())
-
-
-def _file_whole(path: Path) -> bool:
-    """A safetensors file whose header and data are all there; a torch file whose zip archive ends
-    where it should. Other files are taken as they are."""
-    try:
-        if path.suffix == ".safetensors":
-            size = path.stat().st_size
-            with open(path, "rb") as f:
-                length = int.from_bytes(f.read(8), "little")
-                if size < 8 or not 0 < length <= size - 8:
-                    return False
-                header = json.loads(f.read(length))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            return 8 + length + end <= size
-        if path.suffix in (".pt", ".pth", ".bin"):
-            import zipfile
-
-            return zipfile.is_zipfile(path)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return False
-    return True
 
 
 def _now() -> str:
