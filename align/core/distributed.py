@@ -118,20 +118,21 @@ class World:
         return PartialState().device
 
 
-def check_global_batch(sizes: dict[str, int], processes: int, per_process: dict[str, int] | None = None) -> None:
+def check_global_batch(sizes: dict[str, int], processes: int,
+                       per_process: dict[str, tuple[str, int]] | None = None) -> None:
     """Batch settings are global: each of `processes` takes an equal share, refused before anything is
-    written when one does not divide. `per_process`: what each process's share must divide by in turn
-    (PPO's mini-batch by its gradient accumulation)."""
+    written when one does not divide. `per_process`: the setting (name, value) that each process's share
+    must divide by in turn (PPO's mini-batch by its gradient accumulation)."""
     uneven = [key for key, size in sizes.items() if size % processes]
     if uneven:
         keys = " and ".join(f"{k}={sizes[k]}" for k in uneven)
         raise AlignError(f"{keys} {'is the global batch' if len(uneven) == 1 else 'are global batches'}: under "
                          f"{processes} processes {'it' if len(uneven) == 1 else 'each'} must divide by {processes}")
-    for key, divisor in (per_process or {}).items():
+    for key, (setting, divisor) in (per_process or {}).items():
         share = sizes[key] // processes
         if share % divisor:
             raise AlignError(f"{key}={sizes[key]} is the global batch: its share under {processes} processes, "
-                             f"{share}, must divide by {divisor}")
+                             f"{share}, must divide by {setting}={divisor}")
 
 
 def world() -> World:

@@ -11,6 +11,7 @@ import torch
 
 from align.core.callables import RewardFunctionError, reward_value
 from align.core.distributed import World
+from align.ppo.config import RewardSettings
 from align.ppo.losses import logprobs_of
 from align.ppo.models import REF, PolicyStack
 
@@ -85,6 +86,7 @@ class Sampling:
 
 
 Scorer = Callable[[Rollout, list], torch.Tensor]  # (rollout, prompt messages) -> raw rewards (B,)
+Normalise = Callable[[torch.Tensor], torch.Tensor]  # raw rewards -> the ones PPO trains on (B,)
 
 
 @torch.no_grad()
@@ -95,7 +97,7 @@ def make_rollout(
     prompts: list,
     sampling: Sampling,
     score: Scorer,
-    normalise: Callable[[torch.Tensor], torch.Tensor],
+    normalise: Normalise,
     eos_ids: list[int],
     pad_id: int,
     no_eos_penalty: float | None,
@@ -198,3 +200,25 @@ def text_scorer(reward_model: Any, tokenizer: Any) -> Scorer:
         return reward_model.score(prompts, decode_responses(rollout, tokenizer))
 
     return score
+
+
+def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any) -> tuple[Scorer, Normalise]:
+    """The reward of rollouts and held-out answers, with the normalisation PPO trains on: a rule-based
+    function (never normalised), the reward adapter and head on the policy's own base, or a reward
+    model of its own that re-tokenises the text; reward.normalise=false keeps the model's raw score."""
+    if reward.function is not None:
+        from align.core.callables import load_callable
+
+        return function_scorer(load_callable(reward.function), tokenizer, reward.function), _unchanged
+    if stack.shares_reward:
+        score, normaliser = shared_base_scorer(stack), stack.normaliser
+    else:
+        from reward.score import RewardModel
+
+        reward_model = RewardModel.load(reward.model)
+        score, normaliser = text_scorer(reward_model, tokenizer), reward_model.normaliser
+    return score, normaliser if reward.normalise else _unchanged
+
+
+def _unchanged(raw: torch.Tensor) -> torch.Tensor:
+    return raw

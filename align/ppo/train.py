@@ -8,15 +8,16 @@ Under `accelerate launch` each of n processes rolls out its 1/n of the global ba
 are joined on every process, so advantages, whitening, the KL controller and the logged figures
 see the global batch; each process then takes its 1/n of every mini-batch and the gradients are
 summed across processes. Only the main process writes files.
+
+Beside it: batches.py (which prompts, whose share), heldout.py (the held-out evaluation),
+health.py (the guards, and undoing an unhealthy update), ptx.py (PPO-ptx), outputs.py (samples,
+the aligned adapter).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import random
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,19 +26,48 @@ from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError, TrainingHalted
 from align.core.records import load_records
 from align.ppo import advantages as adv
+from align.ppo import health, outputs
+from align.ppo.batches import batch_of_update, encode_prompts, shard
 from align.ppo.config import PPOConfig, PPOSettings
+from align.ppo.health import Unhealthy
+from align.ppo.heldout import HeldOut
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import (Rollout, Sampling, decode_responses, gather_rollout, make_rollout, micro_batches,
-                               shared_base_scorer, text_scorer, unpadded_columns)
+from align.ppo.ptx import PtxData
+from align.ppo.rollout import (Rollout, Sampling, gather_rollout, make_rollout, micro_batches, reward_scorer,
+                               unpadded_columns)
 
-# what optimise() sums over a mini-batch's tokens on every process, in this order, then logs
-MINIBATCH_STATS = ("loss/policy_avg", "policy/approxkl_avg", "policy/clipfrac_avg", "val/ratio", "policy/entropy_avg",
-                   "loss/value_avg", "val/clipfrac_avg", "loss/ptx_avg", "nonfinite/policy_loss", "nonfinite/value_loss")
+__all__ = ["MiniBatchStats", "PPOTrainer", "TrainingHalted", "Unhealthy", "check_inputs", "check_shards", "train"]
 
 
-class Unhealthy(Exception):
-    """Found before the weights change: the run stops with the last healthy state saved."""
+class MiniBatchStats(NamedTuple):
+    """A mini-batch's figures, each a mean over all of its tokens: every micro-batch on every process
+    gives its mean times its share of the mini-batch, and optimise() sums the shares. A field
+    `group_name` is logged as `group/name` (TRL's names); the nonfinite_ flags stop the run instead.
+    0-dim tensors out of a micro-batch, floats once summed."""
+
+    loss_policy_avg: torch.Tensor | float  # clipped surrogate loss L^CLIP
+    policy_approxkl_avg: torch.Tensor | float  # ½·E[(log r)²]
+    policy_clipfrac_avg: torch.Tensor | float  # share of tokens where the clipped term was taken
+    val_ratio: torch.Tensor | float  # E[π_θ / π_old]; max and min over mini-batches logged too
+    policy_entropy_avg: torch.Tensor | float  # entropy of π_θ at the sampling temperature
+    loss_value_avg: torch.Tensor | float  # clipped value loss L^VF
+    val_clipfrac_avg: torch.Tensor | float  # share of tokens where the clipped value was taken
+    loss_ptx_avg: torch.Tensor | float  # PPO-ptx language-modelling loss; logged only with ppo.ptx_coef > 0
+    nonfinite_policy_loss: torch.Tensor | float  # > 0: some micro-batch's L^CLIP is not finite
+    nonfinite_value_loss: torch.Tensor | float  # > 0: some micro-batch's L^VF is not finite
+
+    def stacked(self) -> torch.Tensor:
+        """(fields,) float32, for one sum over micro-batches and one all-reduce over processes."""
+        return torch.stack([x.detach().float() for x in self])
+
+    @classmethod
+    def unstacked(cls, sums: torch.Tensor) -> MiniBatchStats:
+        return cls(*sums.tolist())
+
+    def logged(self, ptx: bool) -> dict[str, float]:
+        return {name.replace("_", "/", 1): value for name, value in self._asdict().items()
+                if not name.startswith("nonfinite_") and (ptx or name != "loss_ptx_avg")}
 
 
 def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False,
@@ -75,38 +105,26 @@ def check_inputs(config: PPOConfig) -> None:
 
 
 def check_shards(p: PPOSettings, processes: int) -> None:
-    """batch_size and mini_batch_size are global: each process takes an equal share of both."""
-    if p.batch_size % processes or p.mini_batch_size % processes or (p.mini_batch_size // processes) % p.grad_accum:
-        raise AlignError(f"ppo.batch_size={p.batch_size} and ppo.mini_batch_size={p.mini_batch_size} are global: "
-                         f"under {processes} processes both must divide by {processes}, and mini_batch_size / "
-                         f"{processes} by ppo.grad_accum={p.grad_accum}")
+    """batch_size and mini_batch_size are global: each process takes an equal share of both, and splits
+    its share of a mini-batch into grad_accum micro-batches."""
+    distributed.check_global_batch({"ppo.batch_size": p.batch_size, "ppo.mini_batch_size": p.mini_batch_size},
+                                   processes, per_process={"ppo.mini_batch_size": ("ppo.grad_accum", p.grad_accum)})
 
 
 class PPOTrainer:
+    """The loop: rollout -> advantages -> ppo_epochs x mini-batches -> log, with guards, held-out
+    evaluation, samples and checkpoints around each update."""
+
     def __init__(self, config: PPOConfig, out: rundir.StageDir, world: distributed.World = distributed.World()):
         self.config, self.out, self.world = config, out, world
         torch.manual_seed(config.ppo.seed)
         path = modeling.resolve_model_path(config.model.name)
         self.tokenizer = modeling.load_tokenizer(path, config.model.trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
-        use_model = config.reward.function is None
-        self.stack = PolicyStack(config.model, self.tokenizer, config.reward.model if use_model else None,
+        self.stack = PolicyStack(config.model, self.tokenizer,
+                                 config.reward.model if config.reward.function is None else None,
                                  gradient_checkpointing=config.ppo.gradient_checkpointing)
-        if not use_model:
-            from align.core.callables import load_callable
-            from align.ppo.rollout import function_scorer
-
-            self.normaliser, self.score = (lambda raw: raw), function_scorer(load_callable(config.reward.function),
-                                                                             self.tokenizer, config.reward.function)
-        elif self.stack.shares_reward:
-            self.normaliser, self.score = self.stack.normaliser, shared_base_scorer(self.stack)
-        else:
-            from reward.score import RewardModel
-
-            reward_model = RewardModel.load(config.reward.model)
-            self.normaliser, self.score = reward_model.normaliser, text_scorer(reward_model, self.tokenizer)
-        if not config.reward.normalise and use_model:
-            self.normaliser = lambda raw: raw
+        self.score, self.normaliser = reward_scorer(config.reward, self.stack, self.tokenizer)
         world.broadcast_(self.stack.trainable_parameters())  # one start, whatever each process drew
         p = config.ppo
         # no weight decay: it would pull the adapters towards the base, not the reference (N+, cleanrl, TRL)
@@ -122,7 +140,9 @@ class PPOTrainer:
         self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
         self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
                                  config.sampling.logprobs_from_sampling)
-        self.ptx_texts = self._ptx_texts() if p.ptx_coef > 0 else []
+        self.ptx = PtxData(p.ptx_data, self.tokenizer, config.data.max_prompt_length, world) if p.ptx_coef > 0 else None
+        self.heldout = HeldOut(self.stack, self._encode_prompts, self.sampling, self.eos_ids, self.tokenizer.pad_token_id,
+                               self.score, self.normaliser, world, config.data.eval_samples)
         wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
         self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
         self.constant_reward = guards.ConstantReward(config.guards.constant_reward_updates)
@@ -138,22 +158,22 @@ class PPOTrainer:
             self.metrics.update({f"eval_before/{k}": v for k, v in self.evaluate(eval_prompts).items()})
         for update in tqdm(range(start, p.updates), initial=start, total=p.updates, desc="PPO updates",
                            disable=not self.world.is_main):
-            batch = self._batch(prompts, update)
+            batch = batch_of_update(prompts, update, p.batch_size, p.seed)
             # the sampling noise of an update depends on (seed, update, process) alone: a resumed run
             # draws what an uninterrupted one would, and no two processes draw the same
             torch.manual_seed(p.seed + update * self.world.size + self.world.rank)
-            snapshot = self._snapshot()
+            before = health.snapshot(self.stack, self.optimizer)
             try:
                 stats, rollout = self.step(batch, update)
             except Unhealthy as e:
-                self._restore(snapshot)
+                health.restore(self.stack, self.optimizer, before)
                 self._checkpoint(update)
                 raise TrainingHalted(f"PPO stopped at update {update + 1}: {e}; its changes were undone. "
                                      f"Checkpoint of update {update} saved in {self.out.checkpoints}") from None
             self.metrics.log(update + 1, stats)
             self._guard(stats, update + 1, self.constant_reward.update(rollout.raw_scores.tolist()))
-            if c.sample_every and (update + 1) % c.sample_every == 0:
-                self._write_samples(update + 1, batch, rollout)
+            if c.sample_every and (update + 1) % c.sample_every == 0 and self.world.is_main:
+                outputs.write_samples(self.out.file(outputs.SAMPLES), update + 1, batch, rollout, self.tokenizer)
             # the last update's evaluation is the final one, below, run once
             if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts and update + 1 < p.updates:
                 self.metrics.log(update + 1, {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()})
@@ -162,7 +182,8 @@ class PPOTrainer:
         final = {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()} if eval_prompts else {}
         if final:
             self.metrics.log(p.updates, final)
-        self._save()
+        if self.world.is_main:
+            outputs.save_policy(self.out, self.stack, self.tokenizer, c.model)
         self.metrics.update({**final, "train/updates": p.updates, **tracking.peak_memory_mb()})
         if self.metrics.wandb_run is not None:
             self.metrics.wandb_run.finish()
@@ -171,28 +192,16 @@ class PPOTrainer:
     def step(self, prompts: list, update: int = 0) -> tuple[dict[str, float], Rollout]:
         """One PPO update of the global batch `prompts`: rollout, advantages, optimisation; returns its
         logged figures and the (global) rollout."""
-        c, p = self.config, self.config.ppo
+        p = self.config.ppo
         started, timings = time.perf_counter(), {}
-        mine = self._shard(prompts)
-        query_ids, query_mask = self._encode_prompts(mine)
-        rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
-                               self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
-                               c.reward.no_eos_penalty, timings)
-        rollout = gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
-        mask = rollout.response_mask.float()
-        if not torch.isfinite(rollout.raw_scores).all():
-            raise Unhealthy(f"the reward is not finite for {int((~torch.isfinite(rollout.raw_scores)).sum())} responses")
-        with torch.no_grad():
-            kl = adv.kl_per_token(rollout.logprobs, rollout.ref_logprobs, p.kl_estimator) * mask  # (B, T)
-            rewards = adv.shaped_rewards(rollout.scores, kl, mask, self.kl_ctl.value)
-            if p.whiten_rewards:
-                rewards = adv.whiten(rewards, mask, shift_mean=False)
-            advantages, returns = adv.gae(rewards, rollout.values, mask, p.gamma, p.lam)
-            advantages = adv.whiten(advantages, mask)
+        rollout = self._rollout(prompts, timings)
+        health.check_scores(rollout.raw_scores)
+        kl, advantages, returns = self._advantages(rollout)
         train_start = time.perf_counter()
         update_stats = self.optimise(rollout, advantages, returns, update)
         timings["time/training_s"] = time.perf_counter() - train_start
         self.scheduler.step()
+        mask = rollout.response_mask.float()
         mean_kl = kl.sum(1).mean().item()
         beta = self.kl_ctl.value  # the β these rewards were shaped with
         non_score = (-beta * kl).sum(1).mean().item()
@@ -217,6 +226,27 @@ class PPOTrainer:
             **timings,
         }, rollout
 
+    def _rollout(self, prompts: list, timings: dict[str, float]) -> Rollout:
+        """This process's share of the global batch sampled and scored, then every process's joined."""
+        mine = shard(prompts, self.world)
+        query_ids, query_mask = self._encode_prompts(mine)
+        rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
+                               self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
+                               self.config.reward.no_eos_penalty, timings)
+        return gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def _advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per token (B, T): the KL to the reference, and the whitened GAE advantages and the returns of
+        the rewards it shapes with the controller's β (advantages.py)."""
+        p, mask = self.config.ppo, rollout.response_mask.float()
+        kl = adv.kl_per_token(rollout.logprobs, rollout.ref_logprobs, p.kl_estimator) * mask  # (B, T)
+        rewards = adv.shaped_rewards(rollout.scores, kl, mask, self.kl_ctl.value)
+        if p.whiten_rewards:
+            rewards = adv.whiten(rewards, mask, shift_mean=False)
+        advantages, returns = adv.gae(rewards, rollout.values, mask, p.gamma, p.lam)
+        return kl, adv.whiten(advantages, mask), returns
+
     def optimise(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, update: int) -> dict[str, float]:
         """ppo_epochs passes of shuffled mini-batches; the clipped losses of losses.py.
 
@@ -238,7 +268,7 @@ class PPOTrainer:
                 minibatch = order[mb_start:mb_start + p.mini_batch_size]
                 n_tokens = mask[minibatch].sum()
                 mine = minibatch[world.rank * per_process:(world.rank + 1) * per_process]
-                sums = sum(self._micro_step(rollout, advantages, returns, i, n_tokens, lengths)
+                sums = sum(self._micro_step(rollout, advantages, returns, i, n_tokens, lengths).stacked()
                            for i in micro_batches(mine, lengths, micro))
                 # not DDP: PolicyStack runs the policy and value adapters of one shared base in turn, and
                 # peft flips requires_grad on every switch, which DDP's per-parameter hooks do not
@@ -247,16 +277,15 @@ class PPOTrainer:
                 for q, g in zip(params, grads):
                     q.grad = g
                 world.sum_([*grads, sums])
-                stats = dict(zip(MINIBATCH_STATS, sums.tolist()))
-                for name in ("policy_loss", "value_loss"):
-                    if stats.pop(f"nonfinite/{name}"):
-                        raise Unhealthy(f"the {name.replace('_', ' ')} is not finite")
+                stats = MiniBatchStats.unstacked(sums)
+                if stats.nonfinite_policy_loss:
+                    raise Unhealthy("the policy loss is not finite")
+                if stats.nonfinite_value_loss:
+                    raise Unhealthy("the value loss is not finite")
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise Unhealthy("the gradient norm is not finite")
-                if not self.ptx_texts:
-                    del stats["loss/ptx_avg"]
-                _append(logs, {**stats, "policy/grad_norm": grad_norm})
+                _append(logs, {**stats.logged(ptx=self.ptx is not None), "policy/grad_norm": grad_norm})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 heap.after_step(self.stack.device)
@@ -266,9 +295,18 @@ class PPOTrainer:
         return out
 
     def _micro_step(self, rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, i: torch.Tensor,
-                    n_tokens: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Backward of one micro-batch's share of its mini-batch's losses; returns its share of the
-        MINIBATCH_STATS (token means times this micro-batch's share of the mini-batch's tokens).
+                    n_tokens: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor]) -> MiniBatchStats:
+        """Backward of micro-batch i's share of its mini-batch's loss; returns its share of the figures.
+
+        The mini-batch's loss sums, over the micro-batches of every process, with N the mini-batch's
+        tokens, n = mask.sum() of them in this micro-batch, and len(i) of its mini_batch_size sequences:
+
+            L = Σ [ n/N · L^CLIP  +  ptx_coef · len(i)/mini_batch_size · L^PTX  +  vf_coef · n/N · L^VF ]
+
+        in three backward calls (two without PPO-ptx), one after each forward pass: the ptx pass reads
+        other texts and the value pass runs another adapter on the shared base, so each graph (the
+        policy's holds (micro, T, V) logits) is freed before the next pass builds its own; memory holds
+        one pass at a time, and .grad sums the three into ∇L.
 
         The micro-batch runs at its own width (unpadded_columns), not the rollout's: prompts and
         responses of real data differ in length far more than the demo's."""
@@ -285,124 +323,30 @@ class PPOTrainer:
         del logits  # (micro, T, V) need not outlive the backward
         (pg.loss * share).backward()
         ptx = torch.zeros((), device=ids.device)
-        if self.ptx_texts:
+        if self.ptx is not None:
             # each process's ptx mean counts by its share of the mini-batch's sequences
-            ptx = self._ptx_loss(len(i)) * (len(i) / p.mini_batch_size)
+            ptx = self.ptx.loss(self.stack, len(i)) * (len(i) / p.mini_batch_size)
             (p.ptx_coef * ptx).backward()
         values = self.stack.values(ids, attn, T)
         vf = value_loss(values, rollout.values[i, resp], returns[i, resp], mask, p.cliprange_value)
         (p.vf_coef * vf.loss * share).backward()
-        parts = [pg.loss * share, pg.approxkl * share, pg.clipfrac * share, pg.ratio * share, entropy * share,
-                 vf.loss * share, vf.clipfrac * share, ptx, ~torch.isfinite(pg.loss), ~torch.isfinite(vf.loss)]
-        return torch.stack([x.detach().float() for x in parts])
-
-    def _ptx_texts(self) -> list[str]:
-        """PPO-ptx (InstructGPT, eq. 2): whole SFT conversations for a language-modelling loss."""
-        records = load_records(self.config.ppo.ptx_data, "instructions")
-        return [self.tokenizer.apply_chat_template([*r.messages, {"role": "assistant", "content": r.response}],
-                                                   tokenize=False) if self.tokenizer.chat_template
-                else f"{r.messages[-1]['content']}\n{r.response}{self.tokenizer.eos_token}" for r in records]
-
-    def _ptx_loss(self, n: int) -> torch.Tensor:
-        """Mean token cross-entropy of the policy on this process's n of the next n x processes ptx
-        texts (cycling through them)."""
-        self._ptx_cursor = getattr(self, "_ptx_cursor", 0)
-        first = self._ptx_cursor + self.world.rank * n
-        texts = [self.ptx_texts[(first + k) % len(self.ptx_texts)] for k in range(n)]
-        self._ptx_cursor += n * self.world.size
-        self.tokenizer.padding_side = "right"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.config.data.max_prompt_length, add_special_tokens=False).to(self.stack.device)
-        self.tokenizer.padding_side = "left"
-        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-        self.stack.use("policy")
-        return self.stack.peft(**enc, labels=labels).loss
+        return MiniBatchStats(
+            loss_policy_avg=pg.loss * share, policy_approxkl_avg=pg.approxkl * share,
+            policy_clipfrac_avg=pg.clipfrac * share, val_ratio=pg.ratio * share, policy_entropy_avg=entropy * share,
+            loss_value_avg=vf.loss * share, val_clipfrac_avg=vf.clipfrac * share, loss_ptx_avg=ptx,
+            nonfinite_policy_loss=~torch.isfinite(pg.loss), nonfinite_value_loss=~torch.isfinite(vf.loss))
 
     # ---------------------------------------------------------------- around the loop
 
-    def _batch(self, prompts: list, update: int) -> list:
-        """The prompts of an update: epochs of a seeded shuffle, so a resumed run sees the same ones."""
-        per_epoch = len(prompts) // self.config.ppo.batch_size
-        epoch, index = divmod(update, per_epoch)
-        order = random.Random(self.config.ppo.seed + epoch).sample(prompts, len(prompts))
-        size = self.config.ppo.batch_size
-        return order[index * size:(index + 1) * size]
-
-    def _shard(self, items: list) -> list:
-        """This process's contiguous share of a global list, in the order gather joins them."""
-        size = -(-len(items) // self.world.size)
-        return items[self.world.rank * size:(self.world.rank + 1) * size]
-
+    def evaluate(self, prompts: list) -> dict[str, float]:
+        """The held-out figures (heldout.py): reward, KL to the reference, length, no-EOS share."""
+        return self.heldout(prompts)
 
     def _encode_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
-        texts = [self.tokenizer.apply_chat_template(list(r.messages), tokenize=False, add_generation_prompt=True)
-                 if self.tokenizer.chat_template else r.messages[-1]["content"] for r in prompts]
-        self.tokenizer.truncation_side = "left"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.config.data.max_prompt_length, add_special_tokens=False)
-        return enc["input_ids"].to(self.stack.device), enc["attention_mask"].to(self.stack.device)
-
-    @torch.no_grad()
-    def evaluate(self, prompts: list) -> dict[str, float]:
-        """Held-out prompts: greedy answers (reward, KL to the reference, length) and sampled ones (reward).
-
-        Run every eval_every updates, so reward hacking and length drift show while training runs.
-        Each process answers its share of the prompts; the figures are over all of them.
-        """
-        prompts = self._shard(prompts)
-        messages = [list(x.messages) for x in prompts]
-        greedy = self._answer(prompts, messages, do_sample=False)
-        out = {"reward_mean": greedy["scores"].mean().item(), "kl": greedy["kl"].mean().item(),
-               "response_length": greedy["length"].mean().item(), "no_eos_frac": 1 - greedy["has_eos"].float().mean().item()}
-        n = self.config.data.eval_samples
-        if n > 0:
-            sampled = self._answer([p for p in prompts for _ in range(n)], [m for m in messages for _ in range(n)],
-                                   do_sample=True)
-            out["reward_mean_sampled"] = sampled["scores"].mean().item()
-        return out
-
-    def _answer(self, prompts: list, messages: list, do_sample: bool) -> dict[str, torch.Tensor]:
-        """Per answer (of every process's prompts, in rank order): score, KL to the reference, length, has_eos."""
-        from align.ppo.rollout import truncate_at_eos
-
-        if not prompts:  # fewer prompts than processes: this one only joins the gather
-            empty = torch.zeros(0, device=self.stack.device)
-            return {k: self.world.gather(v) for k, v in
-                    {"scores": empty, "kl": empty, "length": empty, "has_eos": empty.bool()}.items()}
-        query_ids, query_mask = self._encode_prompts(prompts)
-        temperature = self.sampling.temperature
-        self.stack.peft.eval()
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": self.sampling.top_p, "top_k": 0} \
-            if do_sample else {"do_sample": False}
-        out = self.stack.generate(query_ids, query_mask, max_new_tokens=self.sampling.max_new_tokens,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids, **sampling)
-        responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids,
-                                                            self.tokenizer.pad_token_id)
-        r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
-        T = responses.shape[1]
-        logp = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T), responses, temperature)
-        ref = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T, adapter="ref"), responses,
-                          temperature)
-        scores = self.normaliser(self.score(r, messages).float())
-        self.stack.peft.train()
-        mask = response_mask.float()
-        local = {"scores": scores.to(mask.device), "kl": ((logp - ref) * mask).sum(1), "length": mask.sum(1),
-                 "has_eos": has_eos}
-        return {k: self.world.gather(v) for k, v in local.items()}
+        return encode_prompts(self.tokenizer, prompts, self.config.data.max_prompt_length, self.stack.device)
 
     def _guard(self, stats: dict[str, float], update: int, constant_reward: str | None = None) -> None:
-        g = self.config.guards
-        problem = None
-        bad = [k for k, v in stats.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            problem = f"non-finite values in {', '.join(bad)}"
-        elif stats["objective/kl"] > g.max_kl:
-            problem = f"objective/kl {stats['objective/kl']:.2f} above guards.max_kl={g.max_kl}"
-        elif not 1 / g.max_ratio <= stats["val/ratio_min"] <= stats["val/ratio_max"] <= g.max_ratio:
-            problem = (f"policy ratio left [1/{g.max_ratio}, {g.max_ratio}] "
-                       f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower ppo.learning_rate")
-        elif constant_reward:
-            problem = constant_reward
+        problem = health.problem(stats, self.config.guards, constant_reward)
         if problem:
             # kept for inspection under a name --resume does not pick: resume starts from the last healthy one
             self._checkpoint(update, name=f"halted-update-{update}", require_finite=False)
@@ -410,82 +354,29 @@ class PPOTrainer:
                                  f"{self.out.checkpoints / f'halted-update-{update}'}; --resume starts from the last "
                                  f"periodic checkpoint")
 
-    def _write_samples(self, update: int, prompts: list, rollout: Rollout, n: int = 4) -> None:
-        """The first n responses of this update's rollout, with the scores they were trained on."""
-        if not self.world.is_main:
-            return
-        texts = decode_responses(rollout, self.tokenizer)[:n]
-        rows = [{"update": update, "prompt": record.messages[-1]["content"], "response": text, "score": round(score, 4)}
-                for record, text, score in zip(prompts, texts, rollout.scores.tolist())]
-        with open(self.out.file("samples.jsonl"), "a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
     def _checkpoint(self, update: int, name: str | None = None, require_finite: bool = True) -> None:
         if not self.world.is_main:  # every process holds the same weights and optimiser state
             return
         state = {"step": update, "scheduler": self.scheduler.state_dict(), "kl_coef": self.kl_ctl.value,
-                 "ptx_cursor": getattr(self, "_ptx_cursor", 0)}
+                 "ptx_cursor": self.ptx.cursor if self.ptx is not None else 0}
         checkpoint.save_checkpoint(self.out.checkpoints, self.stack.named_trainable(), self.optimizer, state, name=name,
                                    require_finite=require_finite)
-
-    def _snapshot(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Weights and optimiser state before an update, to undo it if it turns out unhealthy."""
-        weights = {k: p.detach().clone() for k, p in self.stack.named_trainable().items()}
-        return weights, _clone_tensors(self.optimizer.state_dict())
-
-    def _restore(self, snapshot: tuple[dict[str, torch.Tensor], dict[str, Any]]) -> None:
-        weights, optimizer_state = snapshot
-        with torch.no_grad():
-            for k, p in self.stack.named_trainable().items():
-                p.copy_(weights[k])
-        self.optimizer.load_state_dict(optimizer_state)
 
     def _resume(self) -> int:
         newest = self.out.newest_checkpoint()
         if newest is None:
             raise AlignError(f"{self.out.checkpoints}: no checkpoint to resume from")
         state = checkpoint.load_checkpoint(newest, self.stack.named_trainable(), self.optimizer)
-        self._ptx_cursor = state.get("ptx_cursor", 0)
+        if self.ptx is not None:
+            self.ptx.cursor = state.get("ptx_cursor", 0)
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.apply_settings(self.optimizer, self.scheduler, self.config.ppo.learning_rate, 0.0)
         self.kl_ctl.value = state["kl_coef"]
         self.metrics.final = self.out.metrics()
         self.metrics.truncate_after(state["step"])
         if self.world.is_main:  # the updates after the checkpoint run again: keep their samples once
-            rundir.truncate_jsonl(self.out.file("samples.jsonl"), "update", state["step"])
+            rundir.truncate_jsonl(self.out.file(outputs.SAMPLES), "update", state["step"])
         return state["step"]
-
-    def _save(self) -> None:
-        """The aligned policy as a plain LoRA adapter (peft alone loads it), plus the value head."""
-        from safetensors.torch import save_file
-
-        if not self.world.is_main:
-            return
-        with rundir.replace_dir(self.out.file(rundir.ADAPTER)) as target:  # whole or not at all
-            self.stack.peft.save_pretrained(target, selected_adapters=["policy"])
-            nested = target / "policy"  # peft nests non-default adapters; flatten for plain loading
-            if nested.is_dir():
-                for item in nested.iterdir():
-                    item.replace(target / item.name)
-                nested.rmdir()
-            self.tokenizer.padding_side = "right"
-            self.tokenizer.save_pretrained(target)
-            modeling.save_base_record(target, self.config.model)
-        tmp = self.out.file(".value_head.safetensors.tmp")
-        save_file({k: v.detach().cpu() for k, v in self.stack.value_head.state_dict().items()}, tmp)
-        tmp.replace(self.out.file("value_head.safetensors"))
-
-
-def _clone_tensors(state: Any) -> Any:
-    """copy.deepcopy for a state dict at clone() speed: deepcopy took 6 ms an update on the tiny model,
-    117 ms on SmolLM2's adapters (30 ms this way)."""
-    if isinstance(state, torch.Tensor):
-        return state.clone()
-    if isinstance(state, dict):
-        return {k: _clone_tensors(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_clone_tensors(v) for v in state]
-    return state  # numbers, strings, None and tuples of them (betas) are not changed in place
 
 
 def _append(logs: dict[str, list[float]], values: dict[str, Any]) -> None:

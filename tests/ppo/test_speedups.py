@@ -42,6 +42,7 @@ def run(model_dir, out, reward_dir):
 
 def previous_code(monkeypatch):
     """Put back what each optimisation replaced."""
+    import align.ppo.health as ppo_health
     import align.ppo.train as ppo_train
 
     def peft_use(self, name):
@@ -70,7 +71,7 @@ def previous_code(monkeypatch):
     monkeypatch.setattr(PolicyStack, "_kept_base_pass", lambda self, ids, mask: None)
     monkeypatch.setattr(PolicyStack, "generate", generate_no_grad)
     monkeypatch.setattr(ppo_train.torch.optim, "AdamW", lambda *a, fused=None, **k: real_adamw(*a, **k))
-    monkeypatch.setattr(ppo_train, "_clone_tensors", copy.deepcopy)
+    monkeypatch.setattr(ppo_health, "_clone_tensors", copy.deepcopy)
 
 
 def test_the_optimised_update_gives_the_figures_of_the_code_it_replaced(tiny_model_dir, tmp_path, monkeypatch):

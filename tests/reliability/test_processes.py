@@ -254,3 +254,14 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(stage, setting, mo
     with pytest.raises(AlignError, match=r"global.*3 processes"):
         train(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_share_that_gradient_accumulation_cannot_split_names_both_settings():
+    from align.core.distributed import check_global_batch
+    from align.core.errors import AlignError
+
+    check_global_batch({"ppo.batch_size": 8, "ppo.mini_batch_size": 8}, 2, {"ppo.mini_batch_size": ("ppo.grad_accum", 4)})
+    with pytest.raises(AlignError, match=r"^ppo.mini_batch_size=4 is the global batch: its share under 2 processes, 2, "
+                                         r"must divide by ppo.grad_accum=4$"):
+        check_global_batch({"ppo.batch_size": 8, "ppo.mini_batch_size": 4}, 2,
+                           {"ppo.mini_batch_size": ("ppo.grad_accum", 4)})
