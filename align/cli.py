@@ -177,7 +177,8 @@ def data():
 @click.option("--kind", type=click.Choice(["instructions", "preferences", "rankings", "prompts"]), required=True)
 def validate(path, kind):
     """Report every bad record of PATH as FILE:LINE: reason; exit 2 if any."""
-    from align.core.records import parse_rows, read_rows
+    from align.core.readers import read_rows
+    from align.core.records import parse_rows
 
     rows, problems = read_rows(path)
     records, bad = parse_rows(rows, kind)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from align.core.records import Preference, Ranking, load_records, read_rows
+from align.core.readers import read_rows
+from align.core.records import Preference, Ranking, load_records
 from reward.losses import ranking_pairs
 
 

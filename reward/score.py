@@ -150,7 +150,8 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
     A record holds `prompt` (or `messages`) and `response`/`completion`, or a list `completions`,
     or `chosen` and `rejected`; every completion it holds is scored.
     """
-    from align.core.records import Bad, completion_field, prompt_field, read_rows
+    from align.core.readers import read_rows
+    from align.core.record_fields import Bad, completion_field, prompt_field
     from align.core.errors import DataError
 
     if Path(out_path).is_dir():

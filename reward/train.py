@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from align.core import checkpoint, distributed, guards, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
-from align.core.errors import AlignError, DataError, TrainingHalted
+from align.core.errors import DataError, TrainingHalted
 from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
 from reward.losses import kwise_ranking_loss
@@ -44,10 +45,7 @@ def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False
           allow_changes: bool = False) -> dict[str, Any]:
     """Train into `config.out_dir`; returns the figures written to metrics.json."""
     groups = load_reward_data(config)
-    processes = distributed.world().size
-    if config.training.batch_size % processes:
-        raise AlignError(f"training.batch_size={config.training.batch_size} is the global batch: under {processes} "
-                         f"processes it must divide by {processes}")
+    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, distributed.world().size)
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
     memory = guards.memory_advice(config, lower=("training.batch_size", "data.max_length", "training.eval_batch_size"),
@@ -105,6 +103,48 @@ def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: 
 
 def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group], eval_groups: list[Group],
            reference: list[Group], *, world: distributed.World, resume: bool) -> dict[str, Any]:
+    """Build the model, restore a checkpoint or score the eval set untrained, train, then score, fit the
+    normaliser and save."""
+    learner = _build_learner(config, len(train_groups))
+    is_main = learner.accelerator.is_main_process
+    wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
+    metrics = tracking.MetricsLog(out.path, wandb_run, write=is_main)
+    state = _restore_or_evaluate_before(config, learner, out, metrics, eval_groups, world, resume)
+    metrics.update({"params/trainable": learner.trainable, "params/total": learner.total,
+                    "data/train_groups": len(train_groups), "data/eval_groups": len(eval_groups)})
+
+    started = time.time()
+    state = _train_batches(config, learner, out, metrics, train_groups, state, world)
+    runtime = time.time() - started
+
+    figures: dict[str, Any] = {"train/steps": state["step"], "train/runtime_s": round(runtime, 2),
+                               "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
+    figures.update(_evaluate_and_save(config, learner, out, eval_groups, reference, state, world))
+    metrics.update(figures)
+    if wandb_run is not None:
+        wandb_run.finish()
+    return metrics.final
+
+
+@dataclass
+class _Learner:
+    """The model under training and what steps it, built once by _build_learner."""
+
+    accelerator: Any
+    tokenizer: Any
+    model: Any  # prepared by accelerate: DDP-wrapped under several processes
+    optimizer: Any
+    scheduler: Any
+    batcher: Batcher
+    batches_per_epoch: int
+    total_batches: int
+    total_steps: int  # optimiser steps: batches / grad_accum
+    trainable: int  # parameters
+    total: int
+
+
+def _build_learner(config: RewardConfig, train_groups: int) -> _Learner:
+    """The base model with its score head and tuning, AdamW and the learning-rate schedule over every step."""
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -119,115 +159,144 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     trainable, total = modeling.count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)
-    batches_per_epoch = math.ceil(len(train_groups) / t.batch_size)
+    batches_per_epoch = math.ceil(train_groups / t.batch_size)
     total_batches = math.ceil(t.epochs * batches_per_epoch)
     total_steps = math.ceil(total_batches / t.grad_accum)
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     batcher = Batcher(tokenizer, config.data.max_length, t.use_margin)
+    return _Learner(accelerator, tokenizer, model, optimizer, scheduler, batcher, batches_per_epoch, total_batches,
+                    total_steps, trainable, total)
 
-    is_main = accelerator.is_main_process
-    wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
-    metrics = tracking.MetricsLog(out.path, wandb_run, write=is_main)
-    state = {"step": 0, "batch": 0}
+
+def _restore_or_evaluate_before(config: RewardConfig, learner: _Learner, out: rundir.StageDir,
+                                metrics: tracking.MetricsLog, eval_groups: list[Group], world: distributed.World,
+                                resume: bool) -> dict[str, int]:
+    """The step and batch to go on from: the newest checkpoint's when resuming (weights, optimiser, schedule
+    and the figures logged up to it restored), else 0, after scoring the eval set untrained (eval_before/*)."""
+    t = config.training
+    unwrapped = learner.accelerator.unwrap_model(learner.model)
     newest = out.newest_checkpoint() if resume else None
     if newest is not None:
-        state = checkpoint.load_checkpoint(newest, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer)
-        scheduler.load_state_dict(state.pop("scheduler"))
-        checkpoint.apply_settings(optimizer, scheduler, t.learning_rate, t.weight_decay)
+        state = checkpoint.load_checkpoint(newest, checkpoint.trainable(unwrapped), learner.optimizer)
+        learner.scheduler.load_state_dict(state.pop("scheduler"))
+        checkpoint.apply_settings(learner.optimizer, learner.scheduler, t.learning_rate, t.weight_decay)
         metrics.final = out.metrics()
         metrics.truncate_after(state["step"])
-    elif eval_groups:
-        before = ranking_metrics(eval_groups, score_groups(accelerator.unwrap_model(model), batcher, eval_groups,
-                                                           t.eval_batch_size, world))
+        return state
+    if eval_groups:
+        before = ranking_metrics(eval_groups, score_groups(unwrapped, learner.batcher, eval_groups, t.eval_batch_size, world))
         metrics.update({k.replace("eval/", "eval_before/"): v for k, v in before.items() if "calibration" not in k})
-    metrics.update({"params/trainable": trainable, "params/total": total, "data/train_groups": len(train_groups),
-                    "data/eval_groups": len(eval_groups)})
+    return {"step": 0, "batch": 0}
 
+
+def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir, metrics: tracking.MetricsLog,
+                   train_groups: list[Group], state: dict[str, int], world: distributed.World) -> dict[str, int]:
+    """Every batch from state["batch"] on, in the order an unbroken run takes them; logs every
+    logging_steps steps, checkpoints every save_steps; returns the state after the last step."""
+    import torch
     from tqdm import tqdm
 
-    model.train()
-    started, window = time.time(), []
-    progress = tqdm(total=total_steps, initial=state["step"], desc="reward model", disable=not is_main)
-    for b in range(state["batch"], total_batches):
-        epoch, index = divmod(b, batches_per_epoch)
+    t = config.training
+    learner.model.train()
+    window = []
+    progress = tqdm(total=learner.total_steps, initial=state["step"], desc="reward model",
+                    disable=not learner.accelerator.is_main_process)
+    for b in range(state["batch"], learner.total_batches):
+        epoch, index = divmod(b, learner.batches_per_epoch)
         order = random.Random(t.seed + epoch).sample(train_groups, len(train_groups))  # same order on resume
         groups = order[index * t.batch_size:(index + 1) * t.batch_size]
-        mine = groups[world.rank::world.size]
-        # DDP averages the processes' gradients; weighting each process's mean loss by its share of
-        # the batch's groups makes that the batch mean, also for a last batch that does not split
-        # evenly (a process with no group runs one at weight 0 to join the all-reduce)
-        weight = len(mine) * world.size / len(groups)
-        batch = batcher(mine or groups[:1])
-        with accelerator.accumulate(model):
-            rewards = model(**batch["inputs"].to(accelerator.device)).logits[:, 0].float()  # (N,)
-            loss = kwise_ranking_loss(rewards, batch["pairs"].to(rewards.device), batch["pair_group"].to(rewards.device),
-                                      None if batch["margins"] is None else batch["margins"].to(rewards.device))
-            accelerator.backward(loss * weight)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm) if accelerator.sync_gradients else None
-            if grad_norm is not None and not torch.isfinite(grad_norm):  # the same on every process: gradients are synced
-                _halt(out, accelerator, model, optimizer, scheduler, state,
-                      f"stopped at step {state['step'] + 1}: the loss or its gradient is not finite (loss {loss.item():.4g})")
-            optimizer.step()
-            optimizer.zero_grad()
-        diff = rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]]
-        pairs_in_batch = sum(len(g.pairs) for g in groups)
-        # this process's part of the batch's loss and pair accuracy; summed across processes at logging
-        window.append(torch.stack([loss.detach() * weight / world.size,
-                                   (diff > 0).float().sum() * (1.0 if mine else 0.0) / pairs_in_batch]))
-        if not accelerator.sync_gradients:
+        part, grad_norm = _learn_from(groups, learner, out, state, t.max_grad_norm, world)
+        window.append(part)
+        if not learner.accelerator.sync_gradients:
             continue
-        scheduler.step()
+        learner.scheduler.step()
         progress.update(1)
         state = {"step": state["step"] + 1, "batch": b + 1}
         if state["step"] % config.tracking.logging_steps == 0:
-            loss_sum, accuracy_sum = accelerator.reduce(torch.stack(window).sum(0), "sum").tolist()
+            loss_sum, accuracy_sum = learner.accelerator.reduce(torch.stack(window).sum(0), "sum").tolist()
             metrics.log(state["step"], {
                 "train/loss": loss_sum / len(window),
                 "train/accuracy": accuracy_sum / len(window),
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "train/learning_rate": scheduler.get_last_lr()[0],
-                "train/epoch": round(b / batches_per_epoch, 4),
+                "train/learning_rate": learner.scheduler.get_last_lr()[0],
+                "train/epoch": round(b / learner.batches_per_epoch, 4),
             })
             window = []
-        if state["step"] % t.save_steps == 0 and is_main:
-            checkpoint.save_checkpoint(out.checkpoints, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer,
-                                       {**state, "scheduler": scheduler.state_dict()})
+        if state["step"] % t.save_steps == 0 and learner.accelerator.is_main_process:
+            _save_checkpoint(out, learner, state)
     progress.close()
-    runtime = time.time() - started
+    return state
 
-    unwrapped = accelerator.unwrap_model(model)
-    figures: dict[str, Any] = {"train/steps": state["step"], "train/runtime_s": round(runtime, 2),
-                               "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
-    eval_rewards = score_groups(unwrapped, batcher, eval_groups, t.eval_batch_size, world) if eval_groups else []
+
+def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, state: dict[str, int],
+                max_grad_norm: float, world: distributed.World) -> tuple[Any, Any]:
+    """One batch's forward and backward, and the optimiser step when it closes an accumulation. Returns this
+    process's part of the batch's (loss, pair accuracy), and the gradient norm when the optimiser stepped."""
+    import torch
+
+    accelerator, model = learner.accelerator, learner.model
+    mine = groups[world.rank::world.size]
+    # DDP averages the processes' gradients; weighting each process's mean loss by its share of
+    # the batch's groups makes that the batch mean, also for a last batch that does not split
+    # evenly (a process with no group runs one at weight 0 to join the all-reduce)
+    weight = len(mine) * world.size / len(groups)
+    batch = learner.batcher(mine or groups[:1])
+    with accelerator.accumulate(model):
+        rewards = model(**batch["inputs"].to(accelerator.device)).logits[:, 0].float()  # (N,)
+        loss = kwise_ranking_loss(rewards, batch["pairs"].to(rewards.device), batch["pair_group"].to(rewards.device),
+                                  None if batch["margins"] is None else batch["margins"].to(rewards.device))
+        accelerator.backward(loss * weight)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if accelerator.sync_gradients else None
+        if grad_norm is not None and not torch.isfinite(grad_norm):  # the same on every process: gradients are synced
+            _halt(out, learner, state,
+                  f"stopped at step {state['step'] + 1}: the loss or its gradient is not finite (loss {loss.item():.4g})")
+        learner.optimizer.step()
+        learner.optimizer.zero_grad()
+    diff = rewards[batch["pairs"][:, 0]] - rewards[batch["pairs"][:, 1]]
+    pairs_in_batch = sum(len(g.pairs) for g in groups)
+    # this process's part of the batch's loss and pair accuracy; summed across processes at logging
+    part = torch.stack([loss.detach() * weight / world.size,
+                        (diff > 0).float().sum() * (1.0 if mine else 0.0) / pairs_in_batch])
+    return part, grad_norm
+
+
+def _evaluate_and_save(config: RewardConfig, learner: _Learner, out: rundir.StageDir, eval_groups: list[Group],
+                       reference: list[Group], state: dict[str, int], world: distributed.World) -> dict[str, Any]:
+    """The trained model's ranking figures on the eval set and the normaliser fitted on the reference set;
+    a reward collapsed to a constant halts; the main process saves the model with its normaliser."""
+    t = config.training
+    unwrapped = learner.accelerator.unwrap_model(learner.model)
+    figures: dict[str, Any] = {}
+    eval_rewards = score_groups(unwrapped, learner.batcher, eval_groups, t.eval_batch_size, world) if eval_groups else []
     if eval_groups:
         figures.update(ranking_metrics(eval_groups, eval_rewards))
     # the reference set is the eval set unless the user named one: score it once
-    reference_rewards = eval_rewards if reference is eval_groups else score_groups(unwrapped, batcher, reference,
+    reference_rewards = eval_rewards if reference is eval_groups else score_groups(unwrapped, learner.batcher, reference,
                                                                                    t.eval_batch_size, world)
     normaliser = Normaliser.fit([r for rs in reference_rewards for r in rs])
     if guards.collapsed([r for rs in reference_rewards for r in rs]):
-        _halt(out, accelerator, model, optimizer, scheduler, state,
+        _halt(out, learner, state,
               f"gives every reference completion the same reward ({normaliser.mean:.6g}) after {state['step']} steps: "
               f"it has collapsed to a constant and would give PPO nothing to learn; lower training.learning_rate, "
               f"or check that the data's completions differ")
     figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std, **tracking.peak_memory_mb()})
-    if is_main:
-        save_reward_model(unwrapped, tokenizer, config, out, normaliser)
-    metrics.update(figures)
-    if wandb_run is not None:
-        wandb_run.finish()
-    return metrics.final
+    if learner.accelerator.is_main_process:
+        save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser)
+    return figures
 
 
-def _halt(out: rundir.StageDir, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: dict[str, int],
-          problem: str) -> None:
+def _save_checkpoint(out: rundir.StageDir, learner: _Learner, state: dict[str, int]) -> None:
+    checkpoint.save_checkpoint(out.checkpoints, checkpoint.trainable(learner.accelerator.unwrap_model(learner.model)),
+                               learner.optimizer, {**state, "scheduler": learner.scheduler.state_dict()})
+
+
+def _halt(out: rundir.StageDir, learner: _Learner, state: dict[str, int], problem: str) -> None:
     """Save the state of the last finished step (the optimiser has not stepped since) and stop."""
     path = out.checkpoints / f"checkpoint-{state['step']}"
-    if accelerator.is_main_process and not rundir.checkpoint_complete(path):
-        checkpoint.save_checkpoint(out.checkpoints, checkpoint.trainable(accelerator.unwrap_model(model)), optimizer,
-                                   {**state, "scheduler": scheduler.state_dict()})
+    if learner.accelerator.is_main_process and not rundir.checkpoint_complete(path):
+        _save_checkpoint(out, learner, state)
     raise TrainingHalted(f"the reward model {problem}. The state after step {state['step']} is in {path}; "
                          f"`--resume` continues from there")
 

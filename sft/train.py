@@ -38,10 +38,8 @@ MEMORY_SETTINGS = {"lower": ("training.batch_size", "training.max_length"), "rai
 
 def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool,
            world: distributed.World) -> dict[str, Any]:
-    import datasets
-    import torch
-    import trl
-
+    """Build the trainer, evaluate the untrained model once, train (or go on from the newest checkpoint),
+    then the final figures and the saved weights."""
     metrics = tracking.MetricsLog(out.path, write=world.is_main)
     previous = out.metrics() if resume else {}
     checkpoint = out.newest_checkpoint() if resume else None
@@ -49,13 +47,66 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
 
     tokenizer = template_tokenizer(config)
+    trainer, params = _build_trainer(config, out, tokenizer, train_examples, eval_examples, metrics, world)
+    figures: dict[str, Any] = {
+        **params,
+        "data/train_records": len(train_examples),
+        "data/too_long_truncated": train_examples.truncated,
+        "data/too_long_dropped": train_examples.dropped,
+        "data/eval_records": len(eval_examples),
+        "data/eval_too_long_truncated": eval_examples.truncated,
+        "data/eval_too_long_dropped": eval_examples.dropped,
+    }
+    if eval_examples and "eval/loss_before" not in previous:  # a resumed run keeps the figure of its start
+        figures.update(_evaluate_before(trainer))
+    metrics.update({**previous, **figures})
+
+    started = time.time()
+    _train_or_go_on(trainer, checkpoint)
+    runtime = time.time() - started
+    figures.update(_final_figures(trainer, bool(eval_examples), runtime))
+    if world.is_main:
+        save_weights(trainer.model, tokenizer, config, out)
+    metrics.update(figures)
+    return metrics.final
+
+
+def _build_trainer(config: SFTConfig, out: rundir.StageDir, tokenizer: Any, train_examples, eval_examples,
+                   metrics: tracking.MetricsLog, world: distributed.World) -> tuple[Any, dict[str, Any]]:
+    """TRL's SFTTrainer over the base model with its tuning attached, and the model's parameter counts."""
+    import datasets
+    import torch
+    import trl
+
     torch.manual_seed(config.training.seed)  # the new adapter's initial weights: the same on every run
     model = modeling.load_base(config.model, tokenizer)
     model = modeling.attach_tuning(model, config.model)
     trainable, total = modeling.count_parameters(model)
 
     t = config.training
-    args = trl.SFTConfig(
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=_trainer_args(config, out, bool(eval_examples), world),
+        train_dataset=datasets.Dataset.from_list(train_examples),
+        eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
+        processing_class=tokenizer,
+        callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback(),
+                   resumed_settings_callback(t.learning_rate, t.weight_decay)],
+    )
+    modeling.undo_trl_bf16_adapters(trainer.model)
+    trainer.add_callback(resumable.end_callback())
+    _check_trl_kept_all(trainer, train_examples, eval_examples)
+    return trainer, {"params/trainable": trainable, "params/total": total,
+                     "params/trainable_pct": round(100 * trainable / total, 4)}
+
+
+def _trainer_args(config: SFTConfig, out: rundir.StageDir, has_eval: bool, world: distributed.World) -> Any:
+    """Our config as TRL's: per-device batches from the global one, checkpoints into out/checkpoints."""
+    import torch
+    import trl
+
+    t = config.training
+    return trl.SFTConfig(
         output_dir=str(out.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -70,7 +121,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         max_length=t.max_length,
         completion_only_loss=t.completion_only_loss,
         gradient_checkpointing=t.gradient_checkpointing,
-        eval_strategy="no" if not eval_examples else "steps" if t.eval_steps else "epoch",
+        eval_strategy="no" if not has_eval else "steps" if t.eval_steps else "epoch",
         eval_steps=t.eval_steps,
         save_strategy="steps",
         save_steps=t.save_steps,
@@ -89,40 +140,20 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         # CPU; otherwise each trains alone on the whole data
         use_cpu=not torch.cuda.is_available(),
     )
-    trainer = trl.SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=datasets.Dataset.from_list(train_examples),
-        eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
-        processing_class=tokenizer,
-        callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback(),
-                   resumed_settings_callback(t.learning_rate, t.weight_decay)],
-    )
-    modeling.undo_trl_bf16_adapters(trainer.model)
-    trainer.add_callback(resumable.end_callback())
-    _check_trl_kept_all(trainer, train_examples, eval_examples)
 
-    figures: dict[str, Any] = {
-        "params/trainable": trainable,
-        "params/total": total,
-        "params/trainable_pct": round(100 * trainable / total, 4),
-        "data/train_records": len(train_examples),
-        "data/too_long_truncated": train_examples.truncated,
-        "data/too_long_dropped": train_examples.dropped,
-        "data/eval_records": len(eval_examples),
-        "data/eval_too_long_truncated": eval_examples.truncated,
-        "data/eval_too_long_dropped": eval_examples.dropped,
-    }
-    if eval_examples and "eval/loss_before" not in previous:
-        figures["eval/loss_before"] = trainer.evaluate()["eval_loss"]
-        # evaluate() prepares the model for evaluation (no DDP) and marks it prepared; train() would
-        # then skip the DDP wrap, and the processes would never sum gradients (accelerate 1.15,
-        # transformers 5.24). Unmarked, train() wraps it.
-        trainer.model._is_accelerate_prepared = False
-        figures["eval/perplexity_before"] = _perplexity(figures["eval/loss_before"])
-    metrics.update({**previous, **figures})
 
-    started = time.time()
+def _evaluate_before(trainer: Any) -> dict[str, float]:
+    """The held-out loss and perplexity of the untrained model."""
+    loss = trainer.evaluate()["eval_loss"]
+    # evaluate() prepares the model for evaluation (no DDP) and marks it prepared; train() would
+    # then skip the DDP wrap, and the processes would never sum gradients (accelerate 1.15,
+    # transformers 5.24). Unmarked, train() wraps it.
+    trainer.model._is_accelerate_prepared = False
+    return {"eval/loss_before": loss, "eval/perplexity_before": _perplexity(loss)}
+
+
+def _train_or_go_on(trainer: Any, checkpoint: Path | None) -> None:
+    """Train from the start, or from `checkpoint` with its optimiser, schedule, data order and token count."""
     resumable.restore_token_count(trainer, checkpoint)
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -130,11 +161,14 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
         pass  # the checkpoint is the last step's: its weights and state are the trained ones
     except guards.NonFinite as e:
         raise guards.halt_trainer(trainer, e, "SFT", "Lower training.learning_rate or look for broken records") from None
-    runtime = time.time() - started
-    if eval_examples:
+
+
+def _final_figures(trainer: Any, has_eval: bool, runtime: float) -> dict[str, Any]:
+    """The trained model's held-out loss and perplexity, and the training's loss, steps, time and tokens."""
+    figures: dict[str, Any] = {}
+    if has_eval:
         figures["eval/loss"] = _final_eval_loss(trainer)
         figures["eval/perplexity"] = _perplexity(figures["eval/loss"])
-
     tokens = _logged(trainer, "num_tokens")
     figures.update(
         {
@@ -147,10 +181,7 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
             **tracking.peak_memory_mb(),
         }
     )
-    if world.is_main:
-        save_weights(trainer.model, tokenizer, config, out)
-    metrics.update(figures)
-    return metrics.final
+    return figures
 
 
 def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.StageDir) -> Path:

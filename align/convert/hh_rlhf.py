@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from align.convert.report import Report, convert_rows
-from align.core.records import Bad, Row
+from align.core.readers import Row
+from align.core.record_fields import Bad
 
 # a turn starts after "\n\n"; the first may also open the text with no newlines, as in many re-exports
 HH_TURN = re.compile(r"(?:\A\s*|\n\n)(Human|Assistant):[ ]?")

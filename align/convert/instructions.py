@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from align.convert.report import Report, convert_rows
-from align.core.records import Row, parse_instruction
+from align.core.readers import Row
+from align.core.records import parse_instruction
 
 
 def instruction_to_messages(row: Row) -> dict[str, Any]:

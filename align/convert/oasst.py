@@ -13,7 +13,8 @@ import math
 from typing import Any, Iterator
 
 from align.convert.report import Report
-from align.core.records import Bad, Row, clip, read_rows
+from align.core.readers import Row, read_rows
+from align.core.record_fields import Bad, clip
 
 ROLE = {"prompter": "user", "assistant": "assistant"}
 

@@ -10,7 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from align.core.records import Bad, Row, read_rows
+from align.core.readers import Row, read_rows
+from align.core.record_fields import Bad
 
 
 @dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from align.core.errors import DataError
-from align.core.records import read_rows
+from align.core.readers import read_rows
 from align.eval import likelihood
 from align.eval.models import View
 
