@@ -16,8 +16,12 @@ from reward.formats import load_groups, split_groups
 
 def preference_examples(path: str) -> list[dict[str, Any]]:
     """TRL's conversational preference rows; a ranking gives one row per (better, worse) pair."""
+    return preference_rows(load_groups(path))
+
+
+def preference_rows(groups: list[Any]) -> list[dict[str, Any]]:
     rows = []
-    for group in load_groups(path):
+    for group in groups:
         for w, l in group.pairs:
             rows.append({"prompt": list(group.prompt),
                          "chosen": [{"role": "assistant", "content": group.completions[w]}],
@@ -120,15 +124,14 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
 
 
 def preference_split(data: DPOData, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """DPO's and ORPO's (train, held-out) preference rows: `data.eval`, or `eval_fraction` of the pairs."""
-    rows = preference_examples(data.train)
-    if data.eval:
-        return rows, preference_examples(data.eval)
-    n_eval = round(data.eval_fraction * len(rows)) if data.eval_fraction > 0 else 0
-    import random
+    """DPO's and ORPO's (train, held-out) preference rows: `data.eval`, or `eval_fraction` of the prompts.
 
-    random.Random(seed).shuffle(rows)
-    return rows[n_eval:], rows[:n_eval]
+    Whole prompts are held out, as for the reward model and KTO: a ranking's pairs share completions, so
+    split pair by pair the held-out pairs would grade completions the policy was trained on."""
+    if data.eval:
+        return preference_examples(data.train), preference_examples(data.eval)
+    train_groups, eval_groups = split_groups(load_groups(data.train), data.eval_fraction, seed)
+    return preference_rows(train_groups), preference_rows(eval_groups)
 
 
 def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:

@@ -118,3 +118,16 @@ def test_rloo_writes_to_its_own_directory_by_default():
 
     assert STAGES["rloo"].config_class()().out_dir == "runs/rloo"
     assert STAGES["grpo"].config_class()().out_dir == "runs/grpo"
+
+
+def test_dpo_holds_out_whole_prompts(write_jsonl):
+    """A ranking of 4 gives 6 pairs sharing its completions: all of them train, or all are held out."""
+    from align.prefs.config import DPOData
+    from align.prefs.train import preference_split
+
+    rows = [{"prompt": f"Q{i}", "completions": [f"a{i}", f"b{i}", f"c{i}", f"d{i}"], "ranks": [0, 1, 2, 3]}
+            for i in range(10)]
+    train, held_out = preference_split(DPOData(train=str(write_jsonl("r.jsonl", rows)), eval_fraction=0.2), seed=3)
+    prompts = lambda rs: {r["prompt"][0]["content"] for r in rs}  # noqa: E731
+    assert len(train) == 8 * 6 and len(held_out) == 2 * 6
+    assert not prompts(train) & prompts(held_out) and len(prompts(held_out)) == 2
