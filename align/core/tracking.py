@@ -190,7 +190,9 @@ def trainer_callback(metrics: MetricsLog) -> Any:
     class MetricsCallback(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and state.is_world_process_zero:
-                metrics.log(state.global_step, {hf_key(k): v for k, v in logs.items()})
+                # not train()'s closing `train_loss`: it averages that call's steps alone, so after a resume
+                # it is not the run's mean (metrics.json's train/loss_mean is, from resumable.mean_logged_loss)
+                metrics.log(state.global_step, {hf_key(k): v for k, v in logs.items() if k != "train_loss"})
 
     return MetricsCallback()
 

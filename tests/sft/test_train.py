@@ -112,6 +112,9 @@ def test_resume_continues_from_the_newest_checkpoint(tiny_model_dir, tmp_path):
     assert "eval/loss_before" in figures  # kept from the first run, not recomputed
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train/loss" in r] == [4, 8, 12, 16]  # continued, nothing twice
+    # the log holds no mean loss of one train() call (steps 9-16 alone here); metrics.json holds the run's
+    assert not [r for r in records if "train/loss_mean" in r]
+    assert figures["train/loss_mean"] == pytest.approx(sum(r["train/loss"] for r in records if "train/loss" in r) / 4)
     assert rundir.StageDir(out).newest_checkpoint().name == "checkpoint-16"
 
 
