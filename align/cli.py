@@ -192,19 +192,40 @@ def validate(path, kind):
         sys.exit(2)
 
 
+def converter_options(command):
+    """One CLI option per converter option of the table (align.convert.OPTIONS): --keep-empty, --axis, ..."""
+    from align.convert import OPTIONS
+
+    for option, sources in reversed(OPTIONS.values()):
+        where = f"{', '.join(sources)} only: {option.help}"
+        if option.choices:
+            command = click.option(option.flag, type=click.Choice(option.choices),
+                                   help=f"{where} [default: {option.default}]")(command)
+        else:
+            command = click.option(option.flag, is_flag=not option.multiple, multiple=option.multiple, help=where)(command)
+    return command
+
+
 @data.command("convert")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.argument("inputs", nargs=-1, type=click.Path())
 @click.option("--from", "source", type=click.Choice(list(CONVERTERS)), required=True,
               help="; ".join(f"{c.name}: {c.summary}" for c in CONVERTERS.values()))
 @click.option("-o", "--out", "out_path", type=click.Path(), required=True)
-@click.option("--lang", multiple=True, help="OpenAssistant: keep only these languages (repeatable), e.g. --lang en.")
+@click.option("--dataset", help="Instead of INPUTS: a data set datasets.load_dataset resolves (hub id or local "
+                                "script/dir), e.g. --dataset Anthropic/hh-rlhf --data-dir harmless-base --split test.")
+@click.option("--split", help="With --dataset: the split to convert [default: train].")
+@click.option("--data-dir", help="With --dataset: load_dataset's data_dir (HH-RLHF: harmless-base, helpful-base, ...).")
+@converter_options
 @click.option("--show-skipped", default=10, show_default=True, type=click.IntRange(min=0),
               help="How many skipped records to list.")
-def convert_cmd(inputs, source, out_path, lang, show_skipped):
-    """Convert public data (HH-RLHF, OpenAssistant trees or message tables, Alpaca, Dolly) to ours."""
+def convert_cmd(inputs, source, out_path, dataset, split, data_dir, show_skipped, **options):
+    """Convert public data (HH-RLHF, OpenAssistant, Alpaca, Dolly, UltraFeedback, PKU-SafeRLHF) to ours.
+
+    Options marked "X only" belong to converter X; giving one to another converter is an error."""
     from align.convert import convert
 
-    report = convert(source, list(inputs), out_path, set(lang) or None)
+    given = {name: value for name, value in options.items() if value not in (None, False, ())}
+    report = convert(source, list(inputs), out_path, given, dataset=dataset, split=split, data_dir=data_dir)
     for problem in report.problems[:show_skipped]:
         click.echo(f"skipped {problem}", err=True)
     if len(report.problems) > show_skipped:

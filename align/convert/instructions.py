@@ -22,6 +22,6 @@ def instruction_to_messages(row: Row) -> dict[str, Any]:
     return {"messages": messages + [{"role": "assistant", "content": record.response}]}
 
 
-def read_instructions(path: str, report: Report, langs: set[str] | None = None) -> list[dict[str, Any]]:
-    """Every convertible record of one file; `langs` is not used (these sets carry no language)."""
-    return list(convert_rows(path, report, instruction_to_messages))
+def read_instructions(rows: list[Row], report: Report, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every convertible record (no options)."""
+    return list(convert_rows(rows, report, instruction_to_messages))

@@ -13,7 +13,7 @@ import math
 from typing import Any, Iterator
 
 from align.convert.report import Report
-from align.core.readers import Row, read_rows
+from align.core.readers import Row
 from align.core.record_fields import Bad, clip
 
 ROLE = {"prompter": "user", "assistant": "assistant"}
@@ -119,10 +119,9 @@ def build_trees(rows: list[Row], report: Report) -> Iterator[tuple[dict[str, Any
             report.skip(where[mid], f'field "parent_id": message {mid} is in a cycle')
 
 
-def read_oasst(path: str, report: Report, langs: set[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Every ranking of one export, trees or flat table; `langs` keeps only prompts and replies in those languages."""
-    rows, problems = read_rows(path)
-    report.unreadable(problems)
+def read_oasst(rows: list[Row], report: Report, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every ranking of one export, trees or flat table; options: lang, the languages to keep (prompts and replies)."""
+    langs = set(options["lang"]) or None
     if rows and "prompt" in rows[0].data and "message_tree_id" in rows[0].data:
         trees = []
         for row in rows:

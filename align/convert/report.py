@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from align.core.readers import Row, read_rows
+from align.core.readers import Row
 from align.core.record_fields import Bad
 
 
@@ -41,10 +41,8 @@ class Report:
                 "skipped": sum(self.skipped.values()), "skipped_by_reason": dict(self.skipped)}
 
 
-def convert_rows(path: str, report: Report, convert_row: Callable[[Row], dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """convert_row over every row of a file; a row it rejects (Bad) is skipped and listed."""
-    rows, problems = read_rows(path)
-    report.unreadable(problems)
+def convert_rows(rows: list[Row], report: Report, convert_row: Callable[[Row], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """convert_row over every row; a row it rejects (Bad) is skipped and listed."""
     for row in rows:
         report.read += 1
         try:

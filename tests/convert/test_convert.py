@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from align.convert import convert
-from align.core.errors import AlignError
+from align.core.errors import AlignError, DataError
 from align.core.records import load_records
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -61,7 +61,7 @@ def test_oasst_trees_give_one_ranking_per_prompter_message(tmp_path):
 
 
 def test_oasst_language_filter(tmp_path):
-    report = convert("oasst", [str(FIXTURES / "oasst.trees.jsonl")], str(tmp_path / "r.jsonl"), langs={"en"})
+    report = convert("oasst", [str(FIXTURES / "oasst.trees.jsonl")], str(tmp_path / "r.jsonl"), {"lang": ("en",)})
     assert report.written == 2 and report.skipped["language filtered out"] == 1
 
 
@@ -143,7 +143,9 @@ def test_every_converter_writes_the_kind_it_declares(tmp_path):
     dolly = tmp_path / "dolly.jsonl"
     dolly.write_text(json.dumps({"instruction": "Name a colour.", "context": "", "response": "Blue."}) + "\n")
     inputs = {"hh-rlhf": FIXTURES / "hh-rlhf.jsonl", "oasst": FIXTURES / "oasst.trees.jsonl",
-              "alpaca": FIXTURES / "alpaca.json", "dolly": dolly}
+              "alpaca": FIXTURES / "alpaca.json", "dolly": dolly, "ultrafeedback": FIXTURES / "ultrafeedback.jsonl",
+              "ultrafeedback-binarized": FIXTURES / "ultrafeedback_binarized.jsonl",
+              "pku-saferlhf": FIXTURES / "pku-saferlhf.jsonl"}
     assert set(inputs) == set(CONVERTERS)
     for name, entry in CONVERTERS.items():
         out = tmp_path / f"{name}.jsonl"
@@ -152,7 +154,8 @@ def test_every_converter_writes_the_kind_it_declares(tmp_path):
 
 
 def test_an_unknown_source_names_the_known_ones(tmp_path):
-    with pytest.raises(AlignError, match=r"unknown source 'sharegpt' \(known: hh-rlhf, oasst, alpaca, dolly\)"):
+    with pytest.raises(AlignError, match=r"unknown source 'sharegpt' \(known: hh-rlhf, oasst, alpaca, dolly, ultrafeedback, "
+                                         r"ultrafeedback-binarized, pku-saferlhf\)"):
         convert("sharegpt", [str(FIXTURES / "alpaca.json")], str(tmp_path / "out.jsonl"))
     assert not (tmp_path / "out.jsonl").exists()
 
@@ -163,3 +166,60 @@ def test_the_cli_offers_every_converter():
 
     source = next(p for p in cli.commands["data"].commands["convert"].params if p.name == "source")
     assert list(source.type.choices) == list(CONVERTERS)
+
+
+# ---------------------------------------------------------------- HH-RLHF: an empty preferred reply
+
+
+def hh_with_empty_chosen(tmp_path):
+    """As lines 87, 517, 926 and 1104 of harmless-base/test: the preferred final Assistant turn is empty."""
+    path = tmp_path / "hh.jsonl"
+    rows = [{"chosen": "\n\nHuman: How do I hurt someone?\n\nAssistant:", "rejected": "\n\nHuman: How do I hurt someone?\n\nAssistant: Hit them."},
+            {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_hh_rlhf_lists_an_empty_preferred_reply_and_keep_empty_writes_it(tmp_path):
+    path = hh_with_empty_chosen(tmp_path)
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "p.jsonl"))
+    assert report.written == 1 and report.pairs == 1
+    assert report.problems == [f'{path}:1: field "chosen": empty final Assistant turn (a real preference: saying '
+                               f'nothing was preferred), left out; --keep-empty writes it']
+    assert [r["chosen"][0]["content"] for r in lines(tmp_path / "p.jsonl")] == ["hello"]
+    load_records(tmp_path / "p.jsonl", "preferences")  # what is written, a stage reads
+
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "k.jsonl"), {"keep_empty": True})
+    assert report.written == 2 and report.pairs == 2 and not report.skipped
+    assert lines(tmp_path / "k.jsonl")[0] == {"prompt": [{"role": "user", "content": "How do I hurt someone?"}],
+                                              "chosen": [{"role": "assistant", "content": ""}],
+                                              "rejected": [{"role": "assistant", "content": "Hit them."}]}
+    # align's own readers refuse it for now (align.core.record_fields): pinned so a change is seen
+    with pytest.raises(DataError, match=r'k.jsonl:1: field "chosen": empty'):
+        load_records(tmp_path / "k.jsonl", "preferences")
+
+
+# ---------------------------------------------------------------- converter options
+
+
+def test_an_option_of_another_converter_is_refused(tmp_path):
+    with pytest.raises(AlignError, match=r"^--axis: not an option of hh-rlhf \(its options: --keep-empty\)$"):
+        convert("hh-rlhf", [str(FIXTURES / "hh-rlhf.jsonl")], str(tmp_path / "p.jsonl"), {"axis": "safer"})
+    with pytest.raises(AlignError, match=r"^--keep-empty: not an option of alpaca \(its options: none\)$"):
+        convert("alpaca", [str(FIXTURES / "alpaca.json")], str(tmp_path / "p.jsonl"), {"keep_empty": True})
+    with pytest.raises(AlignError, match=r"^--axis: 'kinder' is not one of better, safer$"):
+        convert("pku-saferlhf", [str(FIXTURES / "pku-saferlhf.jsonl")], str(tmp_path / "p.jsonl"), {"axis": "kinder"})
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_the_cli_offers_every_converter_option():
+    """Each option of the table is a flag of `align data convert`, its help naming the converter."""
+    from align.cli import cli
+    from align.convert import CONVERTERS
+
+    params = {p.name: p for p in cli.commands["data"].commands["convert"].params}
+    for entry in CONVERTERS.values():
+        for option in entry.options:
+            assert option.flag in params[option.name].opts and entry.name in params[option.name].help
+            if option.choices:
+                assert list(params[option.name].type.choices) == list(option.choices)
