@@ -46,10 +46,12 @@ def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], reference
     out["distinct_2"] = scores.distinct_n(row.texts, 2)
     if row.rewards is not None:
         out.update(scores.with_ci("reward_mean", row.rewards, **boot))
+        out["reward_length_corr"] = scores.pearson(row.rewards, lengths(row))
         for other in compare_to:
             if other in rows and other != row.name and rows[other].rewards is not None:
                 outcomes = scores.win_outcomes(row.rewards, rows[other].rewards)
                 out.update(scores.with_ci(f"win_rate_vs_{other}", outcomes, **boot))
+                out.update(length_matched_win_rate(row, rows[other], other, boot))
     pairs = [(a.text, ref) for a, ref in zip(row.answers, references) if ref is not None]
     if pairs:
         predictions, refs = [p for p, _ in pairs], [r for _, r in pairs]
@@ -62,6 +64,22 @@ def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], reference
         out["judge_errors"] = float(len(row.judged) - len(ok))
     out.update(row.extra)
     return out
+
+
+LENGTH_TOLERANCE = 0.2  # answers within 20% of each other's length count as like length
+
+
+def lengths(row: Row) -> list[float]:
+    return [float(len(a.token_ids)) for a in row.answers]
+
+
+def length_matched_win_rate(row: Row, other: Row, name: str, boot: dict[str, int]) -> dict[str, float]:
+    """The win rate over the prompts whose two answers are of like length, and how many they are:
+    a win rate that falls here was bought with length (reward hacking's most common form)."""
+    matched = scores.length_matched(lengths(row), lengths(other), LENGTH_TOLERANCE)
+    outcomes = scores.win_outcomes([row.rewards[i] for i in matched], [other.rewards[i] for i in matched])
+    return {**scores.with_ci(f"win_rate_vs_{name}_length_matched", outcomes, **boot),
+            f"length_matched_prompts_vs_{name}": float(len(matched))}
 
 
 def flat(per_row: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -84,7 +102,8 @@ def unflat(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def headline_metrics(per_row: dict[str, dict[str, float]]) -> list[str]:
     """The table's columns: every metric some row has, CI bounds folded into their mean, in a fixed order."""
-    order = ["reward_mean", "win_rate_vs_", "reward_mean_sampled", "kl_to_base", "judge_mean", "judge_errors",
+    order = ["reward_mean", "win_rate_vs_", "length_matched_prompts_vs_", "reward_length_corr", "reward_mean_sampled",
+             "kl_to_base", "judge_mean", "judge_errors",
              "response_length", "no_eos_frac", "distinct_1", "distinct_2", "rouge1", "rouge2", "rougeL", "bleu",
              "perplexity", "mmlu_accuracy"]
     names = {m for figures in per_row.values() for m in figures if not m.endswith(("_ci_low", "_ci_high"))}

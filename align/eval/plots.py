@@ -99,6 +99,22 @@ def reward_vs_kl(per_row: dict[str, dict[str, float]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def reward_vs_length(points: dict[str, tuple[list[float], list[float]]], path: Path) -> Path:
+    """Each model's answers as (length, reward) points, with Pearson's r in the legend."""
+    from align.eval.scores import pearson
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (lengths, rewards) in points.items():
+        ax.scatter(lengths, rewards, s=12, alpha=0.6, label=f"{name} (r = {pearson(rewards, lengths):.2f})")
+    ax.set_xlabel("answer length (tokens, greedy)")
+    ax.set_ylabel("normalised reward")
+    ax.set_title("reward against length: a slope is length, not quality")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def read_log(stage_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(stage_dir) / rundir.METRICS_LOG
     records = []

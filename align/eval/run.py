@@ -327,6 +327,9 @@ class Evaluation:
             opponents = [c for c in self.config.compare_to if c in self.inputs.specs]
             if opponents:
                 out.append(("Win rates", plots.win_rates(per_row, opponents, where / "win_rates.png")))
+            points = {row.name: (compare.lengths(row), row.rewards) for row in rows
+                      if row.rewards is not None and not compare.BEST_OF.search(row.name)}
+            out.append(("Reward against answer length", plots.reward_vs_length(points, where / "reward_vs_length.png")))
             if any("kl_to_base" in f for f in per_row.values()):
                 out.append(("Reward against KL to the base", plots.reward_vs_kl(per_row, where / "reward_vs_kl.png")))
         for stage, directory in self.config.stages.items():

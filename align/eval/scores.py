@@ -49,6 +49,24 @@ def win_outcomes(rewards_a: Sequence[float], rewards_b: Sequence[float]) -> list
     return [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards_a, rewards_b)]
 
 
+def length_matched(lengths_a: Sequence[float], lengths_b: Sequence[float], tolerance: float) -> list[int]:
+    """The prompts whose two answers are of like length: they differ by at most `tolerance` of the
+    longer (and by at most one token, for short ones). A reward model that likes length wins
+    the unmatched prompts on length alone; on these it has to tell the answers apart otherwise."""
+    return [i for i, (a, b) in enumerate(zip(lengths_a, lengths_b)) if abs(a - b) <= max(1.0, tolerance * max(a, b))]
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's correlation; NaN when either side is constant or there are fewer than 3 points."""
+    n = len(xs)
+    if n < 3:
+        return math.nan
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx, syy = sum((x - mx) ** 2 for x in xs), sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else math.nan
+
+
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from align.core.config import load_config
+from align.eval import scores
 from align.eval.config import EvalConfig
 from align.eval.report import cell
 from align.eval.run import evaluate
@@ -74,7 +76,7 @@ def test_every_file_and_metric(finished):
     out = Path(config.out_dir)
     for name in ("config.yaml", "metrics.json", "metrics.jsonl", "status.json", "generations.jsonl", "report.md",
                  "report.html", "plots/rewards.png", "plots/win_rates.png", "plots/reward_vs_kl.png",
-                 "plots/curves_sft.png"):
+                 "plots/reward_vs_length.png", "plots/curves_sft.png"):
         assert (out / name).is_file(), name
     assert json.loads((out / "status.json").read_text())["state"] == "done"
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
@@ -110,6 +112,14 @@ def test_generations_hold_every_answer_and_score(finished):
     assert records[-1]["reference"] is None
     mean = sum(r["answers"]["sft"]["reward"] for r in records) / len(records)
     assert mean == pytest.approx(metrics["sft/reward_mean"])
+    # the length figures, from the answers as written
+    sft = [(r["answers"]["sft"]["tokens"], r["answers"]["sft"]["reward"]) for r in records]
+    base = [(r["answers"]["base"]["tokens"], r["answers"]["base"]["reward"]) for r in records]
+    corr = scores.pearson([r for _, r in sft], [n for n, _ in sft])
+    # NaN (every answer cut at the same length) is left out of metrics.json, as JSON has no NaN
+    assert metrics.get("sft/reward_length_corr", math.nan) == pytest.approx(corr, nan_ok=True)
+    matched = scores.length_matched([n for n, _ in sft], [n for n, _ in base], 0.2)
+    assert metrics["sft/length_matched_prompts_vs_base"] == len(matched)
 
 
 def test_report_table_matches_the_metrics(finished):

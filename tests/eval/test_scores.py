@@ -120,3 +120,26 @@ def test_summary_table_from_sorted_metrics_puts_models_before_best_of_rows():
     header, *lines = summary_table(metrics).splitlines()
     assert header.split() == ["metric", "aligned", "base", "sft", "aligned_best_of_4"]
     assert lines[0].split() == ["reward_mean", "1.000", "0.250", "0.750", "1.500"]
+
+
+def test_pearson_by_hand():
+    # x = 1, 2, 3 and y = 2, 4, 5: means 2 and 11/3; Σdxdy = (-1)(-5/3) + 0 + (1)(4/3) = 3,
+    # Σdx² = 2, Σdy² = 25/9 + 1/9 + 16/9 = 42/9: r = 3 / sqrt(2 · 42/9) = 0.98198
+    assert scores.pearson([1, 2, 3], [2, 4, 5]) == pytest.approx(3 / math.sqrt(2 * 42 / 9))
+    assert math.isnan(scores.pearson([1, 2, 3], [5, 5, 5])) and math.isnan(scores.pearson([1, 2], [3, 4]))
+
+
+def test_length_matched_prompts_are_within_the_tolerance_of_the_longer():
+    # 10 vs 12 differ by 2 <= 0.2 * 12 = 2.4 (matched); 10 vs 13 by 3 > 2.6 (not); 1 vs 2 by 1 <= max(1, 0.4) (matched)
+    assert scores.length_matched([10, 10, 1, 40], [12, 13, 2, 30], 0.2) == [0, 2]
+
+
+def test_a_win_bought_with_length_disappears_when_lengths_match():
+    # A wins prompts 0 and 1 with answers twice as long, and loses prompt 2 at equal length:
+    # win rate 2/3, but 0 over the one prompt of like length; and A's reward rises with its length (r > 0)
+    a = Row("a", "a", [answer("x", 20), answer("x", 30), answer("x", 8)], rewards=[1.0, 2.0, -1.0])
+    b = Row("b", "b", [answer("y", 10), answer("y", 15), answer("y", 8)], rewards=[0.0, 0.0, 0.0])
+    figures = row_metrics(a, {"a": a, "b": b}, ["b"], [None] * 3, {"samples": 200, "seed": 0})
+    assert figures["win_rate_vs_b"] == pytest.approx(2 / 3)
+    assert figures["win_rate_vs_b_length_matched"] == 0.0 and figures["length_matched_prompts_vs_b"] == 1.0
+    assert figures["reward_length_corr"] == pytest.approx(scores.pearson([1.0, 2.0, -1.0], [20, 30, 8]))
