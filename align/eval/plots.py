@@ -106,7 +106,8 @@ def reward_vs_length(points: dict[str, tuple[list[float], list[float]]], path: P
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (lengths, rewards) in points.items():
-        ax.scatter(lengths, rewards, s=12, alpha=0.6, label=f"{name} (r = {pearson(rewards, lengths):.2f})")
+        r = pearson(rewards, lengths)
+        ax.scatter(lengths, rewards, s=12, alpha=0.6, label=f"{name} (r = {'n/a' if r != r else f'{r:.2f}'})")
     ax.set_xlabel("answer length (tokens, greedy)")
     ax.set_ylabel("normalised reward")
     ax.set_title("reward against length: a slope is length, not quality")
