@@ -40,17 +40,37 @@ def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
                      add_special_tokens=False)
 
 
-def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16):
-    """Raw rewards of chat-formatted texts, without gradients, as a float32 CPU tensor (N,)."""
+def token_lengths(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text, unpadded, truncated as `encode` does (the start is dropped)."""
+    tokenizer.truncation_side = "left"
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
+
+
+def pad(tokenizer: Any, ids: list[list[int]]) -> dict[str, Any]:
+    """Right-padded batch of token ids, as `encode` pads texts."""
+    return tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+
+
+def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int = 16,
+                max_tokens: int | None = None):
+    """Raw rewards of chat-formatted texts, without gradients, as a float32 CPU tensor (N,).
+
+    Batches of alike lengths, at most `batch_size` texts and, when given, `max_tokens` padded tokens each."""
     import torch
+
+    from align.core.token_batches import token_batches
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = torch.zeros(len(texts))
+    ids = token_lengths(tokenizer, texts, max_length)
+    lengths = [len(i) for i in ids]
+    batches = (token_batches(lengths, max_tokens, batch_size) if max_tokens
+               else length_batches(lengths, batch_size))
     with torch.inference_mode():
-        for batch_indices in length_batches([len(t) for t in texts], batch_size):
-            batch = encode(tokenizer, [texts[i] for i in batch_indices], max_length).to(device)
+        for batch_indices in batches:
+            batch = pad(tokenizer, [ids[i] for i in batch_indices]).to(device)
             out[batch_indices] = model(**batch).logits[:, 0].float().cpu()
     model.train(was_training)
     return out

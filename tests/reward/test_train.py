@@ -147,7 +147,8 @@ def test_batcher_offsets_each_groups_pairs_to_its_own_completions(tiny_model_dir
     groups = [Group(user, ("a", "b", "c"), (0, 1, 2), 0.5, "x:1"),  # completions 0 1 2 of the batch
               Group(user, ("d", "e"), (1, 0), 2.0, "x:2")]  # completions 3 4: "e" (4) beats "d" (3)
     batch = Batcher(tokenizer, 64, use_margin=True)(groups)
-    assert batch["inputs"]["input_ids"].shape[0] == 5
+    assert len(batch["inputs"]) == 1 and batch["inputs"][0]["input_ids"].shape[0] == 5
+    assert batch["micro"] == [[0, 1, 2, 3, 4]]  # one micro-batch keeps the batch's order
     assert batch["pairs"].tolist() == [[0, 1], [0, 2], [1, 2], [4, 3]]
     assert batch["pair_group"].tolist() == [0, 0, 0, 1]
     assert batch["margins"].tolist() == [0.5, 0.5, 0.5, 2.0]
