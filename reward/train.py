@@ -117,7 +117,7 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     normaliser and save."""
     learner = _build_learner(config, len(train_groups))
     if learner.accelerator.device.type == "cpu":
-        _large_buffers_from_mmap()
+        heap.large_buffers_from_mmap()
     is_main = learner.accelerator.is_main_process
     wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
     metrics = tracking.MetricsLog(out.path, wandb_run, write=is_main)
@@ -136,25 +136,6 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     if wandb_run is not None:
         wandb_run.finish()
     return metrics.final
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-LARGE_BUFFER_BYTES = 2**20
-
-
-def _large_buffers_from_mmap() -> None:
-    """Serve buffers of 1 MB and more (activations, dequantised weights) from their own mappings, given back
-    to the OS when freed, for the rest of the process (glibc; elsewhere nothing).
-
-    glibc raises its mmap threshold as large buffers are freed (up to 32 MB), so a training forward's
-    activations come from the heap, where differently sized micro-batches leave holes nothing reuses. On
-    SmolLM2-135M NF4 (2026-12-05) one forward + backward of 4 x 512 tokens with recomputed activations
-    left the process 3.9 GB above its weights with the dynamic threshold, 0.33 GB with 1 MB fixed (what
-    autograd holds: 0.16 MB a token), at 10-30% more time for the page faults; without recomputation,
-    1 x 512 tokens 1.75 -> 1.15 GB."""
-    libc = heap._libc()
-    if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
 
 
 @dataclass
