@@ -35,6 +35,14 @@ def newest_saved(directory: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def resume_point(directory: Path) -> str:
+    """Where `--resume` goes on from, in words, for a run stopped before it saved its current state."""
+    newest = newest_saved(directory)
+    if newest is None:
+        return "no checkpoint was saved before it: start again with --overwrite"
+    return f"`--resume` continues from {newest}, the newest checkpoint"
+
+
 def refuse_nonfinite(params: dict[str, Any], directory: Path, step: int) -> None:
     """Stop before non-finite weights become a checkpoint that --resume would start from."""
     from align.core.errors import TrainingHalted
@@ -42,9 +50,7 @@ def refuse_nonfinite(params: dict[str, Any], directory: Path, step: int) -> None
     bad = first_nonfinite(params)
     if bad is None:
         return
-    newest = newest_saved(directory)
-    where = (f"`--resume` continues from {newest}, the newest checkpoint" if newest is not None
-             else "no checkpoint was saved before it: start again with --overwrite")
+    where = resume_point(directory)
     raise TrainingHalted(f"the weights are not finite after step {step} ({bad}), so that state was not saved; "
                          f"{where}. Lower the learning rate")
 

@@ -106,14 +106,12 @@ def nonfinite_callback() -> Any:
 def halt_trainer(trainer: Any, error: NonFinite, stage: str, advice: str) -> TrainingHalted:
     """Save the Trainer's state (weights, optimiser, scheduler: all still those of the last finished
     step) as a resumable checkpoint, and return the error that says what happened and where it is."""
-    from align.core.checkpoint import first_nonfinite, newest_saved, trainable
+    from align.core.checkpoint import first_nonfinite, resume_point, trainable
 
     step = trainer.state.global_step
     target = Path(trainer.args.output_dir) / f"checkpoint-{step}"
     if first_nonfinite(trainable(trainer.model)) is not None:
-        newest = newest_saved(Path(trainer.args.output_dir))
-        where = (f"`--resume` continues from {newest}, the newest checkpoint" if newest is not None
-                 else "no checkpoint was saved before it: start again with --overwrite")
+        where = resume_point(Path(trainer.args.output_dir))
         return TrainingHalted(f"{stage} stopped at step {step}: {error}. That state was not saved; {where}. {advice}")
     if not (target / "trainer_state.json").exists():
         # transformers has no public call that writes a resumable checkpoint now
