@@ -193,7 +193,7 @@ def validate(path, kind):
 
 
 def converter_options(command):
-    """One CLI option per converter option of the table (align.convert.OPTIONS): --keep-empty, --axis, ..."""
+    """One CLI option per converter option of the table (align.convert.OPTIONS): --drop-empty, --axis, ..."""
     from align.convert import OPTIONS
 
     for option, sources in reversed(OPTIONS.values()):

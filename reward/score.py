@@ -188,9 +188,9 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
                 if not isinstance(d["completions"], list) or not d["completions"]:
                     raise Bad("completions", "expected a non-empty list")
                 for k, c in enumerate(d["completions"]):
-                    jobs.append((i, "completions", k, prompt, completion_field(d["completions"], k, f"completions[{k}]")))
+                    jobs.append((i, "completions", k, prompt, completion_field(d["completions"], k, f"completions[{k}]", allow_empty=True)))
             elif fields:
-                jobs += [(i, f, None, prompt, completion_field(d, f)) for f in fields]
+                jobs += [(i, f, None, prompt, completion_field(d, f, allow_empty=True)) for f in fields]
             else:
                 raise Bad(None, 'no completion to score: expected "response", "completion", "completions" or "chosen"/"rejected"')
         except Bad as e:

@@ -72,11 +72,10 @@ class Converter:
 
 CONVERTERS: dict[str, Converter] = {c.name: c for c in (
     Converter("hh-rlhf", read_hh, "preferences",
-              "Anthropic HH-RLHF transcripts {chosen, rejected} -> preferences as messages (a pair whose "
-              "preferred final Assistant turn is empty is listed and left out; --keep-empty writes it).",
-              (Option("keep_empty", "write pairs whose preferred (chosen) final Assistant turn is empty (in harmlessness "
-                                    "data saying nothing was preferred; align's own stages refuse an empty completion "
-                                    "for now, so they are left out and listed by default)."),)),
+              "Anthropic HH-RLHF transcripts {chosen, rejected} -> preferences as messages (an empty final "
+              "Assistant turn is kept: saying nothing was preferred, or rejected; --drop-empty lists and leaves it out).",
+              (Option("drop_empty", "leave out, and list, the pairs whose final Assistant turn is empty on either side "
+                                    "(kept by default: in harmlessness data saying nothing is a real answer)."),)),
     Converter("oasst", read_oasst, "rankings",
               "OpenAssistant oasst1/oasst2 trees or message table -> one ranking per prompter message (--lang filters).",
               (Option("lang", "keep only these languages (repeatable), e.g. --lang en.", multiple=True),)),
@@ -138,7 +137,7 @@ def resolve_options(entry: Converter, given: dict[str, Any] | None) -> dict[str,
 def convert(source: str, inputs: list[str], out_path: str, options: dict[str, Any] | None = None, *,
             dataset: str | None = None, split: str | None = None, data_dir: str | None = None) -> Report:
     """Convert `inputs` (concatenated), or the split of the data set named `dataset`, into `out_path`
-    (JSONL, written atomically). `options`: the converter's own (see CONVERTERS), e.g. {"keep_empty": True}.
+    (JSONL, written atomically). `options`: the converter's own (see CONVERTERS), e.g. {"drop_empty": True}.
 
     Bad records are skipped and listed; a run that converts nothing is an error and writes nothing."""
     entry = converter(source)

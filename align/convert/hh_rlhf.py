@@ -5,11 +5,10 @@ One JSON object a line; `chosen` and `rejected` are whole transcripts of "\\n\\n
 dialogue up to the final "\\n\\nAssistant:"; chosen and rejected are the two final assistant turns.
 Written as messages, so chat templates apply.
 
-An empty preferred (chosen) final Assistant turn is a real preference: in the harmlessness data the
-annotator preferred saying nothing to a harmful reply (4 of the first 1156 pairs of harmless-base/test).
-align's readers refuse an empty completion (`field "chosen": empty`) for now, so such a pair is left
-out and listed in the Report unless `keep_empty` (`--keep-empty`) writes it, for tools that take it.
-An empty rejected turn is skipped and listed.
+An empty final Assistant turn is a real preference: in the harmlessness data the annotator preferred
+saying nothing to a harmful reply (4 of the first 1156 pairs of harmless-base/test), so it is kept, and
+align's stages read it. `drop_empty` (`--drop-empty`) leaves out a pair with an empty final turn on
+either side, for tools that cannot take one, and lists each in the Report.
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ def hh_turns(transcript: str) -> list[dict[str, str]]:
     return [{"role": ROLE[speaker], "content": text.strip()} for speaker, text in zip(parts[1::2], parts[2::2])]
 
 
-EMPTY = "empty final Assistant turn (a real preference: saying nothing was preferred), left out; --keep-empty writes it"
+EMPTY = "empty final Assistant turn, left out (--drop-empty)"
 
 
-def convert_hh(row: Row, keep_empty: bool = False) -> dict[str, Any]:
+def convert_hh(row: Row, drop_empty: bool = False) -> dict[str, Any]:
     d = row.data
     for name in ("chosen", "rejected"):
         if not isinstance(d.get(name), str):
@@ -51,17 +50,16 @@ def convert_hh(row: Row, keep_empty: bool = False) -> dict[str, Any]:
         raise Bad("rejected", "chosen and rejected do not share the dialogue before the final Assistant turn")
     if not chosen[:-1]:
         raise Bad("chosen", "no Human turn before the final Assistant turn")
-    if not rejected[-1]["content"]:
-        raise Bad("rejected", "empty final Assistant turn")  # nothing to learn to avoid
-    if not keep_empty and not chosen[-1]["content"]:
-        raise Bad("chosen", EMPTY)
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if drop_empty and not turns[-1]["content"]:
+            raise Bad(name, EMPTY)
     if chosen[-1]["content"] == rejected[-1]["content"]:
         raise Bad("rejected", "identical to chosen")
     return {"prompt": chosen[:-1], "chosen": [chosen[-1]], "rejected": [rejected[-1]]}
 
 
 def read_hh(rows: list[Row], report: Report, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every convertible record; options: keep_empty."""
-    records = list(convert_rows(rows, report, partial(convert_hh, keep_empty=options["keep_empty"])))
+    """Every convertible record; options: drop_empty."""
+    records = list(convert_rows(rows, report, partial(convert_hh, drop_empty=options["drop_empty"])))
     report.pairs += len(records)
     return records

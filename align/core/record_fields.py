@@ -76,19 +76,21 @@ def prompt_field(data: dict[str, Any], field: str = "prompt") -> Messages:
     return ({"role": "user", "content": text_field(data, field)},)
 
 
-def completion_field(data: dict[str, Any], field: str, name: str | None = None) -> str:
+def completion_field(data: dict[str, Any], field: str, name: str | None = None, *, allow_empty: bool = False) -> str:
     """A completion as a string, or as assistant messages (their contents joined).
 
-    `name` is how errors call the field when it is not a key of `data` (`completions[2]`)."""
+    `name` is how errors call the field when it is not a key of `data` (`completions[2]`).
+    `allow_empty`: an empty reply is a real answer where replies are compared (in harmlessness data,
+    saying nothing was preferred to a harmful reply); a demonstration to imitate must say something."""
     if name is not None:
-        return completion_field({name: data[field]}, name)
+        return completion_field({name: data[field]}, name, allow_empty=allow_empty)
     value = data.get(field)
     if isinstance(value, list):
         messages = messages_field(data, field)
         if any(m["role"] != "assistant" for m in messages):
             raise Bad(field, "a completion given as messages must hold only assistant turns")
         value = "\n".join(m["content"] for m in messages)
-        if not value.strip():
+        if not allow_empty and not value.strip():
             raise Bad(field, "empty")
         return value
-    return text_field(data, field)
+    return text_field(data, field, allow_empty=allow_empty)

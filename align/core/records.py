@@ -13,6 +13,9 @@ Each concern lives in a module of its own:
     record_fields  checks of one field (text, messages, prompt, completion) raising Bad, which names it
     records        (this one) rows -> Instruction, Preference, Ranking, Prompt; parse_rows; load_records
 
+A compared completion (preferences, rankings) may be empty: in harmlessness data saying nothing is a
+real answer, preferred to a harmful one. An instruction's response, a demonstration, may not.
+
 Readers never stop at the first bad record: they collect every problem, so a user fixes a file
 in one pass. Training refuses a file with any problem, before a model is loaded.
 """
@@ -110,7 +113,7 @@ def parse_preference(row: Row) -> Preference:
         if "chosen" not in d and "rejected" not in d:
             raise Bad(None, _no_shape(d, 'preferences: "prompt", "chosen", "rejected"'))
         prompt = prompt_field(d)
-        chosen, rejected = completion_field(d, "chosen"), completion_field(d, "rejected")
+        chosen, rejected = completion_field(d, "chosen", allow_empty=True), completion_field(d, "rejected", allow_empty=True)
     if chosen.strip() == rejected.strip():
         raise Bad("rejected", "identical to chosen: no preference to learn")
     margin = d.get("margin")
@@ -128,9 +131,6 @@ def _split_implicit_prompt(d: dict[str, Any]) -> tuple[Messages, str, str]:
         raise Bad("chosen", "with no prompt field, chosen and rejected must end with an assistant turn")
     if chosen[:-1] != rejected[:-1] or len(chosen) < 2:
         raise Bad("rejected", "with no prompt field, chosen and rejected must share every turn but the last")
-    for field, last in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
-        if not last["content"].strip():
-            raise Bad(field, "empty final response")
     return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
@@ -147,12 +147,9 @@ def parse_ranking(row: Row) -> Ranking:
         raise Bad("completions", "missing or not a list")
     if len(completions) < 2:
         raise Bad("completions", f"a ranking needs at least 2 completions, got {len(completions)}")
-    texts = tuple(c if isinstance(c, str) else completion_field({"c": c}, "c", f"completions[{i}]")
-                  for i, c in enumerate(completions))
+    texts = tuple(completion_field({"c": c}, "c", f"completions[{i}]", allow_empty=True) for i, c in enumerate(completions))
     first: dict[str, int] = {}  # as for preferences: two equal completions leave nothing to prefer
     for i, text in enumerate(texts):
-        if not text.strip():
-            raise Bad(f"completions[{i}]", "empty")
         if text.strip() in first:
             raise Bad(f"completions[{i}]", f"identical to completions[{first[text.strip()]}]: no preference to learn")
         first[text.strip()] = i

@@ -21,23 +21,23 @@ def lines(path):
 def test_hh_rlhf_prompt_is_the_shared_dialogue(tmp_path):
     for name in ("hh-rlhf.jsonl", "hh-rlhf.jsonl.gz"):
         report = convert("hh-rlhf", [str(FIXTURES / name)], str(tmp_path / "prefs.jsonl"))
-        assert report.summary()["read"] == 7 and report.written == 3 and report.pairs == 3
+        assert report.summary()["read"] == 7 and report.written == 4 and report.pairs == 4
         assert report.skipped == {
             "unreadable line": 1,
             'field "rejected": chosen and rejected do not share the dialogue before the final Assistant turn': 1,
             'field "rejected": identical to chosen': 1,
-            'field "rejected": empty final Assistant turn': 1,
         }
         assert f"{name}:4: field \"rejected\": chosen and rejected do not share" in "\n".join(report.problems)
         assert f"{name}:5: malformed JSON" in "\n".join(report.problems)
-    first, multi, blank_lines = lines(tmp_path / "prefs.jsonl")
+    first, multi, blank_lines, empty_rejected = lines(tmp_path / "prefs.jsonl")
+    assert empty_rejected["rejected"] == [{"role": "assistant", "content": ""}]
     assert first == {"prompt": [{"role": "user", "content": "What is the capital of France?"}],
                      "chosen": [{"role": "assistant", "content": "Paris."}],
                      "rejected": [{"role": "assistant", "content": "I don't know."}]}
     assert [m["role"] for m in multi["prompt"]] == ["user", "assistant", "user"]
     assert multi["prompt"][-1]["content"] == "Tell me a joke." and multi["rejected"][0]["content"] == "No."
     assert blank_lines["chosen"][0]["content"] == "Sure:\n\n1. Apple\n2. Pear"
-    assert len(load_records(tmp_path / "prefs.jsonl", "preferences")) == 3  # our own validator accepts it
+    assert len(load_records(tmp_path / "prefs.jsonl", "preferences")) == 4  # our own validator accepts it
 
 
 def test_oasst_trees_give_one_ranking_per_prompter_message(tmp_path):
@@ -180,33 +180,29 @@ def hh_with_empty_chosen(tmp_path):
     return path
 
 
-def test_hh_rlhf_lists_an_empty_preferred_reply_and_keep_empty_writes_it(tmp_path):
+def test_hh_rlhf_keeps_an_empty_preferred_reply_and_drop_empty_lists_it(tmp_path):
     path = hh_with_empty_chosen(tmp_path)
-    report = convert("hh-rlhf", [str(path)], str(tmp_path / "p.jsonl"))
-    assert report.written == 1 and report.pairs == 1
-    assert report.problems == [f'{path}:1: field "chosen": empty final Assistant turn (a real preference: saying '
-                               f'nothing was preferred), left out; --keep-empty writes it']
-    assert [r["chosen"][0]["content"] for r in lines(tmp_path / "p.jsonl")] == ["hello"]
-    load_records(tmp_path / "p.jsonl", "preferences")  # what is written, a stage reads
-
-    report = convert("hh-rlhf", [str(path)], str(tmp_path / "k.jsonl"), {"keep_empty": True})
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "k.jsonl"))
     assert report.written == 2 and report.pairs == 2 and not report.skipped
     assert lines(tmp_path / "k.jsonl")[0] == {"prompt": [{"role": "user", "content": "How do I hurt someone?"}],
                                               "chosen": [{"role": "assistant", "content": ""}],
                                               "rejected": [{"role": "assistant", "content": "Hit them."}]}
-    # align's own readers refuse it for now (align.core.record_fields): pinned so a change is seen
-    with pytest.raises(DataError, match=r'k.jsonl:1: field "chosen": empty'):
-        load_records(tmp_path / "k.jsonl", "preferences")
+    assert load_records(tmp_path / "k.jsonl", "preferences")[0].chosen == ""  # what is written, a stage reads
+
+    report = convert("hh-rlhf", [str(path)], str(tmp_path / "p.jsonl"), {"drop_empty": True})
+    assert report.written == 1 and report.pairs == 1
+    assert report.problems == [f'{path}:1: field "chosen": empty final Assistant turn, left out (--drop-empty)']
+    assert [r["chosen"][0]["content"] for r in lines(tmp_path / "p.jsonl")] == ["hello"]
 
 
 # ---------------------------------------------------------------- converter options
 
 
 def test_an_option_of_another_converter_is_refused(tmp_path):
-    with pytest.raises(AlignError, match=r"^--axis: not an option of hh-rlhf \(its options: --keep-empty\)$"):
+    with pytest.raises(AlignError, match=r"^--axis: not an option of hh-rlhf \(its options: --drop-empty\)$"):
         convert("hh-rlhf", [str(FIXTURES / "hh-rlhf.jsonl")], str(tmp_path / "p.jsonl"), {"axis": "safer"})
-    with pytest.raises(AlignError, match=r"^--keep-empty: not an option of alpaca \(its options: none\)$"):
-        convert("alpaca", [str(FIXTURES / "alpaca.json")], str(tmp_path / "p.jsonl"), {"keep_empty": True})
+    with pytest.raises(AlignError, match=r"^--drop-empty: not an option of alpaca \(its options: none\)$"):
+        convert("alpaca", [str(FIXTURES / "alpaca.json")], str(tmp_path / "p.jsonl"), {"drop_empty": True})
     with pytest.raises(AlignError, match=r"^--axis: 'kinder' is not one of better, safer$"):
         convert("pku-saferlhf", [str(FIXTURES / "pku-saferlhf.jsonl")], str(tmp_path / "p.jsonl"), {"axis": "kinder"})
     assert not (tmp_path / "p.jsonl").exists()

@@ -98,19 +98,30 @@ def test_bad_preference_ranking_prompt_records(write_jsonl, kind, row, message):
 
 
 @pytest.mark.parametrize(
-    ("row", "field"),
+    ("row", "chosen", "rejected"),
     [
-        ({"prompt": "Q", "chosen": [{"role": "assistant", "content": ""}], "rejected": "bad"}, "chosen"),
-        ({"prompt": "Q", "chosen": "good", "rejected": [{"role": "assistant", "content": "  "}]}, "rejected"),
+        ({"prompt": "Q", "chosen": [{"role": "assistant", "content": ""}], "rejected": "bad"}, "", "bad"),
+        ({"prompt": "Q", "chosen": "good", "rejected": [{"role": "assistant", "content": "  "}]}, "good", "  "),
+        ({"prompt": "Q", "chosen": "", "rejected": "bad"}, "", "bad"),
         # TRL's implicit prompt: whole conversations sharing every turn but the last, here an empty one
         ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}],
-          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "bad"}]}, "chosen"),
-        ({"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "good"}],
-          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": " \n"}]}, "rejected"),
+          "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "bad"}]}, "", "bad"),
     ],
 )
-def test_an_empty_reply_given_as_messages_is_refused(write_jsonl, row, field):
+def test_an_empty_reply_is_a_real_preference(write_jsonl, row, chosen, rejected):
+    """HH-RLHF's harmlessness pairs where saying nothing was preferred are kept, as the data means them."""
     rows, _ = read_rows(write_jsonl("x.jsonl", [row]))
     records, problems = parse_rows(rows, "preferences")
-    assert records == [] and len(problems) == 1
-    assert problems[0].startswith(f'{rows[0].source}: field "{field}": empty'), problems
+    assert problems == [] and (records[0].chosen, records[0].rejected) == (chosen, rejected)
+
+
+def test_an_empty_reply_may_be_ranked_but_not_imitated(write_jsonl):
+    rows, _ = read_rows(write_jsonl("x.jsonl", [
+        {"prompt": "Q", "completions": ["", "harmful"], "ranks": [0, 1]},
+        {"prompt": "Q", "completions": ["", " ", "x"], "ranks": [0, 1, 2]},
+    ]))
+    records, problems = parse_rows(rows, "rankings")
+    assert [r.completions for r in records] == [("", "harmful")]
+    assert problems == [f'{rows[1].source}: field "completions[1]": identical to completions[0]: no preference to learn']
+    rows, _ = read_rows(write_jsonl("i.jsonl", [{"prompt": "Q", "completion": ""}]))
+    assert parse_rows(rows, "instructions")[1] == [f'{rows[0].source}: field "completion": empty']
