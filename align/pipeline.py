@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from align.convert.prepare import PREPARED, PrepareSpec, prepare
 from align.core import heap, rundir, tracking
 from align.core.config import build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.dirlock import DirLock, lock_holder
@@ -47,6 +48,10 @@ class PipelineSettings:
     """Which stages run, in the registry's order (align.stages); at most one that makes the policy."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B for every stage (the group is the run name)."""
+    data: PrepareSpec = field(default_factory=PrepareSpec)
+    """One published preference source for every stage (its `source` and `files`): converted once into
+    RUNS_DIR/NAME/data, whole prompts held out, and each stage's data wired to it. Unset: each stage reads
+    the files its own config names."""
 
     def __post_init__(self):
         unknown = [s for s in self.stages if s not in STAGES]
@@ -170,17 +175,57 @@ class Pipeline:
             curves = {s: str(self.stage_dir(s)) for s in self.config.stages if s != "eval"}
             # without a reward stage in the run there is no reward model of the run's to score with: a
             # reward model from elsewhere is named in the stage's `set:`, which comes after the wiring
-            wired: dict[str, Any] = {"models": models, "stages": curves, "reward": reward_dir}
+            wired: dict[str, Any] = {"models": models, "stages": curves, "reward": reward_dir, **self.data_wiring(stage)}
             if not reward_dir:
                 wired["best_of"] = 0
             return wired
-        wired = {"model.name": self.config.model}
+        wired = {"model.name": self.config.model, **self.data_wiring(stage)}
         if stage != "sft":
             wired["model.adapter"] = sft_adapter
         if stage in ("ppo", "grpo", "rloo") and reward_dir:
             wired["reward.model"] = reward_dir
             wired["reward.function"] = None
         return wired
+
+    def data_wiring(self, stage: str) -> dict[str, Any]:
+        """Each stage's data keys -> the files `prepare` writes (align.convert.prepare), when the run has a source."""
+        if self.config.data.source is None:
+            return {}
+        files = {name.split(".")[0]: str(self.root / "data" / name) for name in ("pairs.jsonl", "sft.jsonl",
+                                                                                 "prompts.jsonl", "heldout.jsonl")}
+        return {"sft": {"data.train": [{"path": files["sft"]}]},
+                "ppo": {"data.prompts": files["prompts"], "data.eval_prompts": files["heldout"]},
+                "grpo": {"data.prompts": files["prompts"]}, "rloo": {"data.prompts": files["prompts"]},
+                "eval": {"prompts": files["heldout"]}}.get(stage, {"data.train": files["pairs"]})
+
+    def prepare_data(self, manifest: dict[str, Any], again: bool) -> None:
+        """Convert the run's source into RUNS_DIR/NAME/data, once: a re-run reuses it while its settings
+        stand, and refuses changed ones unless every stage runs again (its stages were trained on it)."""
+        spec, out = self.config.data, self.root / "data"
+        if spec.source is None:
+            return
+        try:
+            before = rundir.read_json(out / PREPARED)
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            before = None
+        if before is not None and before.get("settings") == to_dict(spec):
+            self.echo(f"[{self.config.name}] data: prepared before, reused ({out})")
+        elif before is None or again:
+            missing = [f for f in spec.files if not Path(f).exists()]
+            if missing:
+                raise ConfigError(f"data.files: {missing[0]}: no such file (relative paths are from {Path.cwd()}); "
+                                  f"--set data.files=[PATH,...] names the {spec.source} files to use")
+            self.echo(f"[{self.config.name}] data: converting {spec.source} -> {out}")
+            before = prepare(spec, out)
+            counts = before["prompts"]
+            self.echo(f"[{self.config.name}] data: {before['records']['pairs.jsonl']} training records of "
+                      f"{counts['train']} prompts, {counts['heldout']} prompts held out ({out / PREPARED})")
+        else:
+            changed = {k: v for k, v in to_dict(spec).items() if before.get("settings", {}).get(k) != v}
+            raise ConfigError(f"{out} was prepared with other data settings ({', '.join(f'data.{k}' for k in changed)}); "
+                              f"rerun every stage with --from-stage {self.config.stages[0]}, or give the run a new --name")
+        manifest["data"] = {k: before[k] for k in ("prompts", "records", "conversion")}
+        self.write_manifest(manifest)
 
     def run(self, *, from_stage: str | None = None, allow_changes: bool = False) -> PipelineResult:
         """Run what is not done yet (everything from `from_stage` on, when given). `allow_changes` lets
@@ -191,6 +236,7 @@ class Pipeline:
         configs = {stage: self.stage_config(stage) for stage in self.config.stages}
         with self.claimed():
             manifest = self.read_manifest()
+            self.prepare_data(manifest, again=from_stage == self.config.stages[0])
             rerun = False
             results: dict[str, dict[str, Any]] = {}
             for stage in self.config.stages:

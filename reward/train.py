@@ -226,7 +226,8 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
         learner.scheduler.step()
         progress.update(1)
         state = {"step": state["step"] + 1, "batch": b + 1}
-        if state["step"] % config.tracking.logging_steps == 0:
+        # the last step too: a run shorter than logging_steps still leaves its curve
+        if state["step"] % config.tracking.logging_steps == 0 or state["step"] == learner.total_steps:
             loss_sum, accuracy_sum = learner.accelerator.reduce(torch.stack(window).sum(0), "sum").tolist()
             metrics.log(state["step"], {
                 "train/loss": loss_sum / len(window),

@@ -140,14 +140,22 @@ def convert(source: str, inputs: list[str], out_path: str, options: dict[str, An
     (JSONL, written atomically). `options`: the converter's own (see CONVERTERS), e.g. {"drop_empty": True}.
 
     Bad records are skipped and listed; a run that converts nothing is an error and writes nothing."""
+    if Path(out_path).is_dir():
+        raise DataError([f"{out_path}: is a directory; give the output file's name"])
+    records, report = convert_records(source, inputs, options, dataset=dataset, split=split, data_dir=data_dir)
+    write_jsonl(Path(out_path), records)
+    return report
+
+
+def convert_records(source: str, inputs: list[str], options: dict[str, Any] | None = None, *, dataset: str | None = None,
+                    split: str | None = None, data_dir: str | None = None) -> tuple[list[dict[str, Any]], Report]:
+    """convert's records and Report, in memory."""
     entry = converter(source)
     settings = resolve_options(entry, options)
     if bool(inputs) == bool(dataset):
         raise AlignError("give input files or --dataset NAME, not both" if inputs else "give input files or --dataset NAME")
     if not dataset and (split or data_dir):
         raise AlignError(f"{'--split' if split else '--data-dir'} applies to --dataset only, not to input files")
-    if Path(out_path).is_dir():
-        raise DataError([f"{out_path}: is a directory; give the output file's name"])
     report = Report()
     records: list[dict[str, Any]] = []
     for rows in ([hub_rows(dataset, split or "train", data_dir)] if dataset else map(_file_rows(report), inputs)):
@@ -156,8 +164,11 @@ def convert(source: str, inputs: list[str], out_path: str, options: dict[str, An
     if not records:
         what = "no records" if not report.read else f"nothing converted ({report.read} records read)"
         raise DataError([f"{dataset or ', '.join(map(str, inputs))}: {what}", *report.problems])
-    rundir.write_text_atomic(Path(out_path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return report
+    return records, report
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    rundir.write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _file_rows(report: Report) -> Callable[[str], list[Row]]:

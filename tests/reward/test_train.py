@@ -153,3 +153,14 @@ def test_batcher_offsets_each_groups_pairs_to_its_own_completions(tiny_model_dir
     assert batch["pair_group"].tolist() == [0, 0, 0, 1]
     assert batch["margins"].tolist() == [0.5, 0.5, 0.5, 2.0]
     assert Batcher(tokenizer, 64, use_margin=False)(groups)["margins"] is None
+
+
+def test_a_run_shorter_than_logging_steps_still_logs_its_last_step(tiny_model_dir, tmp_path):
+    """The evaluation draws every stage's curve from metrics.jsonl: a short run must leave one."""
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(24)))
+    figures = train(load_config(RewardConfig, None, [
+        f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+        "model.lora.r=4", "model.quantization=none", "tracking.wandb=false", "tracking.logging_steps=50"]))
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged if "train/loss" in r]
+    assert figures["train/steps"] == 3 and steps == [3]
