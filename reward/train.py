@@ -219,9 +219,11 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
         epoch, index = divmod(b, learner.batches_per_epoch)
         order = random.Random(t.seed + epoch).sample(train_groups, len(train_groups))  # same order on resume
         groups = order[index * t.batch_size:(index + 1) * t.batch_size]
-        part, grad_norm = _learn_from(groups, learner, out, state, t.max_grad_norm, world)
+        # the last batch closes its accumulation even when it is not full: total_steps counts that step
+        closes = (b + 1) % t.grad_accum == 0 or b == learner.total_batches - 1
+        part, grad_norm = _learn_from(groups, learner, out, state, t.max_grad_norm, world, closes)
         window.append(part)
-        if not learner.accelerator.sync_gradients:
+        if not closes:
             continue
         learner.scheduler.step()
         progress.update(1)
@@ -244,9 +246,10 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
 
 
 def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, state: dict[str, int],
-                max_grad_norm: float, world: distributed.World) -> tuple[Any, Any]:
-    """One batch's forward and backward, and the optimiser step when it closes an accumulation. Returns this
-    process's part of the batch's (loss, pair accuracy), and the gradient norm when the optimiser stepped."""
+                max_grad_norm: float, world: distributed.World, closes: bool) -> tuple[Any, Any]:
+    """One batch's forward and backward, and the optimiser step when it `closes` an accumulation (processes
+    sync their gradients then only). Returns this process's part of the batch's (loss, pair accuracy), and
+    the gradient norm when the optimiser stepped."""
     import torch
 
     accelerator, model = learner.accelerator, learner.model
@@ -256,10 +259,12 @@ def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, st
     # evenly (a process with no group runs one at weight 0 to join the all-reduce)
     weight = len(mine) * world.size / len(groups)
     batch = learner.batcher(mine or groups[:1])
-    with accelerator.accumulate(model):
-        rewards, loss = _backward(learner, batch, weight)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if accelerator.sync_gradients else None
-        if grad_norm is not None and not torch.isfinite(grad_norm):  # the same on every process: gradients are synced
+    with contextlib.nullcontext() if closes else accelerator.no_sync(model):
+        rewards, loss = _backward(learner, batch, weight)  # accelerator.backward divides by grad_accum
+    grad_norm = None
+    if closes:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        if not torch.isfinite(grad_norm):  # the same on every process: gradients are synced
             _halt(out, learner, state,
                   f"stopped at step {state['step'] + 1}: the loss or its gradient is not finite (loss {loss.item():.4g})")
         learner.optimizer.step()

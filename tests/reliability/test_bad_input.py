@@ -200,7 +200,8 @@ RECORD_FAULTS: dict[str, list[tuple[str, object, str]]] = {
         ("rejected missing", {"prompt": "q", "chosen": "a"}, 'field "rejected": missing'),
         ("identical", {"prompt": "q", "chosen": "a", "rejected": "a "}, 'field "rejected": identical to chosen'),
         ("chosen a number", {"prompt": "q", "chosen": 1, "rejected": "b"}, 'field "chosen": expected a string, got int'),
-        ("chosen blank", {"prompt": "q", "chosen": "  ", "rejected": "b"}, 'field "chosen": empty'),
+        # an empty reply is a real answer (align.core.records); two empty ones leave nothing to prefer
+        ("both blank", {"prompt": "q", "chosen": "  ", "rejected": ""}, 'field "rejected": identical to chosen'),
         ("prompt empty", {"prompt": "", "chosen": "a", "rejected": "b"}, 'field "prompt": empty'),
         ("prompt null", {"prompt": None, "chosen": "a", "rejected": "b"}, 'field "prompt": missing'),
         ("margin a string", {"prompt": "q", "chosen": "a", "rejected": "b", "margin": "big"}, 'field "margin": expected a number'),
@@ -218,7 +219,8 @@ RECORD_FAULTS: dict[str, list[tuple[str, object, str]]] = {
         ("one completion", {"prompt": "q", "completions": ["a"], "ranks": [0]}, 'field "completions": a ranking needs at least 2'),
         ("completion a number", {"prompt": "q", "completions": ["a", 7], "ranks": [0, 1]},
          'field "completions[1]": expected a string, got int'),
-        ("completion empty", {"prompt": "q", "completions": ["a", ""], "ranks": [0, 1]}, 'field "completions[1]": empty'),
+        ("two completions empty", {"prompt": "q", "completions": ["", "a", " "], "ranks": [0, 1, 2]},
+         'field "completions[2]": identical to completions[0]'),
         ("ranks too few", {"prompt": "q", "completions": ["a", "b", "c"], "ranks": [0, 1]}, 'field "ranks": has 2 entries for 3'),
         ("rank negative", {"prompt": "q", "completions": ["a", "b"], "ranks": [0, -1]}, 'field "ranks[1]": expected an integer >= 0'),
         ("rank a float", {"prompt": "q", "completions": ["a", "b"], "ranks": [0, 1.5]}, 'field "ranks[1]": expected an integer'),
@@ -247,7 +249,7 @@ RECORD_FAULTS: dict[str, list[tuple[str, object, str]]] = {
         ("completion a number", {"prompt": "q", "completions": ["a", 2]}, 'field "completions[1]": expected a string'),
         ("nothing to score", {"prompt": "q"}, "no completion to score"),
         ("prompt missing", {"response": "a"}, 'field "prompt": missing'),
-        ("response empty", {"prompt": "q", "response": ""}, 'field "response": empty'),
+        ("response not text", {"prompt": "q", "response": {"text": "a"}}, 'field "response": expected a string, got dict'),
     ],
 }
 

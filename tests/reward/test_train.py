@@ -164,3 +164,14 @@ def test_a_run_shorter_than_logging_steps_still_logs_its_last_step(tiny_model_di
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in logged if "train/loss" in r]
     assert figures["train/steps"] == 3 and steps == [3]
+
+
+@pytest.mark.parametrize(("groups", "steps"), [(8, 1), (24, 2)])
+def test_a_last_accumulation_that_is_not_full_still_steps(groups, steps, tiny_model_dir, tmp_path):
+    """batch_size 8 x grad_accum 2: 8 groups are one step, 24 two (the second of one batch), as total_steps says."""
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(groups)))
+    figures = train(load_config(RewardConfig, None, [
+        f"out_dir={tmp_path / 'run'}", f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+        "data.eval_fraction=0", "training.batch_size=8", "training.grad_accum=2", "model.lora.r=4",
+        "model.quantization=none", "tracking.wandb=false", "tracking.logging_steps=1"]))
+    assert figures["train/steps"] == steps
