@@ -10,6 +10,7 @@ from typing import Any
 from align.core.errors import AlignError
 from align.core.model_config import ModelConfig
 from align.core.model_paths import resolve_model_path
+from align.core.saved_models import BASE_FILE, base_shape, recorded_base
 
 
 def check_model(config: ModelConfig) -> None:
@@ -20,6 +21,20 @@ def check_model(config: ModelConfig) -> None:
         check_no_custom_code(path)
     if config.adapter:
         check_adapter_dir(Path(config.adapter))
+        check_adapter_base(Path(config.adapter), config.name, str(path))
+
+
+def check_adapter_base(adapter: Path, name: str, path: str) -> None:
+    """An adapter made by align records its base's shape: one of another base is refused before any model
+    loads (peft would load it and fail on the first mismatched weight with a long size-mismatch trace)."""
+    if not (adapter / BASE_FILE).exists():
+        return  # an adapter from elsewhere: peft's load names the mismatch (align.core.tuning.load_adapter)
+    record = recorded_base(adapter)
+    trained_on, given = record.get("shape"), base_shape(path)
+    if trained_on and given and trained_on != given:
+        differ = ", ".join(f"{k} {trained_on.get(k)} vs {given.get(k)}" for k in trained_on if trained_on.get(k) != given.get(k))
+        raise AlignError(f"model.adapter {adapter} was trained on {record['name']!r}, and model.name {name!r} is another "
+                         f"model ({differ}): set model.name={record['name']}, or give an adapter trained on {name}")
 
 
 def check_no_custom_code(path: Path) -> None:

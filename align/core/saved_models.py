@@ -26,10 +26,26 @@ def save_loadable(model: Any, tokenizer: Any, directory: Path, config: ModelConf
     return Path(directory)
 
 
+# what makes an adapter fit a base: the same architecture at the same sizes
+SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "vocab_size")
+
+
+def base_shape(path: str) -> dict[str, Any] | None:
+    """The architecture and sizes in a local base's config.json; None for a hub id or an unreadable file."""
+    try:
+        body = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return {k: body.get(k) for k in SHAPE_KEYS} if isinstance(body, dict) else None
+
+
 def save_base_record(directory: Path, config: ModelConfig) -> None:
-    """Record which base and loading settings an adapter belongs to, beside the adapter."""
-    body = {"name": config.name, "path": resolve_model_path(config.name), "quantization": config.quantization,
-            "tuning": config.tuning}
+    """Record which base and loading settings an adapter belongs to, beside the adapter, with the base's
+    shape: the same weights may sit at another path on another machine, but not in another shape."""
+    path = resolve_model_path(config.name)
+    body = {"name": config.name, "path": path, "quantization": config.quantization, "tuning": config.tuning,
+            "shape": base_shape(path)}
     from align.core.rundir import write_json_atomic
 
     write_json_atomic(Path(directory) / BASE_FILE, body)

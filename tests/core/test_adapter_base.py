@@ -1,0 +1,51 @@
+"""An adapter trained on one base, given to a stage on another: refused in one line before a model loads."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from align.cli import cli
+from align.core import modeling
+from align.core.saved_models import SHAPE_KEYS
+
+
+def fake_adapter(directory, shape: dict) -> str:
+    """What check_model reads of an adapter directory: its files, and align's record of its base."""
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "x", "peft_type": "LORA"}))
+    (directory / "adapter_model.safetensors").write_bytes(b"")
+    (directory / modeling.BASE_FILE).write_text(json.dumps(
+        {"name": "other-model", "path": "/nowhere", "quantization": "none", "tuning": "lora", "shape": shape}))
+    return str(directory)
+
+
+def tiny_shape(tiny_model_dir) -> dict:
+    body = json.loads((tiny_model_dir / "config.json").read_text())
+    return {k: body.get(k) for k in SHAPE_KEYS}
+
+
+def test_an_adapter_of_another_base_is_refused_before_loading(tiny_model_dir, tmp_path):
+    shape = {**tiny_shape(tiny_model_dir), "hidden_size": 576, "num_hidden_layers": 30}
+    adapter = fake_adapter(tmp_path / "adapter", shape)
+    result = CliRunner().invoke(cli, ["reward", "--set", f"model.name={tiny_model_dir}", "--set", f"model.adapter={adapter}",
+                                      "--out", str(tmp_path / "out"), "--set", "tracking.wandb=false"])
+    assert result.exit_code == 2, result.output
+    line = result.output.strip().splitlines()[-1]
+    hidden = tiny_shape(tiny_model_dir)["hidden_size"]
+    assert line == (f"error: model.adapter {adapter} was trained on 'other-model', and model.name {str(tiny_model_dir)!r} "
+                    f"is another model (hidden_size 576 vs {hidden}, num_hidden_layers 30 vs 2): "
+                    f"set model.name=other-model, or give an adapter trained on {tiny_model_dir}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_same_shape_at_another_path_is_the_same_base(tiny_model_dir, tmp_path):
+    """The base moved (another machine, another cache): its shape, not its path, decides."""
+    adapter = fake_adapter(tmp_path / "adapter", tiny_shape(tiny_model_dir))
+    modeling.check_model(modeling.ModelConfig(name=str(tiny_model_dir), adapter=adapter))
+
+
+def test_the_record_holds_the_base_shape(tiny_model_dir, tmp_path):
+    modeling.save_base_record(tmp_path, modeling.ModelConfig(name=str(tiny_model_dir)))
+    assert json.loads((tmp_path / modeling.BASE_FILE).read_text())["shape"] == tiny_shape(tiny_model_dir)
