@@ -49,3 +49,16 @@ def test_the_same_shape_at_another_path_is_the_same_base(tiny_model_dir, tmp_pat
 def test_the_record_holds_the_base_shape(tiny_model_dir, tmp_path):
     modeling.save_base_record(tmp_path, modeling.ModelConfig(name=str(tiny_model_dir)))
     assert json.loads((tmp_path / modeling.BASE_FILE).read_text())["shape"] == tiny_shape(tiny_model_dir)
+
+
+def test_lora_settings_a_saved_adapter_overrides_are_named(tmp_path):
+    from align.core.model_config import LoraSettings
+    from align.core.tuning import unused_lora_settings
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["v_proj", "q_proj"]}))
+    assert unused_lora_settings(LoraSettings(r=64, alpha=16, dropout=0.05), str(tmp_path)) == []
+    assert unused_lora_settings(LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=["q_proj", "v_proj"]),
+                                str(tmp_path)) == ["model.lora.r = 16, the adapter's 64", "model.lora.alpha = 32, the adapter's 16"]
+    assert unused_lora_settings(LoraSettings(r=64, alpha=16, target_modules=["q_proj"]), str(tmp_path)) == [
+        "model.lora.target_modules = ['q_proj'], the adapter's ['q_proj', 'v_proj']"]
