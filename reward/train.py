@@ -16,18 +16,16 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from align.core import checkpoint, distributed, guards, heap, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import DataError, TrainingHalted
-from align.core.token_batches import token_batches
-from reward import memory
+from reward import memory, micro_batches
 from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
-from reward.losses import kwise_ranking_loss
 from reward.metrics import ranking_metrics
-from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, pad, score_texts, token_lengths
+from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, score_texts
 
 
 def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], list[Group]]:
@@ -61,38 +59,7 @@ def train(config: RewardConfig, *, overwrite: bool = False, resume: bool = False
             return _train(config, out, *groups, world=world, resume=resume)
 
 
-class Batcher:
-    """Groups -> the token ids of all their completions, cut into micro-batches of at most `max_tokens`
-    padded tokens, plus the pair indices of the loss."""
-
-    def __init__(self, tokenizer: Any, max_length: int, use_margin: bool, max_tokens: int = 2048):
-        self.tokenizer, self.max_length, self.use_margin, self.max_tokens = tokenizer, max_length, use_margin, max_tokens
-
-    def __call__(self, groups: list[Group]) -> dict[str, Any]:
-        import torch
-
-        texts, pairs, pair_group, margins = [], [], [], []
-        for g, group in enumerate(groups):
-            offset = len(texts)
-            texts += [conversation_text(self.tokenizer, group.prompt, c) for c in group.completions]
-            for w, l in group.pairs:
-                pairs.append((offset + w, offset + l))
-                pair_group.append(g)
-                margins.append(group.margin or 0.0)
-        ids = token_lengths(self.tokenizer, texts, self.max_length)
-        micro = token_batches([len(i) for i in ids], self.max_tokens)
-        if len(micro) == 1:
-            micro = [list(range(len(ids)))]  # all in one forward: in the batch's own order
-        return {
-            "inputs": [pad(self.tokenizer, [ids[i] for i in m]) for m in micro],  # one padded batch per micro-batch
-            "micro": micro,  # indices of each micro-batch's completions in the flat list
-            "pairs": torch.tensor(pairs, dtype=torch.long),  # (P, 2)
-            "pair_group": torch.tensor(pair_group, dtype=torch.long),  # (P,)
-            "margins": torch.tensor(margins) if self.use_margin else None,  # (P,)
-        }
-
-
-def score_groups(model: Any, batcher: Batcher, groups: list[Group], batch_size: int,
+def score_groups(model: Any, batcher: micro_batches.Batcher, groups: list[Group], batch_size: int,
                  world: distributed.World = distributed.World()) -> list[list[float]]:
     """Rewards of every completion of every group, without gradients; each process scores its share.
 
@@ -147,7 +114,7 @@ class _Learner:
     model: Any  # prepared by accelerate: DDP-wrapped under several processes
     optimizer: Any
     scheduler: Any
-    batcher: Batcher
+    batcher: micro_batches.Batcher
     batches_per_epoch: int
     total_batches: int
     total_steps: int  # optimiser steps: batches / grad_accum
@@ -177,7 +144,7 @@ def _build_learner(config: RewardConfig, train_groups: int) -> _Learner:
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    batcher = Batcher(tokenizer, config.data.max_length, t.use_margin, t.max_tokens_per_batch)
+    batcher = micro_batches.Batcher(tokenizer, config.data.max_length, t.use_margin, t.max_tokens_per_batch)
     return _Learner(accelerator, tokenizer, model, optimizer, scheduler, batcher, batches_per_epoch, total_batches,
                     total_steps, trainable, total)
 
@@ -260,7 +227,7 @@ def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, st
     weight = len(mine) * world.size / len(groups)
     batch = learner.batcher(mine or groups[:1])
     with contextlib.nullcontext() if closes else accelerator.no_sync(model):
-        rewards, loss = _backward(learner, batch, weight)  # accelerator.backward divides by grad_accum
+        rewards, loss = micro_batches.backward(accelerator, model, batch, weight)  # accelerator.backward divides by grad_accum
     grad_norm = None
     if closes:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -275,76 +242,6 @@ def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, st
     part = torch.stack([loss.detach() * weight / world.size,
                         (diff > 0).float().sum() * (1.0 if mine else 0.0) / pairs_in_batch])
     return part, grad_norm
-
-
-def _loss(rewards: Any, batch: dict[str, Any]) -> Any:
-    device = rewards.device
-    return kwise_ranking_loss(rewards, batch["pairs"].to(device), batch["pair_group"].to(device),
-                              None if batch["margins"] is None else batch["margins"].to(device))
-
-
-def _backward(learner: _Learner, batch: dict[str, Any], weight: float) -> tuple[Any, Any]:
-    """Gradients of weight x the K-wise loss of the whole batch, micro-batch by micro-batch; returns the
-    batch's rewards (N,) and its loss.
-
-    One micro-batch: forward, loss, backward. Several: the loss couples completions of different
-    micro-batches, so the rewards come first from a forward without a graph, then dL/dr (N,), then each
-    micro-batch's forward again with its graph and backward of sum_i dL/dr_i * r_i, which accumulates
-    sum_i dL/dr_i * dr_i/dθ = dL/dθ exactly (the gradient cache of Gao et al. 2021, arXiv 2101.06983);
-    its cost is one extra forward without a graph. Each micro-batch's dropout masks are replayed
-    (fork_rng) so both passes compute the same r. Only the last backward syncs DDP's gradients: the
-    processes' micro-batch counts may differ."""
-    import torch
-
-    accelerator, model = learner.accelerator, learner.model
-    device = accelerator.device
-    if len(batch["micro"]) == 1:
-        rewards = model(**batch["inputs"][0].to(device)).logits[:, 0].float()  # (N,)
-        loss = _loss(rewards, batch)
-        accelerator.backward(loss * weight)
-        return rewards, loss
-    bare = accelerator.unwrap_model(model)  # DDP's forward would sync buffers in a pass that has no backward
-    n = sum(len(m) for m in batch["micro"])
-    rewards = torch.zeros(n, device=device)
-    rng_states = []
-    for inputs, indices in zip(batch["inputs"], batch["micro"]):
-        rng_states.append(_rng_state())
-        with torch.no_grad():
-            rewards[indices] = bare(**inputs.to(device)).logits[:, 0].float()
-    rewards.requires_grad_(True)
-    loss = _loss(rewards, batch)
-    (loss * weight).backward()
-    dloss_dr = rewards.grad  # (N,)
-    last = len(batch["micro"]) - 1
-    for j, (inputs, indices, rng) in enumerate(zip(batch["inputs"], batch["micro"], rng_states)):
-        with _replayed_rng(rng), (contextlib.nullcontext() if j == last else accelerator.no_sync(model)):
-            micro_rewards = model(**inputs.to(device)).logits[:, 0].float()  # (n_j,)
-            accelerator.backward((micro_rewards * dloss_dr[indices]).sum())
-    return rewards.detach(), loss.detach()
-
-
-def _rng_state() -> tuple[Any, Any]:
-    import torch
-
-    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-
-
-@contextlib.contextmanager
-def _replayed_rng(state: tuple[Any, Any]) -> Iterator[None]:
-    """Run with the random state of `state` (dropout masks as in that pass), then go on from where the
-    random state was."""
-    import torch
-
-    now = _rng_state()
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
-    try:
-        yield
-    finally:
-        torch.set_rng_state(now[0])
-        if now[1] is not None:
-            torch.cuda.set_rng_state_all(now[1])
 
 
 def _evaluate_and_save(config: RewardConfig, learner: _Learner, out: rundir.StageDir, eval_groups: list[Group],

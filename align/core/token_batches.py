@@ -2,30 +2,37 @@
 activations, so sequences are sorted by length and cut where the padded size would pass the budget.
 One 900-token conversation then pads only the few long ones beside it, not a whole batch of short ones.
 
-    token_batches       indices in micro-batches of like length, each within max_tokens padded tokens
+    token_batches       indices in micro-batches of like length, each within max_tokens padded tokens (an
+                        index may stand for several rows: a group of completions)
     activation_bytes    the activations one padded token keeps for backward, from a model's shape
 """
 
 from __future__ import annotations
 
 
-def token_batches(lengths: list[int], max_tokens: int, max_items: int | None = None) -> list[list[int]]:
-    """Indices 0..N-1, longest first, in micro-batches whose padded size len(batch) x longest stays
-    <= max_tokens (and len(batch) <= max_items when given). A sequence longer than the budget goes alone.
+def token_batches(lengths: list[int], max_tokens: int, max_items: int | None = None,
+                  sizes: list[int] | None = None) -> list[list[int]]:
+    """Indices 0..N-1, longest first, in micro-batches whose padded size rows x longest stays <= max_tokens
+    (and len(batch) <= max_items when given). Item i is sizes[i] rows of lengths[i] tokens (default 1: a
+    group of K completions padded to its longest is K rows). An item over the budget goes alone.
 
     Equivalent to: walk the indices sorted by length, descending; start a new batch when adding the next
-    one would make (size + 1) x (the batch's first, longest, length) exceed max_tokens."""
+    one would make (rows + its rows) x (the batch's first, longest, length) exceed max_tokens."""
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+    sizes = sizes or [1] * len(lengths)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep their order
     batches: list[list[int]] = []
+    rows = 0
     for i in order:
         current = batches[-1] if batches else None
-        if (current is None or (len(current) + 1) * lengths[current[0]] > max_tokens
+        if (current is None or (rows + sizes[i]) * lengths[current[0]] > max_tokens
                 or (max_items is not None and len(current) >= max_items)):
             batches.append([i])
+            rows = sizes[i]
         else:
             current.append(i)
+            rows += sizes[i]
     return batches
 
 

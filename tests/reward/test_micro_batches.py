@@ -56,7 +56,8 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tiny_model_dir, tmp_p
     import torch
 
     from reward.formats import load_groups
-    from reward.train import _backward, _build_learner
+    from reward.micro_batches import backward
+    from reward.train import _build_learner
 
     config = _config(tiny_model_dir, tmp_path, f"model.quantization={quantization}")
     groups = load_groups(config.data.train)[:6]
@@ -67,19 +68,23 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tiny_model_dir, tmp_p
         learner.batcher.max_tokens = max_tokens
         batch = learner.batcher(groups)
         learner.optimizer.zero_grad()
-        rewards, loss = _backward(learner, batch, 0.75)
+        rewards, loss = backward(learner.accelerator, learner.model, batch, 0.75)
         grads = {n: p.grad.detach().clone() for n, p in learner.model.named_parameters() if p.requires_grad}
         return batch, rewards.detach(), loss.item(), grads
 
     batch, rewards_whole, loss_whole, whole = gradient(100_000)
     longest = batch["inputs"][0]["input_ids"].shape[1]
-    batch, rewards_split, loss_split, split = gradient(2 * longest)  # about two completions a micro-batch
-    assert len(batch["micro"]) >= 4 and max(len(m) for m in batch["micro"]) >= 2  # 12 completions
-    assert torch.allclose(rewards_split, rewards_whole, atol=1e-5)
-    assert loss_split == pytest.approx(loss_whole, rel=1e-5)
+    lengths = batch["inputs"][0]["attention_mask"].sum(1).tolist()  # in the batch's order: 2 a group
+    middle = sorted(max(lengths[i], lengths[i + 1]) for i in range(0, len(lengths), 2))[len(lengths) // 4]
     assert any(g.abs().sum() > 0 for g in whole.values())
-    for name, g in whole.items():
-        assert torch.allclose(split[name], g, rtol=1e-4, atol=1e-6), name
+    # whole groups of two a micro-batch; the longer groups split and the rest whole; every completion alone
+    for budget, kinds in ((2 * longest, {True}), (2 * middle, {True, False}), (1, {False})):
+        batch, rewards_split, loss_split, split = gradient(budget)
+        assert len(batch["micro"]) >= 4 and set(batch["whole"]) == kinds, (budget, batch["whole"])  # 12 completions
+        assert torch.allclose(rewards_split, rewards_whole, atol=1e-5)
+        assert loss_split == pytest.approx(loss_whole, rel=1e-5)
+        for name, g in whole.items():
+            assert torch.allclose(split[name], g, rtol=1e-4, atol=1e-6), (budget, name)
 
 
 def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, tmp_path, monkeypatch):
@@ -88,6 +93,7 @@ def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, 
     import torch
 
     import reward.train as rt
+    from reward.micro_batches import backward
     from reward.formats import load_groups
 
     config = _config(tiny_model_dir, tmp_path, "model.quantization=none", "model.lora.dropout=0.5")
@@ -111,7 +117,7 @@ def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, 
 
     learner.model = Recorder()
     monkeypatch.setattr(learner.accelerator, "unwrap_model", lambda m: real_model)
-    rewards, _ = rt._backward(learner, batch, 1.0)
+    rewards, _ = backward(learner.accelerator, learner.model, batch, 1.0)
     recomputed = torch.zeros_like(rewards)
     for indices, r in zip(batch["micro"], rewards_seen):
         recomputed[indices] = r
@@ -153,3 +159,9 @@ def test_estimate_grows_with_the_budget_and_shrinks_with_recomputation(tiny_mode
     recomputed = estimate("training.max_tokens_per_batch=4096", "training.gradient_checkpointing=true")
     assert small < recomputed < large
     assert estimate_peak_bytes(_config(tiny_model_dir, tmp_path), tmp_path / "nowhere") is None
+
+
+def test_token_batches_count_a_group_as_its_rows():
+    # groups of 2, 3 and 1 completions padded to 50, 40 and 30 tokens: 2 x 50 + 3 rows -> 5 x 50 = 250 > 200
+    assert token_batches([50, 40, 30], 200, sizes=[2, 3, 1]) == [[0], [1, 2]]  # 4 rows x 40 = 160
+    assert token_batches([50, 40, 30], 300, sizes=[2, 3, 1]) == [[0, 1, 2]]  # 6 rows x 50 = 300

@@ -140,7 +140,7 @@ def test_batcher_offsets_each_groups_pairs_to_its_own_completions(tiny_model_dir
     pairs would point into the first group, and only it would get a gradient."""
     from align.core import modeling
     from reward.formats import Group
-    from reward.train import Batcher
+    from reward.micro_batches import Batcher
 
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
     user = ({"role": "user", "content": "Q"},)
