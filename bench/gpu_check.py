@@ -9,7 +9,7 @@ recorded in the JSON as its `error` and the others still run):
     a  SFT step on the Llama-3.2-1B shape: QLoRA (bf16 compute on an NF4 base) and LoRA on a bf16 base;
        tokens/s, MFU, peak GPU memory (modeling.load_base + modeling.attach_tuning, as stage 1 builds it;
        a plain forward / backward / AdamW step as bench/sft_memory.py makes it)
-    b  the reward step on the 1B shape (reward.train's learner: _build_learner, _backward, the optimiser
+    b  the reward step on the 1B shape (reward.train's learner: _build_learner, micro_batches.backward, the optimiser
        step) on pairs of completions; tokens/s, peak memory
     c  one PPO update of our trainer (align.ppo.train.PPOTrainer.step) on the 1B shape, 64 prompts x 128
        new tokens: phases (generation, no-grad passes, scoring, training), s/update; the shared NF4 base
@@ -238,6 +238,7 @@ def child_reward(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import BatchEncoding
 
     from align.core.config import load_config
+    from reward import micro_batches
     from reward import train as reward_train
     from reward.config import RewardConfig
 
@@ -256,12 +257,12 @@ def child_reward(spec: dict[str, Any]) -> dict[str, Any]:
     ids, mask = random_batch(learner.tokenizer, n, s["seq_len"])
     batch = {"inputs": [BatchEncoding({"input_ids": ids, "attention_mask": mask})], "micro": [list(range(n))],
              "pairs": torch.tensor([(2 * i, 2 * i + 1) for i in range(s["pairs"])]),
-             "pair_group": torch.arange(s["pairs"]), "margins": None}
+             "pair_group": torch.arange(s["pairs"]), "margins": None, "whole": [True]}
     times = []
     for _ in range(s["steps"] + 1):
         _sync()
         start = time.perf_counter()
-        _, loss = reward_train._backward(learner, batch, 1.0)
+        _, loss = micro_batches.backward(learner.accelerator, learner.model, batch, 1.0)
         learner.optimizer.step()
         learner.optimizer.zero_grad(set_to_none=True)
         _sync()

@@ -70,9 +70,9 @@ def test_convert_prints_counts_and_lists_skipped(tmp_path):
     result = CliRunner().invoke(cli, ["data", "convert", "--from", "hh-rlhf", str(FIXTURES / "hh-rlhf.jsonl"),
                                       "-o", str(tmp_path / "p.jsonl")])
     assert result.exit_code == 0, result.output
-    assert '"read": 7, "written": 3, "pairs": 3, "skipped": 4' in result.output
+    assert '"read": 7, "written": 4, "pairs": 4, "skipped": 3' in result.output
     assert "hh-rlhf.jsonl:6: field \"rejected\": identical to chosen" in result.output
-    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 4
 
 
 def test_reward_train_and_score_through_the_cli(tiny_model_dir, tmp_path):

@@ -43,16 +43,20 @@ def failed_with(out, text: str) -> None:
 # ---------------------------------------------------------------- NaN and infinity
 
 def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model_dir, reward_data, tmp_path, monkeypatch):
-    import reward.train
+    import reward.micro_batches
 
-    real, calls = reward.train.kwise_ranking_loss, []
+    real, real_backward, batches = reward.micro_batches.kwise_ranking_loss, reward.micro_batches.backward, []
+
+    def counted(*args, **kwargs):  # one batch a step here (grad_accum 1), however many micro-batches
+        batches.append(1)
+        return real_backward(*args, **kwargs)
 
     def nan_from_the_fifth(*args, **kwargs):
-        calls.append(1)
         loss = real(*args, **kwargs)
-        return loss * float("nan") if len(calls) >= 5 else loss
+        return loss * float("nan") if len(batches) >= 5 else loss
 
-    monkeypatch.setattr(reward.train, "kwise_ranking_loss", nan_from_the_fifth)
+    monkeypatch.setattr(reward.micro_batches, "backward", counted)
+    monkeypatch.setattr(reward.micro_batches, "kwise_ranking_loss", nan_from_the_fifth)
     out = tmp_path / "run"
     with pytest.raises(TrainingHalted, match=r"stopped at step 5: the loss or its gradient is not finite.*"
                                              r"state after step 4 is in .*checkpoint-4"):
@@ -61,7 +65,7 @@ def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model
     checkpoint = StageDir(out).newest_checkpoint()
     assert checkpoint.name == "checkpoint-4" and finite_weights(checkpoint)
     # the saved state is the one before the bad step: with the fault gone, --resume finishes the run
-    monkeypatch.setattr(reward.train, "kwise_ranking_loss", real)
+    monkeypatch.setattr(reward.micro_batches, "kwise_ranking_loss", real)
     figures = run("reward", tiny_model_dir, reward_data, out, resume=True)
     assert figures["train/steps"] == stages.STEPS["reward"] and math.isfinite(figures["eval/margin"])
 
@@ -188,7 +192,7 @@ OOM_CASES = [
     ("sft", "trl:SFTTrainer.training_step", "torch.OutOfMemoryError",
      ["training.batch_size (now 4)", "training.max_length (now 48)", "training.grad_accum (now 1)",
       "training.gradient_checkpointing=true (now false)"]),
-    ("reward", "reward.train:kwise_ranking_loss", "RuntimeError",
+    ("reward", "reward.micro_batches:kwise_ranking_loss", "RuntimeError",
      ["training.batch_size (now 4)", "data.max_length (now 64)", "training.eval_batch_size (now 16)",
       "training.grad_accum (now 1)"]),
     ("ppo", "align.ppo.train:PPOTrainer.optimise", "MemoryError",
