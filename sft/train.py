@@ -1,7 +1,9 @@
 """Stage 1: QLoRA instruction SFT. Load data -> load model -> TRL SFTTrainer -> save adapter.
 
 Under `accelerate launch` training.batch_size stays the global batch (TRL's is per device): each
-of n processes takes batch_size / n, and only the main process writes files.
+of n processes takes batch_size / n, and only the main process writes files. A process's share goes
+through the model in micro-batches within training.max_tokens_per_batch, their gradients accumulated
+(align.core.memory.micro_batches), and a budget that cannot fit is refused before the model loads.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import distributed, guards, modeling, resumable, rundir, tracking
+from align.core import distributed, guards, heap, memory, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from sft.config import SFTConfig
@@ -24,7 +26,9 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
     out = rundir.StageDir(config.out_dir)
     out.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)  # before the tokenizer loads
     train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
-    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, distributed.world().size)
+    processes = distributed.world().size
+    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, processes)
+    check_fits(config, processes)
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
                                allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("SFT", guards.memory_advice(config, **MEMORY_SETTINGS)):
@@ -32,8 +36,29 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
 
 
 # what to change when a step does not fit in memory
-MEMORY_SETTINGS = {"lower": ("training.batch_size", "training.max_length"), "raise_": ("training.grad_accum",),
-                   "enable": ("training.gradient_checkpointing",)}
+MEMORY_SETTINGS = {"lower": ("training.max_tokens_per_batch", "training.batch_size", "training.max_length"),
+                   "raise_": ("training.grad_accum",), "enable": ("training.gradient_checkpointing",)}
+
+
+def micro_batches(config: SFTConfig, processes: int) -> memory.MicroBatches:
+    """Each process's sequences per forward pass and passes per optimiser step: a sequence pads to max_length at most."""
+    t = config.training
+    return memory.micro_batches(t.batch_size, t.grad_accum, processes, t.max_tokens_per_batch, t.max_length)
+
+
+def check_fits(config: SFTConfig, processes: int) -> None:
+    """Refuse, before the model loads, a run whose estimated peak (align.core.memory) exceeds the memory
+    available: the largest micro-batch pads (sequences x max_length) tokens through TRL's fused LM head."""
+    if memory.on_cuda():
+        return
+    shape = memory.model_shape(modeling.resolve_model_path(config.model.name))
+    if shape is None:
+        return
+    t, micro = config.training, micro_batches(config, processes)
+    estimate = memory.training_peak(shape, config.model, micro.size * t.max_length,
+                                    recompute=t.gradient_checkpointing, head="fused")
+    memory.check_fits("SFT", estimate, memory.available_bytes(),
+                      memory.budget_advice(config, one_item=micro.size == 1, length="training.max_length"))
 
 
 def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool,
@@ -48,6 +73,8 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
 
     tokenizer = template_tokenizer(config)
     trainer, params = _build_trainer(config, out, tokenizer, train_examples, eval_examples, metrics, world)
+    if not memory.on_cuda():
+        heap.large_buffers_from_mmap()  # freed activations go back to the OS, not into the heap's holes
     figures: dict[str, Any] = {
         **params,
         "data/train_records": len(train_examples),
@@ -105,14 +132,14 @@ def _trainer_args(config: SFTConfig, out: rundir.StageDir, has_eval: bool, world
     import torch
     import trl
 
-    t = config.training
+    t, micro = config.training, micro_batches(config, world.size)
     return trl.SFTConfig(
         output_dir=str(out.checkpoints),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size // world.size,
-        per_device_eval_batch_size=t.batch_size // world.size,
-        gradient_accumulation_steps=t.grad_accum,
+        per_device_train_batch_size=micro.size,
+        per_device_eval_batch_size=micro.size,
+        gradient_accumulation_steps=micro.accumulation,
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps

@@ -38,6 +38,17 @@ class RecipeTraining:
     max_length: int = 512
     """DPO, KTO, ORPO: tokens per prompt + response (TRL's max_length); a longer one loses its end (KTO drops a
     row whose prompt alone fills it). GRPO and RLOO do not read it: `max_new_tokens` caps their completions."""
+    max_tokens_per_batch: int = 4096
+    """Padded tokens of one forward pass: each process's share of `batch_size` goes through the model in equal
+    micro-batches within this budget, their gradients accumulated, so a step still trains on batch_size x
+    grad_accum items. An item counts at most: DPO, ORPO 2 x max_length (chosen and rejected go through together);
+    KTO max_length (at least 2 rows a pass); GRPO, RLOO its prompt + max_new_tokens (the longest prompt in the
+    data). Activations and the LM head grow with it: on SmolLM2-135M NF4 + LoRA on the CPU, 2048 tokens with
+    gradient_checkpointing peak at ~3 GB. The stage refuses, before the model loads, a budget its estimate
+    says will not fit."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in backward (TRL's default): ~0.24 MB a token kept instead of ~3.1 MB on
+    SmolLM2-135M (fp32), for ~30-50% more time."""
     save_steps: int = 50
     """Checkpoint every this many optimiser steps (the newest two are kept); `--resume` continues from the newest."""
     seed: int = 42
@@ -45,7 +56,7 @@ class RecipeTraining:
     (and KTO's row order)."""
 
     def __post_init__(self):
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
+        for name in ("batch_size", "grad_accum", "max_length", "max_tokens_per_batch", "save_steps"):
             check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
         check(self.epochs > 0 or self.max_steps > 0, "training.epochs", "set epochs > 0 or max_steps > 0")
         check(self.max_steps == -1 or self.max_steps > 0, "training.max_steps", f"must be -1 (run epochs) or > 0, got {self.max_steps}")

@@ -1,12 +1,17 @@
-"""DPO, KTO, ORPO, GRPO and RLOO: load data -> load model -> TRL trainer -> save adapter. Thin on purpose."""
+"""DPO, KTO, ORPO, GRPO and RLOO: load data -> load model -> TRL trainer -> save adapter. Thin on purpose.
+
+training.batch_size is the global batch; each process's share goes through the model in micro-batches
+within training.max_tokens_per_batch, their gradients accumulated (align.core.memory.micro_batches), and
+a budget that cannot fit is refused before the model loads (`Passes` says what an item puts through).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 from align.convert.kto import pairs_to_kto
-from align.core import distributed, guards, modeling, resumable, rundir, tracking
+from align.core import distributed, guards, heap, memory, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
@@ -61,11 +66,26 @@ class RuleFunction:
         return [reward_value(self.fn, self.spec, p, t) for p, t in zip(prompt_texts, texts)]
 
 
-def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracking.TrackingConfig, job: str) -> dict:
+class Passes(NamedTuple):
+    """What one item of a recipe's batch (a pair, a row, a completion) puts through the model with gradients."""
+
+    tokens: Callable[[Any], int]
+    """Its padded tokens at most, given the tokenizer."""
+    length: str = "training.max_length"
+    """The setting that bounds them, named when a micro-batch is down to `least` items."""
+    least: int = 1
+    """Items a forward pass needs (KTO's KL estimate pairs rows within one: 2)."""
+    head: memory.Head = "fused"
+    """TRL 1.16's fused log-probs, or `full` logits (TRL's experimental ORPO)."""
+
+
+def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracking.TrackingConfig, job: str,
+                micro: memory.MicroBatches) -> dict:
     return dict(
         output_dir=str(out.checkpoints), num_train_epochs=t.epochs, max_steps=t.max_steps,
-        # batch_size is the global batch (as for SFT and the reward model); TRL's is per process
-        per_device_train_batch_size=t.batch_size // distributed.world().size, gradient_accumulation_steps=t.grad_accum,
+        # batch_size is the global batch (as for SFT and the reward model); TRL's is per process and per pass
+        per_device_train_batch_size=micro.size, gradient_accumulation_steps=micro.accumulation,
+        gradient_checkpointing=t.gradient_checkpointing,
         learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup_ratio,
         beta=t.beta, save_strategy="steps", save_steps=t.save_steps, save_total_limit=2,
         logging_steps=tracking_config.logging_steps, seed=t.seed,
@@ -76,51 +96,79 @@ def common_args(t: RecipeTraining, out: rundir.StageDir, tracking_config: tracki
     )
 
 
+def plan_passes(config: Any, job: str, passes: Passes, tokenizer: Any, processes: int) -> memory.MicroBatches:
+    """The micro-batches of each process, refused before the model loads when the estimated peak of the
+    largest (align.core.memory, CPU only) exceeds the memory available."""
+    t, item_tokens = config.training, passes.tokens(tokenizer)
+    micro = memory.micro_batches(t.batch_size, t.grad_accum, processes, t.max_tokens_per_batch, item_tokens, passes.least)
+    if memory.on_cuda():
+        return micro
+    shape = memory.model_shape(modeling.resolve_model_path(config.model.name))
+    if shape is not None:
+        estimate = memory.training_peak(shape, config.model, micro.size * item_tokens,
+                                        recompute=t.gradient_checkpointing, head=passes.head)
+        advice = memory.budget_advice(config, one_item=micro.size <= passes.least, length=passes.length)
+        memory.check_fits(job.upper(), estimate, memory.available_bytes(), advice)
+    return micro
+
+
 def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool,
-               allow_changes: bool = False) -> dict[str, Any]:
+               allow_changes: bool = False, passes: Passes | None = None) -> dict[str, Any]:
     """The shared frame: output dir contract, model with adapter, metrics files, save."""
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
-    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, distributed.world().size)
-    # GRPO and RLOO sample up to max_new_tokens and never read max_length
-    length = "training.max_new_tokens" if hasattr(config.training, "max_new_tokens") else "training.max_length"
-    memory = guards.memory_advice(config, lower=("training.batch_size", length), raise_=("training.grad_accum",))
+    out.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)  # before the tokenizer loads
+    processes = distributed.world().size
+    distributed.check_global_batch({"training.batch_size": config.training.batch_size}, processes)
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    passes = passes or Passes(lambda _: config.training.max_length)
+    micro = plan_passes(config, job, passes, tokenizer, processes)
+    advice = guards.memory_advice(config, lower=("training.max_tokens_per_batch", "training.batch_size", passes.length),
+                                  raise_=("training.grad_accum",),
+                                  enable=() if config.training.gradient_checkpointing else ("training.gradient_checkpointing",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume, allow_changes=allow_changes), \
-            guards.explain_out_of_memory(job.upper(), memory):
+            guards.explain_out_of_memory(job.upper(), advice):
         metrics = tracking.MetricsLog(out.path)
-        tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
         import torch
 
         torch.manual_seed(config.training.seed)  # the new adapter's initial weights: the same on every run
         model = modeling.attach_tuning(modeling.load_base(config.model, tokenizer), config.model)
         callbacks = [tracking.trainer_callback(metrics), guards.nonfinite_callback(),
                      resumed_settings_callback(config.training.learning_rate, 0.0)]
-        trainer = build_trainer(model, tokenizer, out, callbacks)
+        trainer = build_trainer(model, tokenizer, out, callbacks, micro)
         trainer.add_callback(resumable.end_callback())
         modeling.undo_trl_bf16_adapters(trainer.model)
-        checkpoint = out.newest_checkpoint() if resume else None
-        if checkpoint is not None:  # steps past the checkpoint are run again: log them once
-            metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
-        resumable.restore_token_count(trainer, checkpoint)
-        started = time.time()
-        try:
-            trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        except resumable.NothingLeftToTrain:
-            pass  # the checkpoint is the last step's: its weights and state are the trained ones
-        except guards.NonFinite as e:
-            raise guards.halt_trainer(trainer, e, job.upper(), "Lower training.learning_rate or training.beta") from None
-        figures = {"train/loss_mean": resumable.mean_logged_loss(trainer.state.log_history),
-                   "train/steps": trainer.state.global_step, "train/runtime_s": round(time.time() - started, 2),
-                   **tracking.peak_memory_mb()}
-        if getattr(trainer, "eval_dataset", None) is not None:
-            figures.update({tracking.hf_key(k): v for k, v in trainer.evaluate().items()})
-        for entry in trainer.state.log_history:  # the newest value of each logged figure
-            # not the end-of-train() summary: it covers one train() call, and a resumed one has none
-            figures.update({tracking.hf_key(k): v for k, v in entry.items()
-                            if not k.startswith("train_") and k != "total_flos"})
-        modeling.save_loadable(trainer.model, tokenizer, out.file(rundir.ADAPTER), config.model)
-        metrics.update(figures)
-        return metrics.final
+        if not memory.on_cuda():
+            heap.large_buffers_from_mmap()  # freed activations go back to the OS, not into the heap's holes
+        return _train_and_save(config, job, trainer, tokenizer, out, metrics, resume)
+
+
+def _train_and_save(config: Any, job: str, trainer: Any, tokenizer: Any, out: rundir.StageDir,
+                    metrics: tracking.MetricsLog, resume: bool) -> dict[str, Any]:
+    """Train (or go on from the newest checkpoint), gather the figures, save the adapter."""
+    checkpoint = out.newest_checkpoint() if resume else None
+    if checkpoint is not None:  # steps past the checkpoint are run again: log them once
+        metrics.truncate_after(int(checkpoint.name.split("-")[-1]))
+    resumable.restore_token_count(trainer, checkpoint)
+    started = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except resumable.NothingLeftToTrain:
+        pass  # the checkpoint is the last step's: its weights and state are the trained ones
+    except guards.NonFinite as e:
+        raise guards.halt_trainer(trainer, e, job.upper(), "Lower training.learning_rate or training.beta") from None
+    figures = {"train/loss_mean": resumable.mean_logged_loss(trainer.state.log_history),
+               "train/steps": trainer.state.global_step, "train/runtime_s": round(time.time() - started, 2),
+               **tracking.peak_memory_mb()}
+    if getattr(trainer, "eval_dataset", None) is not None:
+        figures.update({tracking.hf_key(k): v for k, v in trainer.evaluate().items()})
+    for entry in trainer.state.log_history:  # the newest value of each logged figure
+        # not the end-of-train() summary: it covers one train() call, and a resumed one has none
+        figures.update({tracking.hf_key(k): v for k, v in entry.items()
+                        if not k.startswith("train_") and k != "total_flos"})
+    modeling.save_loadable(trainer.model, tokenizer, out.file(rundir.ADAPTER), config.model)
+    metrics.update(figures)
+    return metrics.final
 
 
 def preference_split(data: DPOData, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -134,21 +182,26 @@ def preference_split(data: DPOData, seed: int) -> tuple[list[dict[str, Any]], li
     return preference_rows(train_groups), preference_rows(eval_groups)
 
 
+def pair_passes(config: Any) -> Passes:
+    """A preference pair: chosen and rejected go through together, each padded to the longer (TRL's DPO and ORPO)."""
+    return Passes(lambda _: 2 * config.training.max_length)
+
+
 def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
     import datasets
     import trl
 
     train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
 
-    def build(model, tokenizer, out, callbacks):
-        args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo"),
+    def build(model, tokenizer, out, callbacks, micro):
+        args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo", micro),
                              max_length=config.training.max_length,
-                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size // distributed.world().size)
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=micro.size)
         return trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                               processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, "dpo", build, overwrite, resume, allow_changes)
+    return run_recipe(config, "dpo", build, overwrite, resume, allow_changes, pair_passes(config))
 
 
 def kto_split(data: KTOData, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -175,17 +228,18 @@ def kto(config: KTOConfig, *, overwrite: bool = False, resume: bool = False, all
     train_rows, eval_rows = kto_split(config.data, config.training.seed)  # bad data fails before a model loads
     t = config.training
 
-    def build(model, tokenizer, out, callbacks):
-        args = trl.KTOConfig(**common_args(t, out, config.tracking, "kto"), max_length=t.max_length,
+    def build(model, tokenizer, out, callbacks, micro):
+        args = trl.KTOConfig(**common_args(t, out, config.tracking, "kto", micro), max_length=t.max_length,
                              desirable_weight=t.desirable_weight, undesirable_weight=t.undesirable_weight,
                              eval_strategy="epoch" if eval_rows else "no",
-                             # the eval rows' KL pairs are made in blocks of the training batch size
-                             per_device_eval_batch_size=t.batch_size // distributed.world().size)
+                             # the rows' KL pairs are made in blocks of the training micro-batch, the eval rows' too
+                             per_device_eval_batch_size=micro.size)
         return trl.KTOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                               processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, "kto", build, overwrite, resume, allow_changes)
+    # a row's completion goes through with gradients; its KL completion and the reference's passes without
+    return run_recipe(config, "kto", build, overwrite, resume, allow_changes, Passes(lambda _: t.max_length, least=2))
 
 
 def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, allow_changes: bool = False) -> dict[str, Any]:
@@ -200,15 +254,16 @@ def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, a
 
     train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
 
-    def build(model, tokenizer, out, callbacks):
-        args = TRLORPOConfig(**common_args(config.training, out, config.tracking, "orpo"),
+    def build(model, tokenizer, out, callbacks, micro):
+        args = TRLORPOConfig(**common_args(config.training, out, config.tracking, "orpo", micro),
                              max_length=config.training.max_length,
-                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=config.training.batch_size // distributed.world().size)
+                             eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=micro.size)
         return ORPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                            eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
                            processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, "orpo", build, overwrite, resume, allow_changes)
+    # TRL's experimental ORPO computes whole logits, not the fused head's log-probs
+    return run_recipe(config, "orpo", build, overwrite, resume, allow_changes, pair_passes(config)._replace(head="full"))
 
 
 def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False,
@@ -222,13 +277,21 @@ def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume
     trainer_cls, args_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[method]
     t = config.training
 
-    def build(model, tokenizer, out, callbacks):
-        args = args_cls(**common_args(t, out, config.tracking, method), num_generations=t.num_generations,
+    def build(model, tokenizer, out, callbacks, micro):
+        args = args_cls(**common_args(t, out, config.tracking, method, micro), num_generations=t.num_generations,
                         max_completion_length=t.max_new_tokens, temperature=t.temperature)
         return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=datasets.Dataset.from_list(prompts),
                            processing_class=tokenizer, callbacks=callbacks)
 
-    return run_recipe(config, method, build, overwrite, resume, allow_changes)
+    # TRL 1.16 does not cut prompts: a completion's row holds the longest prompt (left-padded) and its tokens
+    completion = Passes(lambda tokenizer: longest_prompt(tokenizer, prompts) + t.max_new_tokens, "training.max_new_tokens")
+    return run_recipe(config, method, build, overwrite, resume, allow_changes, completion)
+
+
+def longest_prompt(tokenizer: Any, rows: list[dict[str, Any]]) -> int:
+    """Tokens of the longest prompt with the chat template's generation prompt, as TRL's GRPO and RLOO render it."""
+    return max((len(tokenizer.apply_chat_template(r["prompt"], tokenize=True, add_generation_prompt=True,
+                                                  return_dict=True)["input_ids"]) for r in rows), default=0)
 
 
 def grpo(config: OnlineConfig, **kw: Any) -> dict[str, Any]:

@@ -281,3 +281,68 @@ def test_the_count_agrees_with_trl_at_the_cut(template, max_length, trained, tru
                                   f"training.max_length={max_length}", "training.max_steps=1"))
     assert figures["data/train_records"] == trained
     assert (figures["data/too_long_truncated"], figures["data/too_long_dropped"]) == (truncated, dropped)
+
+
+# ---------------------------------------------------------------- micro-batches and the pre-flight estimate
+
+
+def logged_steps(out, *keys):
+    """The figures `keys` of every step that logged them all, one flat list in step order."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r[k] for r in rows if all(k in r for k in keys) for k in keys]
+
+
+def test_micro_batches_train_the_same_global_batch(tiny_model_dir, tmp_path):
+    """8 sequences a step in one pass, or in four passes of 2 (a budget of 2 x max_length): the same records,
+    the same token-mean loss and the same gradient, so the same steps."""
+    def run(name, *extra):
+        out = tmp_path / name
+        train(tiny_config(tiny_model_dir, out, "model.quantization=none", "data.eval_fraction=0",
+                          "training.max_steps=3", "training.save_steps=3", "tracking.logging_steps=1", *extra))
+        state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+        return logged_steps(out, "train/loss", "train/grad_norm"), state["train_batch_size"]
+
+    whole, whole_batch = run("whole")
+    split, split_batch = run("split", "training.max_tokens_per_batch=128")  # max_length 64: 2 a pass
+    assert (whole_batch, split_batch) == (8, 2)
+    assert len(whole) == len(split) == 6  # loss and gradient norm of 3 steps
+    assert split == pytest.approx(whole, rel=1e-4)
+
+
+def test_recomputed_activations_train_alike(tiny_model_dir, tmp_path):
+    def run(name, *extra):
+        out = tmp_path / name
+        train(tiny_config(tiny_model_dir, out, "model.quantization=none", "data.eval_fraction=0",
+                          "training.max_steps=2", "tracking.logging_steps=1", *extra))
+        return logged_steps(out, "train/loss", "train/grad_norm")
+
+    assert run("recomputed", "training.gradient_checkpointing=true") == pytest.approx(run("kept"), rel=1e-4)
+
+
+def test_a_budget_that_cannot_fit_is_refused_through_the_cli_before_the_model_loads(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    from click.testing import CliRunner
+
+    from align.cli import cli
+    from align.core import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**20)  # 1 MB available
+    loaded = []
+    monkeypatch.setattr("align.core.modeling.load_base", lambda *a, **k: loaded.append(1))
+    out = tmp_path / "run"
+
+    def refused(*extra):
+        result = CliRunner().invoke(cli, ["sft", "--out", str(out), *(f"--set={s}" for s in [
+            f"model.name={tiny_model_dir}", f"data.train={DEMO / 'sft.jsonl'}", "tracking.wandb=false", *extra])])
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "Traceback" not in result.output
+        return errors[0]
+
+    message = refused("training.max_tokens_per_batch=1024", "training.max_length=64")
+    assert message.startswith("error: SFT needs about ") and "GB is available" in message
+    assert message.endswith("lower training.max_tokens_per_batch (now 1024), or set training.gradient_checkpointing=true")
+    # one sequence a pass already: its length is what to lower; recomputation on, nothing else to say
+    message = refused("training.max_tokens_per_batch=64", "training.max_length=512", "training.gradient_checkpointing=true")
+    assert message.endswith("lower training.max_length (now 512)")
+    assert not loaded and not out.exists()
