@@ -11,9 +11,8 @@ import torch
 
 from align.core.distributed import World
 from align.ppo.batches import shard
-from align.ppo.losses import logprobs_of
-from align.ppo.models import REF, PolicyStack
-from align.ppo.rollout import Normalise, Rollout, Sampling, Scorer, truncate_at_eos
+from align.ppo.models import PolicyStack
+from align.ppo.rollout import Normalise, Rollout, Sampling, Scorer, no_grad_passes, truncate_at_eos
 
 
 @dataclass
@@ -29,6 +28,9 @@ class HeldOut:
     normaliser: Normalise
     world: World
     samples_per_prompt: int  # sampled answers per prompt; 0: greedy only
+    max_generated: int | None = None  # answers generated at once (the rollout's per process); None: all
+    max_tokens: int | None = None  # padded tokens per micro-batch of the no-grad passes; None: all rows in one
+    max_rows: int | None = None  # rows per micro-batch of the no-grad passes
 
     @torch.no_grad()
     def __call__(self, prompts: list) -> dict[str, float]:
@@ -46,12 +48,28 @@ class HeldOut:
         return out
 
     def answer(self, prompts: list, messages: list, do_sample: bool) -> dict[str, torch.Tensor]:
-        """Per answer (of every process's prompts, in rank order): score, KL to the reference, length, has_eos."""
-        if not prompts:  # fewer prompts than processes: this one only joins the gather
-            empty = torch.zeros(0, device=self.stack.device)
-            return {k: self.world.gather(v) for k, v in
-                    {"scores": empty, "kl": empty, "length": empty, "has_eos": empty.bool()}.items()}
-        query_ids, query_mask = self.encode(prompts)
+        """Per answer (of every process's prompts, in rank order): score, KL to the reference, length, has_eos.
+        Generated max_generated prompts of like length at a time, as a rollout's batch is: with 4 samples
+        of 16 held-out prompts, 64 answers at once would hold four rollouts' KV cache."""
+        local: dict[str, list[torch.Tensor]] = {"scores": [], "kl": [], "length": [], "has_eos": []}
+        if prompts:
+            query_ids, query_mask = self.encode(prompts)
+            Q = query_ids.shape[1]
+            order = torch.argsort(-query_mask.sum(1).cpu(), stable=True)
+            for group in order.split(self.max_generated or len(prompts)):
+                ids, mask = query_ids[group], query_mask[group]
+                width = max(int(mask.sum(1).max()), 1)  # the group's own prompt columns (left-padded)
+                figures = self._answer_group(ids[:, Q - width:], mask[:, Q - width:],
+                                             [messages[i] for i in group.tolist()], do_sample)
+                for name, value in figures.items():
+                    local[name].append(value)
+        # fewer prompts than processes leave this one none: it only joins the gather
+        empty = torch.zeros(0, device=self.stack.device)
+        return {k: self.world.gather(torch.cat(v) if v else (empty.bool() if k == "has_eos" else empty))
+                for k, v in local.items()}
+
+    def _answer_group(self, query_ids: torch.Tensor, query_mask: torch.Tensor, messages: list,
+                      do_sample: bool) -> dict[str, torch.Tensor]:
         temperature = self.sampling.temperature
         self.stack.peft.eval()
         sampling = {"do_sample": True, "temperature": temperature, "top_p": self.sampling.top_p, "top_k": 0} \
@@ -60,13 +78,10 @@ class HeldOut:
                                   pad_token_id=self.pad_id, eos_token_id=self.eos_ids, **sampling)
         responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids, self.pad_id)
         r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
-        T = responses.shape[1]
-        logp = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T), responses, temperature)
-        ref = logprobs_of(self.stack.policy_logits(r.input_ids, r.attention_mask, T, adapter=REF), responses,
-                          temperature)
-        scores = self.normaliser(self.score(r, messages).float())
+        no_grad_passes(self.stack, r, messages, self.score, temperature, self.max_tokens, self.max_rows,
+                       policy=True, values=False)
+        scores = self.normaliser(r.raw_scores.float())
         self.stack.peft.train()
         mask = response_mask.float()
-        local = {"scores": scores.to(mask.device), "kl": ((logp - ref) * mask).sum(1), "length": mask.sum(1),
-                 "has_eos": has_eos}
-        return {k: self.world.gather(v) for k, v in local.items()}
+        return {"scores": scores.to(mask.device), "kl": ((r.logprobs - r.ref_logprobs) * mask).sum(1),
+                "length": mask.sum(1), "has_eos": has_eos}

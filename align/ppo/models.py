@@ -280,10 +280,13 @@ class PolicyStack(nn.Module):
         return self._logits(input_ids, attention_mask, n_last)
 
     def _logits(self, input_ids, attention_mask, n_last, keep_hidden=False):
-        out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                        logits_to_keep=n_last + 1, output_hidden_states=keep_hidden)
         if keep_hidden:
-            self._base_pass = (input_ids, attention_mask, out.hidden_states[-1])  # post-norm, as backbone() gives
+            # the last hidden states alone: output_hidden_states would hold every layer's until the pass ends
+            hidden = self.backbone(input_ids, attention_mask)  # (B, L, H), post-norm
+            self._base_pass = (input_ids, attention_mask, hidden)
+            return self.peft.base_model.model.lm_head(hidden[:, -n_last - 1:])[:, :-1]  # as the model's forward does
+        out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                        logits_to_keep=n_last + 1)
         return out.logits[:, :-1]  # position t predicts token t+1
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_last: int) -> torch.Tensor:
@@ -327,8 +330,11 @@ class PolicyStack(nn.Module):
         if isinstance(out, torch.Tensor):
             return out.clone()
         out.sequences = out.sequences.clone()
-        if out.logits is not None:
-            out.logits = tuple(step.clone() for step in out.logits)
+        if out.logits is not None:  # (B, V) a step, cloned one at a time: never two copies of them all
+            steps, out.logits = list(out.logits), None
+            for t, step in enumerate(steps):
+                steps[t] = step.clone()
+            out.logits = tuple(steps)
         return out
 
     @property

@@ -11,6 +11,7 @@ import torch
 
 from align.core.callables import RewardFunctionError, reward_value
 from align.core.distributed import World
+from align.ppo.batches import micro_batches, unpadded_columns
 from align.ppo.config import RewardSettings
 from align.ppo.losses import logprobs_of
 from align.ppo.models import REF, PolicyStack
@@ -55,28 +56,6 @@ def truncate_at_eos(responses: torch.Tensor, eos_ids: list[int], pad_id: int) ->
     return torch.where(mask, responses, pad_id), mask.long(), first_eos < T
 
 
-def unpadded_columns(query_lengths: torch.Tensor, response_lengths: torch.Tensor, rows: torch.Tensor,
-                     Q: int) -> tuple[slice, slice]:
-    """The columns that rows need of input_ids (B, Q + T) and of the response tensors (B, T): from the
-    first token of their longest prompt to the last of their longest response. The rest is padding
-    that every one of those rows has, and dropping it leaves their figures as they were: each row
-    masks its own left padding, and causal attention never reads to the right. The lengths are on
-    the CPU, so cutting costs no device sync.
-
-    At least one prompt column stays: the first response token is predicted from the last prompt
-    column, a pad where every prompt is empty (a template-less prompt of "")."""
-    q, t = max(int(query_lengths[rows].max()), 1), int(response_lengths[rows].max())
-    return slice(max(Q - q, 0), Q + t), slice(0, t)
-
-
-def micro_batches(rows: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor], size: int) -> list[torch.Tensor]:
-    """A mini-batch's rows cut into micro-batches of `size`, rows of like length together, so that
-    each needs fewer columns (unpadded_columns). The mini-batch's gradient is the sum over its
-    micro-batches however they are cut; lengths (prompt, response) are on the CPU."""
-    query_lengths, response_lengths = lengths
-    return list(rows[torch.argsort((query_lengths + response_lengths)[rows], stable=True)].split(size))
-
-
 @dataclass
 class Sampling:
     max_new_tokens: int
@@ -102,9 +81,13 @@ def make_rollout(
     pad_id: int,
     no_eos_penalty: float | None,
     timings: dict[str, float],
+    *,
+    max_tokens: int | None = None,
+    max_rows: int | None = None,
 ) -> Rollout:
-    """Generate, truncate at EOS, then one no-grad pass each for π_ref, V and r, and for π_old unless
-    the sampling logits give it.
+    """Generate, truncate at EOS, then the no-grad passes (no_grad_passes) for π_ref, V and r, and for
+    π_old unless the sampling logits give it; those run in micro-batches of at most max_tokens padded
+    tokens and max_rows rows (None: all rows in one).
 
     Log-probs are under the whole tempered distribution, also when top_p < 1 truncated the sampling
     (as TRL's PPO did; the N+ recipe samples with top_p = 1).
@@ -121,27 +104,74 @@ def make_rollout(
 
     start = time.perf_counter()
     rollout = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)  # filled below
-    T = responses.shape[1]
-    ids, mask = rollout.input_ids, rollout.attention_mask
-    # out.logits are the raw logits of each sampling step, before temperature or top-p: (B, V) x T
-    logits = torch.stack(out.logits, 1) if sampling.logprobs_from_sampling else stack.policy_logits(ids, mask, T)
-    rollout.logprobs = logprobs_of(logits, responses, sampling.temperature) * response_mask
-    del logits, out
-    rollout.ref_logprobs = logprobs_of(stack.policy_logits(ids, mask, T, adapter=REF), responses,
-                                       sampling.temperature) * response_mask
-    rollout.values = stack.values(ids, mask, T) * response_mask
-    timings["time/forward_s"] = time.perf_counter() - start
+    if sampling.logprobs_from_sampling:
+        rollout.logprobs = sampled_logprobs(out.logits, responses, sampling.temperature) * response_mask
+    del out  # the sampling logits, (B, V) x T, before the passes below
+    scoring_s = no_grad_passes(stack, rollout, prompts, score, sampling.temperature, max_tokens, max_rows,
+                               policy=not sampling.logprobs_from_sampling, values=True)
+    timings["time/forward_s"] = time.perf_counter() - start - scoring_s
+    timings["time/scoring_s"] = scoring_s
 
-    start = time.perf_counter()
-    rollout.raw_scores = score(rollout, prompts).to(responses.device).float()
     scores = normalise(rollout.raw_scores)
     if no_eos_penalty is not None:
         # N+ details: a response that never ends gets a fixed low score, not the reward model's
         scores = torch.where(has_eos, scores, torch.full_like(scores, no_eos_penalty))
     rollout.scores, rollout.has_eos = scores, has_eos
-    timings["time/scoring_s"] = time.perf_counter() - start
     stack.peft.train()
     return rollout
+
+
+def sampled_logprobs(step_logits: tuple[torch.Tensor, ...], responses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log π_old(a_t) (B, T) from generation's raw logits, (B, V) for each of the T steps, one step at a
+    time: stacking them first would add a (B, T, V) copy and logprobs_of two more (B=32, T=64 on
+    SmolLM2's 49152-token vocabulary: 400 MB each)."""
+    return torch.stack([logprobs_of(z[:, None], responses[:, t, None], temperature)[:, 0]
+                        for t, z in enumerate(step_logits)], 1)
+
+
+def rows_of(rollout: Rollout, rows: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor]) -> Rollout:
+    """The token ids and masks of `rows` at their own width (unpadded_columns): a micro-batch to read."""
+    Q = rollout.query_ids.shape[1]
+    seq, resp = unpadded_columns(*lengths, rows, Q)
+    query = slice(seq.start, Q)
+    return Rollout(rollout.query_ids[rows, query], rollout.query_mask[rows, query], rollout.response_ids[rows, resp],
+                   rollout.response_mask[rows, resp], *(None,) * 6)
+
+
+@torch.no_grad()
+def no_grad_passes(stack: PolicyStack, rollout: Rollout, prompts: list, score: Scorer, temperature: float,
+                   max_tokens: int | None, max_rows: int | None, *, policy: bool, values: bool) -> float:
+    """Fill rollout.ref_logprobs (B, T), raw_scores (B,), and with `policy` logprobs, with `values` values:
+    micro-batches of like-length rows of at most max_tokens padded tokens and max_rows rows (None: all
+    rows in one), each at its own width, under no_grad, so no pass keeps anything for a backward; 0
+    on padding. Per micro-batch the reference pass runs before the reward, which a reward head on the
+    base reads off it (PolicyStack.rewards). Returns the seconds spent scoring."""
+    B, T = rollout.response_ids.shape
+    device = rollout.response_ids.device
+    lengths = (rollout.query_mask.sum(1).cpu(), rollout.response_mask.sum(1).cpu())
+    everything = torch.arange(B)
+    cut = micro_batches(everything, lengths, max_rows, max_tokens) if max_tokens else [everything]
+    filled = {"ref_logprobs": True, "logprobs": policy, "values": values}
+    out = {name: torch.zeros(B, T, device=device) for name, wanted in filled.items() if wanted}
+    raw_scores = torch.zeros(B, device=device)
+    scoring_s = 0.0
+    for rows in cut:
+        part = rows_of(rollout, rows, lengths)
+        ids, mask, t = part.input_ids, part.attention_mask, part.response_ids.shape[1]
+        real = part.response_mask
+        if policy:
+            out["logprobs"][rows, :t] = logprobs_of(stack.policy_logits(ids, mask, t), part.response_ids, temperature) * real
+        out["ref_logprobs"][rows, :t] = logprobs_of(stack.policy_logits(ids, mask, t, adapter=REF), part.response_ids,
+                                                    temperature) * real
+        start = time.perf_counter()
+        raw_scores[rows] = score(part, [prompts[i] for i in rows.tolist()]).to(device).float()
+        scoring_s += time.perf_counter() - start
+        if values:
+            out["values"][rows, :t] = stack.values(ids, mask, t) * real
+    for name, tensor in out.items():
+        setattr(rollout, name, tensor)
+    rollout.raw_scores = raw_scores
+    return scoring_s
 
 
 def gather_rollout(rollout: Rollout, world: World, pad_id: int) -> Rollout:
@@ -193,19 +223,24 @@ def decode_responses(rollout: Rollout, tokenizer: Any) -> list[str]:
     return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
-def text_scorer(reward_model: Any, tokenizer: Any) -> Scorer:
-    """Another tokenizer or base: decode each response and let the reward model re-tokenise it."""
+def text_scorer(reward_model: Any, tokenizer: Any, max_tokens: int | None = None) -> Scorer:
+    """Another tokenizer or base: decode each response and let the reward model re-tokenise it, scoring
+    (without gradients, in eval mode) batches of like length of at most max_tokens padded tokens."""
+    from reward.score import conversation_text, score_texts
 
     def score(rollout: Rollout, prompts: list) -> torch.Tensor:
-        return reward_model.score(prompts, decode_responses(rollout, tokenizer))
+        texts = [conversation_text(reward_model.tokenizer, p, c) for p, c in zip(prompts, decode_responses(rollout, tokenizer))]
+        return score_texts(reward_model.model, reward_model.tokenizer, texts, reward_model.max_length, max_tokens=max_tokens)
 
     return score
 
 
-def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any) -> tuple[Scorer, Normalise]:
+def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any,
+                  max_tokens: int | None = None) -> tuple[Scorer, Normalise]:
     """The reward of rollouts and held-out answers, with the normalisation PPO trains on: a rule-based
     function (never normalised), the reward adapter and head on the policy's own base, or a reward
-    model of its own that re-tokenises the text; reward.normalise=false keeps the model's raw score."""
+    model of its own that re-tokenises the text in batches of at most max_tokens padded tokens;
+    reward.normalise=false keeps the model's raw score."""
     if reward.function is not None:
         from align.core.callables import load_callable
 
@@ -216,7 +251,7 @@ def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any) ->
         from reward.score import RewardModel
 
         reward_model = RewardModel.load(reward.model)
-        score, normaliser = text_scorer(reward_model, tokenizer), reward_model.normaliser
+        score, normaliser = text_scorer(reward_model, tokenizer, max_tokens), reward_model.normaliser
     return score, normaliser if reward.normalise else _unchanged
 
 

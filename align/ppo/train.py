@@ -26,16 +26,15 @@ from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError, TrainingHalted
 from align.core.records import load_records
 from align.ppo import advantages as adv
-from align.ppo import health, outputs
-from align.ppo.batches import batch_of_update, encode_prompts, shard
+from align.ppo import health, memory, outputs
+from align.ppo.batches import batch_of_update, encode_prompts, micro_batches, shard, unpadded_columns
 from align.ppo.config import PPOConfig, PPOSettings
 from align.ppo.health import Unhealthy
 from align.ppo.heldout import HeldOut
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
 from align.ppo.ptx import PtxData
-from align.ppo.rollout import (Rollout, Sampling, gather_rollout, make_rollout, micro_batches, reward_scorer,
-                               unpadded_columns)
+from align.ppo.rollout import Rollout, Sampling, gather_rollout, make_rollout, reward_scorer
 
 __all__ = ["MiniBatchStats", "PPOTrainer", "TrainingHalted", "Unhealthy", "check_inputs", "check_shards", "train"]
 
@@ -80,12 +79,14 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False,
         raise AlignError("set reward.model (an `align reward` output directory) or reward.function (module:function)")
     check_shards(config.ppo, distributed.world().size)
     check_inputs(config)
+    memory.check_fits(config, modeling.resolve_model_path(config.model.name), distributed.world().size)
     out = rundir.StageDir(config.out_dir)
-    memory = guards.memory_advice(config, lower=("ppo.mini_batch_size", "sampling.max_new_tokens", "data.max_prompt_length",
-                                                 "ppo.batch_size"), raise_=("ppo.grad_accum",))
+    advice = guards.memory_advice(config, lower=("ppo.max_tokens_per_batch", "ppo.mini_batch_size", "sampling.max_new_tokens",
+                                                 "data.max_prompt_length", "ppo.batch_size"), raise_=("ppo.grad_accum",),
+                                  enable=("ppo.gradient_checkpointing",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
                                allow_changes=allow_changes) as world:
-        with guards.explain_out_of_memory("PPO", memory):
+        with guards.explain_out_of_memory("PPO", advice):
             return PPOTrainer(config, out, world).run(prompts, eval_prompts, resume=resume)
 
 
@@ -124,9 +125,13 @@ class PPOTrainer:
         self.stack = PolicyStack(config.model, self.tokenizer,
                                  config.reward.model if config.reward.function is None else None,
                                  gradient_checkpointing=config.ppo.gradient_checkpointing)
-        self.score, self.normaliser = reward_scorer(config.reward, self.stack, self.tokenizer)
-        world.broadcast_(self.stack.trainable_parameters())  # one start, whatever each process drew
+        if self.stack.device.type == "cpu":  # freed KV caches and activations go back to the OS (core/heap.py)
+            heap.large_buffers_from_mmap()
         p = config.ppo
+        # every pass over rollouts cuts them alike: at most this many rows and max_tokens_per_batch tokens
+        self.micro_rows = p.mini_batch_size // world.size // p.grad_accum
+        self.score, self.normaliser = reward_scorer(config.reward, self.stack, self.tokenizer, p.max_tokens_per_batch)
+        world.broadcast_(self.stack.trainable_parameters())  # one start, whatever each process drew
         # no weight decay: it would pull the adapters towards the base, not the reference (N+, cleanrl, TRL)
         # fused: one kernel over every adapter tensor (0.5 ms a step instead of 3 on the tiny model, 22 instead
         # of 73 on SmolLM2's adapters); the same update up to float rounding; TRL's default optimiser too
@@ -142,7 +147,9 @@ class PPOTrainer:
                                  config.sampling.logprobs_from_sampling)
         self.ptx = PtxData(p.ptx_data, self.tokenizer, config.data.max_prompt_length, world) if p.ptx_coef > 0 else None
         self.heldout = HeldOut(self.stack, self._encode_prompts, self.sampling, self.eos_ids, self.tokenizer.pad_token_id,
-                               self.score, self.normaliser, world, config.data.eval_samples)
+                               self.score, self.normaliser, world, config.data.eval_samples,
+                               max_generated=p.batch_size // world.size, max_tokens=p.max_tokens_per_batch,
+                               max_rows=self.micro_rows)
         wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
         self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
         self.constant_reward = guards.ConstantReward(config.guards.constant_reward_updates)
@@ -232,7 +239,8 @@ class PPOTrainer:
         query_ids, query_mask = self._encode_prompts(mine)
         rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
                                self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
-                               self.config.reward.no_eos_penalty, timings)
+                               self.config.reward.no_eos_penalty, timings,
+                               max_tokens=self.config.ppo.max_tokens_per_batch, max_rows=self.micro_rows)
         return gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
@@ -252,12 +260,14 @@ class PPOTrainer:
 
         The losses are token means over the whole mini-batch, whichever micro-batch or process holds
         the tokens, and gradients are summed across processes: the step is the one a single process
-        takes on that mini-batch, so grad_accum and the number of processes change memory, not maths.
+        takes on that mini-batch, so grad_accum, max_tokens_per_batch and the number of processes change
+        memory, not maths. Processes may cut their shares into different numbers of micro-batches (by
+        the token budget): no collective step runs inside the micro-batch loop, only the one sum per
+        optimiser step after it, which every process reaches once per mini-batch.
         """
         p, world = self.config.ppo, self.world
         mask = rollout.response_mask.float()
         per_process = p.mini_batch_size // world.size
-        micro = per_process // p.grad_accum
         params = self.stack.trainable_parameters()
         shuffle = torch.Generator().manual_seed(p.seed + update)  # the same mini-batches on every process
         lengths = (rollout.query_mask.sum(1).cpu(), rollout.response_mask.sum(1).cpu())
@@ -269,7 +279,7 @@ class PPOTrainer:
                 n_tokens = mask[minibatch].sum()
                 mine = minibatch[world.rank * per_process:(world.rank + 1) * per_process]
                 sums = sum(self._micro_step(rollout, advantages, returns, i, n_tokens, lengths).stacked()
-                           for i in micro_batches(mine, lengths, micro))
+                           for i in micro_batches(mine, lengths, self.micro_rows, p.max_tokens_per_batch))
                 # not DDP: PolicyStack runs the policy and value adapters of one shared base in turn, and
                 # peft flips requires_grad on every switch, which DDP's per-parameter hooks do not
                 # follow; one all-reduce per optimiser step is what DDP with no_sync would send anyway

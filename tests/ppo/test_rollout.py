@@ -6,8 +6,8 @@ import torch
 
 from align.core import modeling
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import (Sampling, decode_responses, make_rollout, micro_batches, shared_base_scorer, text_scorer,
-                               truncate_at_eos, unpadded_columns)
+from align.ppo.batches import micro_batches, unpadded_columns
+from align.ppo.rollout import Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos
 from reward.score import RewardModel
 
 
@@ -35,11 +35,30 @@ def test_a_micro_batch_keeps_the_columns_its_own_rows_need():
     assert unpadded_columns(torch.tensor([0, 0, 2]), response_lengths, torch.tensor([0, 1]), 6) == (slice(5, 10), slice(0, 4))
 
 
-def test_micro_batches_group_rows_of_like_length():
-    lengths = torch.tensor([3, 6, 2, 4, 5, 1]), torch.tensor([4, 1, 2, 5, 5, 1])  # totals 7 7 4 9 10 2
-    cut = micro_batches(torch.tensor([0, 1, 2, 3, 4, 5]), lengths, 2)
-    assert [c.tolist() for c in cut] == [[5, 2], [0, 1], [3, 4]]
-    assert [c.tolist() for c in micro_batches(torch.tensor([4, 0, 5]), lengths, 2)] == [[5, 0], [4]]
+def test_micro_batches_group_rows_of_like_length_within_the_token_budget():
+    # prompts (left-padded) 3 6 2 4 5 1, responses (right-padded) 4 1 2 5 5 1: totals 7 7 4 9 10 2
+    lengths = torch.tensor([3, 6, 2, 4, 5, 1]), torch.tensor([4, 1, 2, 5, 5, 1])
+    rows = torch.tensor([0, 1, 2, 3, 4, 5])
+
+    def cut(max_rows, max_tokens, of=rows):
+        return [c.tolist() for c in micro_batches(of, lengths, max_rows, max_tokens)]
+
+    # longest first (4 3 0 1 2 5), by count alone as grad_accum cuts
+    assert cut(2, 10_000) == [[4, 3], [0, 1], [2, 5]]
+    # budget 20: 4 + 3 pad to 2 x (5 + 5) = 20; 0 + 1 to 2 x (6 + 4) = 20, not 2 x 7: a long prompt beside
+    # a long response costs both paddings; adding 2 would make 3 x 10
+    assert cut(None, 20) == [[4, 3], [0, 1], [2, 5]]
+    # budget 19: 4 alone (20 > 19); 3 + 0 = 2 x (4 + 5) = 18; 1 + 2 = 2 x (6 + 2) = 16; + 5 would be 24
+    assert cut(None, 19) == [[4], [3, 0], [1, 2], [5]]
+    assert cut(None, 15) == [[4], [3], [0], [1], [2, 5]]  # 0 + 1 would pad 20 tokens, not the 14 of their lengths
+    assert cut(None, 3) == [[4], [3], [0], [1], [2], [5]]  # each over the budget goes alone
+    assert cut(None, 20, torch.tensor([5, 0, 4])) == [[4, 0], [5]]  # a mini-batch's rows alone: 2 x (5 + 5)
+    for budget in (3, 8, 13, 19, 20, 31):
+        batches = micro_batches(rows, lengths, None, budget)
+        assert sorted(i for b in batches for i in b.tolist()) == list(range(6))
+        for b in batches:
+            seq, _ = unpadded_columns(*lengths, b, 6)
+            assert len(b) == 1 or len(b) * (seq.stop - seq.start) <= budget
 
 
 def prompts_and_queries(tokenizer, n=6):

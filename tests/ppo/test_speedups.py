@@ -7,7 +7,7 @@ all of them against a run with the code they replaced.
     fused AdamW                      <- the per-tensor loop (the same update up to float rounding)
     snapshot by clone()              <- copy.deepcopy
     micro-batches of like-length rows, at their own width <- in shuffled order, at the rollout's width
-                                     (tested on its own)
+                                     (tested on its own; the token budget in test_token_budget.py)
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tests.ppo.test_models import head_on_base_reward
 from tests.ppo.test_train import step_logs, toy_config
 
 TIMING = ("eps", "tokens_per_s")
+KL_SUMS = ("objective/kl", "objective/non_score_reward", "objective/rlhf_reward")
 
 
 def figures(out):
@@ -158,9 +159,11 @@ def test_micro_batches_of_like_length_at_their_own_width_give_the_figures_of_the
     own = run("own")
     assert cut["left"] > 0 and cut["right"] > 0, cut  # both paddings were cut somewhere
     monkeypatch.setattr(ppo_train, "unpadded_columns", lambda query_lengths, response_lengths, rows, Q: (slice(None),) * 2)
-    monkeypatch.setattr(ppo_train, "micro_batches", lambda rows, lengths, size: list(rows.split(size)))
+    monkeypatch.setattr(ppo_train, "micro_batches", lambda rows, lengths, max_rows, max_tokens: list(rows.split(max_rows)))
     full = run("full")
     assert len(own) == len(full) == 3 and own[0]["policy/approxkl_avg"] > 0
     for a, b in zip(own, full):
         for key in a:
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+            # the KL sums differences of log-probs near -5 whose float32 rounding (~5e-7 each) moves with the
+            # weights' rounding after an update: measured 1.5e-6 on a KL of 0.015 (1e-4 relative)
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5 if key in KL_SUMS else 1e-6), key

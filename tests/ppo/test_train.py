@@ -244,7 +244,7 @@ def test_each_mini_batch_clips_against_the_old_policy_and_fits_the_returns_from_
     """Inside optimise: the ratio is π_θ / π_old (not / π_ref), the value target is the returns (not the
     advantages), and each mini-batch's gradient starts from zero (no sum over earlier mini-batches)."""
     import align.ppo.train as ppo_train
-    from align.ppo.rollout import unpadded_columns
+    from align.ppo.batches import unpadded_columns
 
     move_off_the_start(trainer)
     params = trainer.stack.trainable_parameters()

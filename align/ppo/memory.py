@@ -1,0 +1,113 @@
+"""PPO's memory before it loads a model: an estimate of one process's peak from the model's shape, the
+rollout and the token budget, refused with one line when it cannot fit in the memory available.
+
+Peak = the imports + the larger of loading (the checkpoint read in full + what it becomes) and training:
+the weights as loaded (4-bit linear layers at ~0.56 bytes a weight, the rest fp32), four LoRA adapters
+(the two that train with gradients, AdamW's moments and the update's snapshot), plus the largest of
+three phases, one at a time:
+
+    generation   batch_size / processes rows x (data.max_prompt_length + sampling.max_new_tokens) of KV
+                 cache, the prompts' prefill, and the sampling logits (rows x max_new_tokens x vocab)
+                 that log π_old is read from
+    no-grad      a micro-batch of the passes over the rollout (π_old, π_ref, V, r): one layer's
+                 activations at a time, and its logits (rows x response tokens x vocab) in three copies
+    update       a micro-batch's activations kept for backward (core.token_batches.activation_bytes),
+                 and its logits with their softmax, log-softmax and gradients
+
+A micro-batch pads at most max(ppo.max_tokens_per_batch, the longest row) tokens, a longest row being
+data.max_prompt_length + sampling.max_new_tokens; its logits cover at most its rows x (max_new_tokens + 1)
+positions. """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from align.core.memory import (FP32, RUNTIME_BYTES, Shape, available_bytes, check_fits as refuse, model_shape, on_cuda,
+                               weight_bytes)
+from align.core.token_batches import activation_bytes
+
+LORA_ADAPTERS = 4  # policy, value, reward, reference (the last two only with an SFT or reward adapter)
+TRAINED_BYTES_PER_WEIGHT = FP32 * 7  # weight, gradient, AdamW's two moments, the snapshot of weight + moments
+# (hidden, intermediate)-sized values a token holds in one layer of a no-grad forward, the layer's transients:
+# SmolLM2's prefill of 32 x 880 tokens took 0.5 GB beside its KV cache and sampling logits (2026-12-05)
+FORWARD_VALUES_PER_TOKEN = (4, 2)
+UPDATE_LOGIT_COPIES = 5  # logits, scaled, log-softmax (kept), entropy's softmax, a gradient: (rows, T, V) each
+NO_GRAD_LOGIT_COPIES = 3  # logits, scaled, log-softmax
+
+
+class Estimate(NamedTuple):
+    """Bytes of one process: its peak and the phases that make it."""
+
+    loading: int
+    resident: int  # the imports, weights and adapters: held throughout training
+    generation: int
+    no_grad: int
+    update: int
+
+    @property
+    def peak(self) -> int:
+        return max(self.loading, self.resident + max(self.generation, self.no_grad, self.update))
+
+    @property
+    def phase(self) -> str:
+        """The phase that sets the peak."""
+        if self.loading >= self.resident + max(self.generation, self.no_grad, self.update):
+            return "loading"
+        return max(("generation", "no_grad", "update"), key=lambda name: getattr(self, name))
+
+
+def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
+    """The phases of one of `processes` PPO processes on the CPU (fp32 compute), in bytes."""
+    p, s = config.ppo, config.sampling
+    H, I, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
+    weights = weight_bytes(shape, config.model)
+    lora = config.model.lora.r * L * (10 * H + 3 * I)  # all-linear: q, k, v, o, gate, up, down
+    adapters = lora * (LORA_ADAPTERS * FP32 + 2 * TRAINED_BYTES_PER_WEIGHT)
+
+    rows = p.batch_size // processes  # generated at once (the held-out answers too)
+    longest = config.data.max_prompt_length + s.max_new_tokens
+    kv_cache = rows * longest * 2 * L * shape.kv_width * FP32
+    prefill = rows * config.data.max_prompt_length * (FORWARD_VALUES_PER_TOKEN[0] * H + FORWARD_VALUES_PER_TOKEN[1] * I) * FP32
+    sampled_logits = rows * s.max_new_tokens * V * FP32 if s.logprobs_from_sampling else 0
+    generation = kv_cache + prefill + sampled_logits + rows * V * FP32 * 2  # + a step's logits being sampled
+
+    micro_rows = p.mini_batch_size // processes // p.grad_accum
+    tokens = max(p.max_tokens_per_batch, longest)  # a row over the budget goes alone
+    logit_rows = min(tokens + micro_rows, micro_rows * (s.max_new_tokens + 1))  # positions that get logits
+    one_layer = tokens * (FORWARD_VALUES_PER_TOKEN[0] * H + FORWARD_VALUES_PER_TOKEN[1] * I) * FP32
+    kept_hidden = tokens * H * FP32  # a reward head on the base reads the reference pass's last hidden states
+    no_grad = one_layer + kept_hidden + logit_rows * V * FP32 * NO_GRAD_LOGIT_COPIES
+    kept = tokens * activation_bytes(H, I, L, recompute=p.gradient_checkpointing)
+    update = kept + logit_rows * V * FP32 * UPDATE_LOGIT_COPIES
+    return Estimate(RUNTIME_BYTES + 2 * shape.file_bytes, int(RUNTIME_BYTES + weights + adapters),
+                    int(generation), int(no_grad), int(update))
+
+
+def advice(config, phase: str) -> str:
+    """`lower SETTING (now VALUE)`: what shrinks the phase that sets the peak."""
+    p, s, d = config.ppo, config.sampling, config.data
+    if phase == "loading":
+        return f"the model ({config.model.name}) is too large to load here"
+    if phase == "generation":
+        longer = ("data.max_prompt_length", d.max_prompt_length) if d.max_prompt_length >= s.max_new_tokens \
+            else ("sampling.max_new_tokens", s.max_new_tokens)
+        return f"lower {longer[0]} (now {longer[1]}) or ppo.batch_size (now {p.batch_size})"
+    if d.max_prompt_length + s.max_new_tokens > p.max_tokens_per_batch:  # the longest row sets the micro-batch
+        setting = f"data.max_prompt_length (now {d.max_prompt_length})"
+    else:
+        setting = f"ppo.max_tokens_per_batch (now {p.max_tokens_per_batch})"
+    also = "" if p.gradient_checkpointing or phase != "update" else ", or set ppo.gradient_checkpointing=true"
+    return f"lower {setting}{also}"
+
+
+def check_fits(config, model_dir: str | Path, processes: int = 1) -> None:
+    """Refuse, before the model loads, a run whose estimated peak exceeds the memory available to it
+    (each process on this machine takes its own). On a GPU the activations are the GPU's: no check."""
+    if on_cuda():
+        return
+    shape = model_shape(model_dir)
+    if shape is None:
+        return
+    phases = estimate(config, shape, processes)
+    refuse("PPO", phases.peak, available_bytes(), advice(config, phases.phase), phases.phase.replace("_", "-"))
