@@ -51,6 +51,7 @@ bench: setup $(PEER_STAMP)
 	$(PY) -m bench.ppo_memory
 	$(PY) -m bench.sft_memory
 	$(PY) -m bench.generation
+	$(PY) -m bench.rm_quality
 
 clean:
 	rm -rf $(VENV) runs

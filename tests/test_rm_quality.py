@@ -1,0 +1,74 @@
+"""bench/rm_quality.py --tiny: the reward-model comparison's whole code path (conversion, split, both
+trainers, scoring, figures) on the tiny model and the fixtures, so the benchmark cannot rot (issue #20)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.rm_quality import CONTENDERS, PROFILE_VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("steps", "pairs_trained", "train_s", "sec_per_step", "sec_per_pair", "cpu_s_per_pair", "peak_rss_mb",
+           "train_peak_rss_mb", "padded_tokens", "real_tokens")
+
+
+def test_tiny_run_has_every_figure_for_both_contenders(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bench.rm_quality", "--tiny", "--out", str(tmp_path),
+                           "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    body = json.loads((tmp_path / "rm_quality-tiny.json").read_text())
+    assert set(body["results"]) == {"hh", "oasst"}
+    for task, line in body["results"].items():
+        data = body["data"][task]
+        # the split: every held-out group fits both trainers or is long, and the seed holds out one of each
+        assert data["heldout_fit"] + data["heldout_long"] == data["heldout"]
+        assert data["heldout_fit"] >= 1 and data["heldout_long"] >= 1, task
+        assert data["train"] >= 1
+        # TRL given align's text would see the same tokens, bar what its own template path adds at the end
+        assert data["template_check"]["differ_otherwise"] == 0
+        for contender in CONTENDERS:
+            figures = line[contender]
+            for name in FIGURES:
+                assert figures[name] > 0, (task, contender, name)
+            assert figures["pairs_trained"] == data["train_pairs"]
+            subsets = ("fit", "long", "all")
+            kinds = ("accuracy", "top1") if task == "oasst" else ("accuracy",)
+            for kind in kinds:
+                for when in ("before", "after"):
+                    for subset in subsets:
+                        value = figures[f"{kind}_{when}_{subset}"]
+                        assert 0 <= value <= 1, (task, contender, kind, when, subset, value)
+        checks = line["checks"]
+        # each saved directory reads back as the model scored in memory, and TRL trained on every pair ours did
+        assert checks["saved_groups_checked"] == data["heldout"]
+        for contender in CONTENDERS:
+            assert checks[f"{contender}_saved_max_abs_diff"] < 1e-4, contender
+        assert checks["trl_pairs_trained_equals_ours"] is True
+        # the bench's pair accuracy, on the stage's own scores, is the stage's eval/accuracy
+        assert checks["bench_accuracy_of_stage_scores"] == checks["ours_stage_eval_accuracy"]
+        assert checks["bench_accuracy_of_stage_scores_before"] == checks["ours_stage_eval_before_accuracy"]
+    for target in ("accuracy_ours_ge_trl_minus_0.01", "time_per_pair_ours_le_trl", "peak_rss_ours_le_trl"):
+        assert isinstance(body["targets"][target]["met"], bool)
+    printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [p["workload"] for p in printed] == ["rm_quality_hh", "rm_quality_oasst"]
+
+
+def test_tiny_profile_compares_the_layouts(tmp_path):
+    """--profile: the stage's whole-group micro-batches run every token once; the layout from before them
+    (completions cut by length) runs every token twice; both with and without the stage's heap setting."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "bench.rm_quality", "--tiny", "--profile", "--profile-reps", "1",
+                           "--out", str(tmp_path), "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "rm_quality-profile-tiny.json").read_text())["results"]
+    assert set(results) == set(PROFILE_VARIANTS)
+    for name, figures in results.items():
+        assert figures["cpu_s"] > 0 and figures["step_peak_rss_mb"] > 0, name
+        assert figures["micro_batches"] >= 2, name  # the tiny budget cuts the batch
+        twice = figures["nograd_padded_tokens"]
+        assert twice == (figures["padded_tokens"] if name.startswith("completions_cut") else 0), name
