@@ -87,9 +87,23 @@ def load_base(
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    explicit_generation(model, tokenizer)
     return model
+
+
+def explicit_generation(model: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase") -> None:
+    """The model's generation_config keeps its token ids and nothing else. transformers fills every setting a
+    generate call leaves unset from it, so a checkpoint's own repetition_penalty, no_repeat_ngram_size or
+    top_k would reshape what align samples: PPO's log-probs (the raw logits over the temperature) would then
+    not be the sampling distribution's, and the evaluation would score another sampler than the one named.
+    Each call passes its own temperature, top_p and top_k."""
+    from transformers import GenerationConfig
+
+    own = getattr(model, "generation_config", None)
+    if own is None:
+        return
+    model.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, eos_token_id=own.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
 
 
 def keep_4bit_layout_trainable(model: "PreTrainedModel") -> None:

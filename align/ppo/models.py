@@ -74,10 +74,25 @@ class SharedReward:
 def shared_base(model_config: ModelConfig, tokenizer: Any, gradient_checkpointing: bool) -> Any:
     """The frozen (4-bit) base the adapters share, with dropout off, ready for adapters to train."""
     base = base_model.load_base(model_config, tokenizer)
-    for module in base.modules():  # N+ details: no dropout anywhere, or the ratio starts away from 1
+    switch_off_dropout(base)
+    return tuning.prepare_for_training(base, model_config, gradient_checkpointing=gradient_checkpointing)
+
+
+def switch_off_dropout(model: Any) -> None:
+    """N+ details: no dropout anywhere, or the update's log-probs (train mode) differ from the rollout's
+    (eval mode) and the ratio starts away from 1. Attention dropout is a float the attention reads in
+    train mode (Llama's `attention_dropout`), not an nn.Dropout, so both kinds are zeroed, and the config's
+    fields too, for any module built from it later."""
+    for module in model.modules():
         if isinstance(module, nn.Dropout):
             module.p = 0.0
-    return tuning.prepare_for_training(base, model_config, gradient_checkpointing=gradient_checkpointing)
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name, value in (config.to_dict() if config is not None else {}).items():
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(config, name, 0.0)
 
 
 def policy_adapters(base: Any, model_config: ModelConfig) -> tuple[Any, Any, bool]:

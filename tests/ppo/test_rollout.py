@@ -168,3 +168,49 @@ def test_reference_log_probs_are_taken_at_the_sampling_temperature(tiny_model_di
         logits = stack.policy_logits(rollout.input_ids, rollout.attention_mask, rollout.response_ids.shape[1], adapter=REF)
     at_one = logprobs_of(logits, rollout.response_ids, 1.0) * rollout.response_mask
     assert (at_one - rollout.logprobs).abs().max() > 0.1
+
+
+def model_with(tiny_model_dir, tmp_path, *, config=None, generation=None):
+    """A copy of the tiny model whose config.json and generation_config.json gain these settings."""
+    import json
+    import shutil
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    for name, extra in (("config.json", config), ("generation_config.json", generation)):
+        settings = json.loads((model_dir / name).read_text())
+        (model_dir / name).write_text(json.dumps({**settings, **(extra or {})}))
+    return model_dir
+
+
+def test_sampling_ignores_the_checkpoints_own_generation_settings(tiny_model_dir, tmp_path):
+    """A checkpoint that ships repetition_penalty, no_repeat_ngram_size and top_k must not reshape what PPO
+    samples: the distribution drawn from is softmax(logits / T), the one log π_old is read from. transformers
+    fills every setting a generate call leaves unset from the model's generation_config."""
+    model_dir = model_with(tiny_model_dir, tmp_path, generation={"repetition_penalty": 1.5, "no_repeat_ngram_size": 2,
+                                                                 "top_k": 5, "min_new_tokens": 4})
+    tokenizer = modeling.load_tokenizer(str(model_dir))
+    stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization="none"), tokenizer, None)
+    _, ids, mask = prompts_and_queries(tokenizer)
+    torch.manual_seed(0)
+    out = stack.generate(ids, mask, do_sample=True, temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=12,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=[tokenizer.eos_token_id],
+                         return_dict_in_generate=True, output_logits=True, output_scores=True)
+    for raw, used in zip(out.logits, out.scores):  # (B, V) a step: raw logits, and what was sampled from
+        torch.testing.assert_close(used, raw / 0.7, atol=1e-5, rtol=1e-5)
+    assert stack.peft.generation_config.eos_token_id is not None  # the token ids stay
+
+
+def test_no_dropout_of_any_kind_in_ppos_passes(tiny_model_dir, tmp_path):
+    """The update runs in train mode and the rollout in eval mode: attention dropout (a float Llama's attention
+    reads in train mode, not an nn.Dropout) would make the two differ and the ratio start away from 1."""
+    model_dir = model_with(tiny_model_dir, tmp_path, config={"attention_dropout": 0.5})
+    tokenizer = modeling.load_tokenizer(str(model_dir))
+    stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization="none"), tokenizer, None)
+    _, ids, mask = prompts_and_queries(tokenizer)
+    with torch.no_grad():
+        stack.peft.eval()
+        rollout_mode = stack.policy_logits(ids, mask, 4)
+        stack.peft.train()
+        update_mode = [stack.policy_logits(ids, mask, 4) for _ in range(2)]
+    for logits in update_mode:
+        torch.testing.assert_close(logits, rollout_mode, atol=1e-5, rtol=0)
