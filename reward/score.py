@@ -33,6 +33,14 @@ def conversation_text(tokenizer: Any, prompt: tuple | list, completion: str) -> 
     return "\n\n".join(turns) + (tokenizer.eos_token or "")
 
 
+def ending_where_read(chat_template: str) -> str:
+    """The chat template that renders a whole conversation exactly as conversation_text does, the trailing
+    newline after the final EOS dropped, and a generation prompt as before: saved with a reward model, it
+    lets `tokenizer.apply_chat_template(messages)` anywhere read the reward at the token align trained on."""
+    return ("{% set rendered %}" + chat_template
+            + "{% endset %}{{ rendered if add_generation_prompt else rendered.rstrip('\\n') }}")
+
+
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Any]:
     """Right-padded batch; over-long texts lose their start, so the scored end survives."""
     tokenizer.truncation_side = "left"

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from align.core import checkpoint, distributed, guards, heap, modeling, rundir, tracking
+from align.core import checkpoint, distributed, guards, heap, model_card, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import DataError, TrainingHalted
 from reward import memory, micro_batches
 from reward.config import RewardConfig
 from reward.formats import Group, load_groups, split_groups
 from reward.metrics import ranking_metrics
-from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, score_texts
+from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, ending_where_read, score_texts
 
 
 def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], list[Group]]:
@@ -100,6 +100,8 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
                                "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
     figures.update(_evaluate_and_save(config, learner, out, eval_groups, reference, state, world))
     metrics.update(figures)
+    if world.is_main:
+        model_card.describe_outputs(out.path, "reward", config, metrics.final, reward=True)
     if wandb_run is not None:
         wandb_run.finish()
     return metrics.final
@@ -296,7 +298,13 @@ def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: run
             save_file({k: v.detach().cpu().contiguous() for k, v in model.score.state_dict().items()}, target / HEAD_FILE)
         else:
             model.save_pretrained(target)
-        tokenizer.save_pretrained(target)
+        template = tokenizer.chat_template
+        if template:  # read back by align (conversation_text strips the same newline) and by anyone else alike
+            tokenizer.chat_template = ending_where_read(template)
+        try:
+            tokenizer.save_pretrained(target)
+        finally:
+            tokenizer.chat_template = template
         modeling.save_base_record(target, config.model)
         rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
     return final

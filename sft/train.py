@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import distributed, guards, heap, memory, modeling, resumable, rundir, tracking
+from align.core import distributed, guards, heap, memory, model_card, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from sft.config import SFTConfig
@@ -95,6 +95,8 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     if world.is_main:
         save_weights(trainer.model, tokenizer, config, out)
     metrics.update(figures)
+    if world.is_main:
+        model_card.describe_outputs(out.path, "sft", config, metrics.final)
     return metrics.final
 
 

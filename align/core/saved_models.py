@@ -43,9 +43,13 @@ def base_shape(path: str) -> dict[str, Any] | None:
 def save_base_record(directory: Path, config: ModelConfig) -> None:
     """Record which base and loading settings an adapter belongs to, beside the adapter, with the base's
     shape: the same weights may sit at another path on another machine, but not in another shape."""
+    from align.core.base_model import compute_dtype
+
     path = resolve_model_path(config.name)
     body = {"name": config.name, "path": path, "quantization": config.quantization, "tuning": config.tuning,
             "shape": base_shape(path)}
+    if config.quantization == "nf4":  # what loading it again the same way takes (README: the reward model elsewhere)
+        body.update(double_quant=config.double_quant, compute_dtype=str(compute_dtype(config)).removeprefix("torch."))
     from align.core.rundir import write_json_atomic
 
     write_json_atomic(Path(directory) / BASE_FILE, body)

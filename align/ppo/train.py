@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from align.core import checkpoint, distributed, guards, heap, modeling, rundir, tracking
+from align.core import checkpoint, distributed, guards, heap, model_card, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError, TrainingHalted
 from align.core.records import load_records
@@ -192,6 +192,8 @@ class PPOTrainer:
         if self.world.is_main:
             outputs.save_policy(self.out, self.stack, self.tokenizer, c.model)
         self.metrics.update({**final, "train/updates": p.updates, **tracking.peak_memory_mb()})
+        if self.world.is_main:
+            model_card.describe_outputs(self.out.path, "ppo", c, self.metrics.final)
         if self.metrics.wandb_run is not None:
             self.metrics.wandb_run.finish()
         return self.metrics.final

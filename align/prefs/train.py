@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable, NamedTuple
 
 from align.convert.kto import pairs_to_kto
-from align.core import distributed, guards, heap, memory, modeling, resumable, rundir, tracking
+from align.core import distributed, guards, heap, memory, model_card, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.core.records import load_records
@@ -168,6 +168,8 @@ def _train_and_save(config: Any, job: str, trainer: Any, tokenizer: Any, out: ru
                         if not k.startswith("train_") and k != "total_flos"})
     modeling.save_loadable(trainer.model, tokenizer, out.file(rundir.ADAPTER), config.model)
     metrics.update(figures)
+    if distributed.world().is_main:
+        model_card.describe_outputs(out.path, job, config, metrics.final)
     return metrics.final
 
 

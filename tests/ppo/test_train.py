@@ -72,6 +72,9 @@ def test_outputs_the_aligned_adapter_loadable_by_peft(toy_run, tiny_model_dir):
 
     out, _ = toy_run
     assert (out / "adapter" / "adapter_config.json").exists() and (out / "samples.jsonl").exists()
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    card = (out / "adapter" / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {tiny_model_dir}\n") and '"ppo"' in card and "`eval/kl`" in card
     model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter")
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] > 0
     from align.core import modeling

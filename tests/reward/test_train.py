@@ -24,19 +24,6 @@ def separable_preferences(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="module")
-def reward_run(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("reward")
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(160, seed=1)))
-    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(40, seed=2)))
-    config = load_config(RewardConfig, None, [
-        f"out_dir={root / 'run'}", f"model.name={tiny_model_dir}", f"data.train={root / 'train.jsonl'}",
-        f"data.eval={root / 'eval.jsonl'}", "training.epochs=2", "training.learning_rate=3e-3", "training.save_steps=10",
-        "model.lora.r=8", "tracking.wandb=false", "tracking.logging_steps=5",
-    ])
-    return root, train(config)
-
-
 def test_heldout_accuracy_rises_above_0_9(reward_run):
     _, figures = reward_run
     assert figures["eval_before/accuracy"] < 0.8

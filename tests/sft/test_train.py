@@ -78,6 +78,19 @@ def test_outputs_follow_the_stage_contract(qlora_run):
     assert resolved["training"]["learning_rate"] == 5e-3 and resolved["model"]["lora"]["r"] == 16
 
 
+def test_the_adapter_carries_a_model_card_and_names_its_base_as_given(qlora_run, tiny_model_dir):
+    import hashlib
+
+    out, figures = qlora_run
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    card = (out / "adapter" / "README.md").read_text()
+    assert card.startswith(f"---\nbase_model: {tiny_model_dir}\nlibrary_name: peft\npipeline_tag: text-generation\n")
+    data = DEMO / "sft.jsonl"
+    lines = data.read_bytes().count(b"\n")
+    assert f"`{data}`: {lines} lines, sha256 `{hashlib.sha256(data.read_bytes()).hexdigest()}`" in card
+    assert f"`eval/loss`: {figures['eval/loss']:.4g}" in card and "loaded in 4-bit NF4" in card
+
+
 def test_adapter_loads_with_peft_alone_and_generates(qlora_run):
     import torch
     from peft import AutoPeftModelForCausalLM
