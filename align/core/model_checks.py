@@ -8,20 +8,53 @@ from pathlib import Path
 from typing import Any
 
 from align.core.errors import AlignError
-from align.core.model_config import ModelConfig
+from align.core.model_config import LoraSettings, ModelConfig
 from align.core.model_paths import resolve_model_path
 from align.core.saved_models import BASE_FILE, base_shape, recorded_base
 
 
-def check_model(config: ModelConfig) -> None:
-    """Fail on a model or adapter that is not there, or a model that ships code to run, before a
-    stage writes its output directory."""
+def check_model(config: ModelConfig, *, dropout_applies: bool = True) -> None:
+    """Fail on a model or adapter that is not there, a model that ships code to run, or an adapter that
+    does not fit the base or the LoRA settings given, before a stage writes its output directory.
+    dropout_applies=False: the stage switches LoRA dropout off whatever is set (PPO)."""
     path = Path(resolve_model_path(config.name))
     if path.is_dir() and not config.trust_remote_code:
         check_no_custom_code(path)
     if config.adapter:
         check_adapter_dir(Path(config.adapter))
         check_adapter_base(Path(config.adapter), config.name, str(path))
+        if config.tuning == "lora":
+            check_adapter_lora(config.lora, Path(config.adapter), dropout_applies)
+
+
+def check_adapter_lora(settings: LoraSettings, adapter: Path, dropout_applies: bool = True) -> None:
+    """A stage continuing a saved LoRA adapter trains it with its own shape and scale (the pipeline starts
+    every stage after SFT this way): model.lora set to anything else is refused, naming what differs.
+    model.lora left at its defaults is not compared: it was not given."""
+    differ = lora_settings_in_conflict(settings, adapter, dropout_applies)
+    if differ:
+        raise AlignError(f"model.adapter {adapter} keeps its own LoRA settings, and model.lora differs: "
+                         f"{'; '.join(differ)}. Leave model.lora out, or set it to the adapter's")
+
+
+def lora_settings_in_conflict(settings: LoraSettings, adapter: Path, dropout_applies: bool = True) -> list[str]:
+    """`model.lora.X = ours, the adapter's Y` for each LoRA setting given (not all defaults) that a stage
+    continuing `adapter` could not apply."""
+    if settings == LoraSettings():
+        return []
+    try:
+        saved = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []  # the adapter's loading reports it
+    if not isinstance(saved, dict) or saved.get("peft_type") != "LORA":
+        return []
+    pairs = [("r", settings.r, saved.get("r")), ("alpha", settings.alpha, saved.get("lora_alpha"))]
+    if dropout_applies:
+        pairs.append(("dropout", settings.dropout, saved.get("lora_dropout")))
+    if settings.target_modules != ["all-linear"]:  # peft saves all-linear as the module names it found
+        pairs.append(("target_modules", sorted(settings.target_modules), sorted(saved.get("target_modules") or [])))
+    return [f"model.lora.{name} = {ours}, the adapter's {theirs}" for name, ours, theirs in pairs
+            if theirs is not None and ours != theirs]
 
 
 def check_adapter_base(adapter: Path, name: str, path: str) -> None:

@@ -9,7 +9,6 @@ checkpointing), and fp32 trainable weights (cast_to_fp32).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 TaskType = Literal["CAUSAL_LM", "SEQ_CLS"]
-log = logging.getLogger(__name__)
 
 # the non-reentrant form: gradients reach adapters behind a frozen embedding without
 # enable_input_require_grads, and checkpointed passes may run under no_grad too
@@ -111,11 +109,7 @@ def attach_tuning(
             param.requires_grad = name.split(".")[0] == "score"
         cast_trainable_to_fp32(model)
         return model
-    if config.adapter:
-        unused = unused_lora_settings(config.lora, config.adapter)
-        if unused:
-            log.warning("model.lora is not used: training continues model.adapter %s, whose own LoRA settings hold "
-                        "(%s)", config.adapter, "; ".join(unused))
+    if config.adapter:  # its own LoRA settings hold (model_checks.check_adapter_lora refused others)
         model = saved_adapter(model, config.adapter, task_type)
     elif config.tuning == "lora":
         model = new_lora(model, config.lora, task_type)
@@ -148,23 +142,6 @@ def new_soft_prompt(model: "PreTrainedModel", settings: PromptTuningSettings, ta
             tokenizer_name_or_path=model.config._name_or_path if settings.init_text else None,
         ),
     )
-
-
-def unused_lora_settings(settings: LoraSettings, adapter_dir: str) -> list[str]:
-    """`model.lora.X = ours, the adapter's Y` for each LoRA setting a stage continuing a saved adapter cannot
-    apply: the adapter's shape and scale are its own (the pipeline starts every stage after SFT this way)."""
-    try:
-        saved = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return []  # the adapter's loading reports it
-    if saved.get("peft_type") != "LORA":
-        return []
-    pairs = [("r", settings.r, saved.get("r")), ("alpha", settings.alpha, saved.get("lora_alpha")),
-             ("dropout", settings.dropout, saved.get("lora_dropout"))]
-    if settings.target_modules != ["all-linear"]:  # peft saves all-linear as the module names it found
-        pairs.append(("target_modules", sorted(settings.target_modules), sorted(saved.get("target_modules") or [])))
-    return [f"model.lora.{name} = {ours}, the adapter's {theirs}" for name, ours, theirs in pairs
-            if theirs is not None and ours != theirs]
 
 
 def saved_adapter(model: "PreTrainedModel", adapter_dir: str, task_type: TaskType) -> Any:

@@ -92,7 +92,7 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False,
 
 def check_inputs(config: PPOConfig) -> None:
     """The models, reward and PPO-ptx data exist: found before the output directory is written."""
-    modeling.check_model(config.model)
+    modeling.check_model(config.model, dropout_applies=False)  # PPO's LoRA dropout is off whatever is set
     if config.reward.function is not None:
         from align.core.callables import load_callable
 

@@ -51,14 +51,34 @@ def test_the_record_holds_the_base_shape(tiny_model_dir, tmp_path):
     assert json.loads((tmp_path / modeling.BASE_FILE).read_text())["shape"] == tiny_shape(tiny_model_dir)
 
 
-def test_lora_settings_a_saved_adapter_overrides_are_named(tmp_path):
+def test_lora_settings_other_than_the_adapters_are_named(tmp_path):
+    from align.core.model_checks import lora_settings_in_conflict
     from align.core.model_config import LoraSettings
-    from align.core.tuning import unused_lora_settings
 
     (tmp_path / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["v_proj", "q_proj"]}))
-    assert unused_lora_settings(LoraSettings(r=64, alpha=16, dropout=0.05), str(tmp_path)) == []
-    assert unused_lora_settings(LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=["q_proj", "v_proj"]),
-                                str(tmp_path)) == ["model.lora.r = 16, the adapter's 64", "model.lora.alpha = 32, the adapter's 16"]
-    assert unused_lora_settings(LoraSettings(r=64, alpha=16, target_modules=["q_proj"]), str(tmp_path)) == [
+    assert lora_settings_in_conflict(LoraSettings(r=64, alpha=16, dropout=0.05), tmp_path) == []
+    assert lora_settings_in_conflict(LoraSettings(r=16, alpha=32, dropout=0.05, target_modules=["q_proj", "v_proj"]),
+                                     tmp_path) == ["model.lora.r = 16, the adapter's 64", "model.lora.alpha = 32, the adapter's 16"]
+    assert lora_settings_in_conflict(LoraSettings(r=64, alpha=16, target_modules=["q_proj"]), tmp_path) == [
         "model.lora.target_modules = ['q_proj'], the adapter's ['q_proj', 'v_proj']"]
+    # not given (every default): nothing to compare; PPO switches dropout off, so its dropout is not compared
+    assert lora_settings_in_conflict(LoraSettings(), tmp_path) == []
+    assert lora_settings_in_conflict(LoraSettings(r=64, alpha=16, dropout=0.0), tmp_path, dropout_applies=False) == []
+    assert lora_settings_in_conflict(LoraSettings(r=64, alpha=16, dropout=0.0), tmp_path) == [
+        "model.lora.dropout = 0.0, the adapter's 0.05"]
+
+
+def test_lora_settings_given_with_an_adapter_that_has_others_are_refused_before_loading(tiny_model_dir, tmp_path):
+    adapter = fake_adapter(tmp_path / "adapter", tiny_shape(tiny_model_dir))
+    body = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**body, "r": 16, "lora_alpha": 32, "lora_dropout": 0.05}))
+    for stage in ("sft", "reward", "dpo", "ppo"):
+        result = CliRunner().invoke(cli, [stage, "--set", f"model.name={tiny_model_dir}", "--set", f"model.adapter={adapter}",
+                                          "--set", "model.lora.r=64", "--out", str(tmp_path / stage),
+                                          "--set", "tracking.wandb=false"])
+        assert result.exit_code == 2, (stage, result.output)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: model.adapter {adapter} keeps its own LoRA settings, and model.lora differs: "
+                          f"model.lora.r = 64, the adapter's 16. Leave model.lora out, or set it to the adapter's"], stage
+        assert not (tmp_path / stage).exists()
