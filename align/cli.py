@@ -125,6 +125,24 @@ def reward_score(model_path, data_path, out_path, batch_size):
     click.echo(f"scored {n} completions -> {out_path}")
 
 
+@cli.command("export")
+@click.argument("source", metavar="RUN_OR_STAGE_DIR", type=click.Path())
+@click.option("-o", "--out", "out_dir", type=click.Path(), required=True, help="The directory to write the model to.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Of the saved weights (float32 keeps the merged values exactly).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT when it already holds files.")
+def export_cmd(source, out_dir, dtype, overwrite):
+    """A run's aligned policy, a stage's model or a reward model as one standalone transformers model: the 4-bit
+    base dequantised, the LoRA update merged, tokenizer and chat template included."""
+    from align.export import export, weights_of
+
+    weights = weights_of(source)
+    click.echo(f"exporting {weights.directory} ({'reward model' if weights.reward else 'policy'}) -> {out_dir}")
+    export(source, out_dir, dtype=dtype, overwrite=overwrite)
+    loader = "AutoModelForSequenceClassification" if weights.reward else "AutoModelForCausalLM"
+    click.echo(f"done: {loader}.from_pretrained({str(out_dir)!r}) loads it; README.md is its model card")
+
+
 # every other registered stage but the evaluation (its own options, below) is one plain command
 for _name in STAGES:
     if _name not in ("reward", "eval"):

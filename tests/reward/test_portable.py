@@ -95,3 +95,25 @@ def test_the_embedded_base_is_named_by_its_hub_id():
     assert portable_base_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert portable_base_name("SmolLM2") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert portable_base_name("meta-llama/Llama-3.1-8B") == "meta-llama/Llama-3.1-8B"
+
+
+def test_an_exported_reward_model_scores_as_align_with_transformers_alone(reward_run, tmp_path):
+    """`align export` of a reward stage: a plain sequence classifier (NF4 dequantised, LoRA merged, align's pad
+    token id in its config), scored by AutoModelForSequenceClassification with no peft and no bitsandbytes."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from align.export import export
+
+    root, figures = reward_run
+    out = export(root / "run", tmp_path / "exported")
+    tok = AutoTokenizer.from_pretrained(out)
+    rm = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert rm.config.pad_token_id == tok.pad_token_id and "quantization_config" not in rm.config.to_dict()
+    with torch.no_grad():
+        plain = [rm(**tok.apply_chat_template(c, return_dict=True, return_tensors="pt")).logits[0, 0].item()
+                 for c in CONVERSATIONS]
+    align = RewardModel.load(root / "run").score([c[:-1] for c in CONVERSATIONS], [c[-1]["content"] for c in CONVERSATIONS])
+    assert plain == pytest.approx(align.tolist(), abs=1e-4)
+    normaliser = json.loads((out / "normaliser.json").read_text())
+    assert normaliser == {"mean": pytest.approx(figures["normaliser/mean"]), "std": pytest.approx(figures["normaliser/std"])}
