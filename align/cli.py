@@ -143,6 +143,33 @@ def export_cmd(source, out_dir, dtype, overwrite):
     click.echo(f"done: {loader}.from_pretrained({str(out_dir)!r}) loads it; README.md is its model card")
 
 
+@cli.command("chat")
+@click.argument("source", metavar="MODEL")
+@click.option("--system", help="A system message that opens every conversation.")
+@click.option("--temperature", type=float, default=0.7, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+def chat_cmd(source, system, temperature, top_p, max_new_tokens):
+    """Talk to MODEL (a base, a run, a stage's adapter or an exported model) in the terminal, through its chat
+    template; the answer streams as it is generated. /reset starts over, /exit (or Ctrl-D) leaves."""
+    from align.chat import Chat, converse
+
+    chat = Chat(source, system=system, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+    click.echo(f"chatting with {source} (/reset starts over, /exit leaves)")
+
+    def read(prompt: str) -> str:
+        if sys.stdin.isatty():
+            return input(prompt)  # line editing
+        click.echo(prompt, nl=False)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        click.echo(line, nl=False)  # piped input shows in the transcript
+        return line
+
+    converse(chat, read, lambda text: click.echo(text, nl=False))
+
+
 # every other registered stage but the evaluation (its own options, below) is one plain command
 for _name in STAGES:
     if _name not in ("reward", "eval"):
