@@ -39,6 +39,14 @@ from align.ppo.rollout import Rollout, Sampling, gather_rollout, make_rollout, r
 __all__ = ["MiniBatchStats", "PPOTrainer", "TrainingHalted", "Unhealthy", "check_inputs", "check_shards", "train"]
 
 
+def padded_figures(stats: "MiniBatchStats", fill: float) -> dict[str, float]:
+    """approxkl and the ratio as TRL and the N+ recipe average them, over every (row, column) of the mini-batch's
+    padded responses, where log r = 0 and r = 1: ours (real tokens only) times `fill`, the real tokens' share
+    of those cells. The health ranges their logs give (DESIGN.md) read against these."""
+    return {"policy/approxkl_padded_avg": stats.policy_approxkl_avg * fill,
+            "val/ratio_padded": 1 + (stats.val_ratio - 1) * fill}
+
+
 class MiniBatchStats(NamedTuple):
     """A mini-batch's figures, each a mean over all of its tokens: every micro-batch on every process
     gives its mean times its share of the mini-batch, and optimise() sums the shares. A field
@@ -297,7 +305,8 @@ class PPOTrainer:
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm)
                 if not torch.isfinite(grad_norm):
                     raise Unhealthy("the gradient norm is not finite")
-                _append(logs, {**stats.logged(ptx=self.ptx is not None), "policy/grad_norm": grad_norm})
+                _append(logs, {**stats.logged(ptx=self.ptx is not None), "policy/grad_norm": grad_norm,
+                               **padded_figures(stats, float(n_tokens) / (len(minibatch) * mask.shape[1]))})
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 heap.after_step(self.stack.device)

@@ -275,3 +275,31 @@ def test_processes_that_cut_their_shares_into_different_numbers_of_micro_batches
     counts = [(len(real(rows[:2], lengths, 2, 64)), len(real(rows[2:], lengths, 2, 64))) for rows, lengths in seen]
     assert any(a != b for a, b in counts) and len(counts) == 24, counts
     compare(one, two)
+
+
+def test_approxkl_and_ratio_are_also_logged_averaged_over_padding_as_trl_does(varied_model, tmp_path):
+    """One mini-batch, one epoch: TRL's padded means are ours scaled by the real tokens' share of the padded
+    (rows x columns) responses, where log r = 0 and r = 1; computed here from the update's own log-probs."""
+    from align.ppo.losses import logprobs_of
+
+    trainer = trainer_of(varied_model, tmp_path / "run", "ppo.batch_size=8", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1",
+                         "ppo.learning_rate=1e-12")  # the update barely moves: new log-probs are the ones read here
+    move_off_the_start(trainer)
+    torch.manual_seed(0)
+    rollout = trainer._rollout(demo_prompts(8), {})
+    _, advantages, returns = trainer._advantages(rollout)
+    with torch.no_grad():  # the policy moves after its rollout, as after an earlier mini-batch: r != 1
+        for name, param in trainer.stack.named_trainable().items():
+            if ".lora_B.policy." in name:
+                param.add_(torch.randn_like(param) * 0.02)
+        T = rollout.response_ids.shape[1]
+        new = logprobs_of(trainer.stack.policy_logits(rollout.input_ids, rollout.attention_mask, T),
+                          rollout.response_ids, trainer.sampling.temperature)
+    mask = rollout.response_mask.float()
+    log_ratio = (new - rollout.logprobs) * mask
+    assert mask.mean() < 0.9 and log_ratio.abs().max() > 1e-2  # padding to average over, and r != 1
+    figures = trainer.optimise(rollout, advantages, returns, 0)
+    cells = mask.numel()
+    assert figures["policy/approxkl_padded_avg"] == pytest.approx(0.5 * (log_ratio ** 2).sum().item() / cells, rel=1e-3)
+    assert figures["val/ratio_padded"] == pytest.approx(((log_ratio.exp() - 1) * mask).sum().item() / cells + 1, rel=1e-6)
+    assert figures["policy/approxkl_avg"] == pytest.approx(0.5 * (log_ratio ** 2).sum().item() / mask.sum().item(), rel=1e-3)
