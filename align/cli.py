@@ -89,6 +89,7 @@ def _quiet_libraries() -> None:
 
 
 @click.group(cls=AlignGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="align", prog_name="align", message="%(prog)s %(version)s")
 def cli():
     """align: QLoRA SFT, reward models from rankings, PPO, and evaluation."""
     _quiet_libraries()
@@ -327,6 +328,14 @@ def echo_status(root: Path) -> None:
         if row["error"]:
             click.echo(f"{'':8s} error: {row['error']}")
     click.echo(f"manifest: {root / 'manifest.json'}")
+
+
+@cli.command()
+def env():
+    """Versions of align and its libraries, devices, memory and caches: paste it into a bug report."""
+    from align.core.environment import report
+
+    click.echo(report())
 
 
 @cli.command()

@@ -332,7 +332,10 @@ class Pipeline:
         # under `accelerate launch` every process runs the pipeline; one writes its manifest
         if int(os.environ.get("RANK", "0")) != 0:
             return
+        from align.core.environment import versions
+
         manifest["updated"] = _now()
+        manifest["versions"] = versions()
         rundir.write_json_atomic(self.root / MANIFEST, manifest)
 
 

@@ -304,7 +304,9 @@ class StageDir:
                     shutil.rmtree(p, ignore_errors=True)
 
     def write_config(self, config_yaml: str) -> None:
-        write_text_atomic(self.file(CONFIG), config_yaml)
+        from align.core.environment import header
+
+        write_text_atomic(self.file(CONFIG), header() + config_yaml)
 
     def set_status(self, state: str, **extra: Any) -> None:
         body = {"state": state, "time": _now(), **extra}
