@@ -220,20 +220,30 @@ def data():
 
 @data.command()
 @click.argument("path", type=click.Path())
-@click.option("--kind", type=click.Choice(["instructions", "preferences", "rankings", "prompts"]), required=True)
+@click.option("--kind", type=click.Choice(["instructions", "preferences", "rankings", "prompts"]),
+              help="Check the records as this kind [default: the kind most records are].")
 def validate(path, kind):
-    """Report every bad record of PATH as FILE:LINE: reason; exit 2 if any."""
+    """Report every bad record of PATH as FILE:LINE: reason (a reason repeated many times is counted once);
+    exit 2 if any. The kind of records is inferred, and which commands take it is said."""
     from align.core.readers import read_rows
     from align.core.records import parse_rows
+    from align.core.validate import ACCEPTED_BY, fold_repeats, good_counts, infer_kind
 
     rows, problems = read_rows(path)
-    records, bad = parse_rows(rows, kind)
+    counts = good_counts(rows)
+    inferred = infer_kind(counts)
+    checked = kind or inferred or "preferences"
+    records, bad = parse_rows(rows, checked)
     problems += bad
-    for problem in problems:
-        click.echo(problem)
+    for line in fold_repeats(problems):
+        click.echo(line)
     if not records and not problems:
         click.echo(f"{path}: no records")
-    click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({kind})")
+    how = "" if kind else ", inferred"
+    click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({checked}{how}; taken by {ACCEPTED_BY[checked]})")
+    if kind and inferred and inferred != kind and counts[inferred] > len(records):
+        click.echo(f"{path}: these look like {inferred} ({counts[inferred]} of {len(rows)} records read as {inferred}; "
+                   f"taken by {ACCEPTED_BY[inferred]}): check with --kind {inferred}")
     if problems or not records:
         sys.exit(2)
 

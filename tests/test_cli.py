@@ -98,3 +98,20 @@ def test_reward_refuses_a_ranking_with_one_completion(write_jsonl, tmp_path):
                                    {"prompt": "Q", "completions": ["a"], "ranks": [0]}])
     result = CliRunner().invoke(cli, ["reward", "--set", f"data.train={path}", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and 'r.jsonl:2: field "completions": a ranking needs at least 2' in result.output
+
+
+def test_validate_infers_the_kind_and_says_when_another_fits(write_jsonl):
+    inferred = run("data", "validate", DEMO / "rankings.jsonl")
+    assert inferred.exit_code == 0
+    assert "300 good, 0 bad (rankings, inferred; taken by reward, dpo, kto, orpo)" in inferred.output
+    pairs = write_jsonl("p.jsonl", [{"prompt": "Q", "chosen": "a", "rejected": "b"}] * 2)
+    assert "2 good, 0 bad (preferences, inferred" in run("data", "validate", pairs).output
+    assert "(instructions, inferred; taken by sft)" in run("data", "validate", DEMO / "sft.jsonl").output
+    assert "(prompts, inferred" in run("data", "validate", DEMO / "prompts.jsonl").output
+    wrong = run("data", "validate", DEMO / "rankings.jsonl", "--kind", "preferences")
+    assert wrong.exit_code == 2
+    lines = wrong.output.strip().splitlines()
+    # 300 identical reasons: three shown, the rest counted in one line
+    assert len(lines) == 3 + 1 + 2 and lines[3].startswith("  ... and 297 more lines: ")
+    assert lines[-1].endswith("these look like rankings (300 of 300 records read as rankings; taken by reward, "
+                              "dpo, kto, orpo): check with --kind rankings")
