@@ -22,7 +22,7 @@ from pathlib import Path
 
 from align.core import model_card, modeling, rundir
 from align.core.base_model import explicit_generation
-from align.core.errors import AlignError
+from align.core.errors import AlignError, option
 
 DTYPES = ("float32", "bfloat16", "float16")
 RECORD = "align_export.json"
@@ -82,7 +82,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", overw
     weights = weights_of(source)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise AlignError(f"{out}: exists and is not empty; give another directory or pass --overwrite")
+        raise AlignError(f"{out}: exists and is not empty; give another directory or pass {option('overwrite')}")
     record = modeling.recorded_base(weights.directory)
     if record["tuning"] == "prompt_tuning":
         raise AlignError(f"{weights.directory}: a soft prompt is not weights to merge; load it with peft's "

@@ -45,3 +45,9 @@ class Terminated(BaseException):
 
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def option(name: str) -> str:
+    """A flag as both callers spell it, for messages the CLI and the Python API share:
+    `--overwrite (overwrite=True)`."""
+    return f"--{name} ({name.replace('-', '_')}=True)"

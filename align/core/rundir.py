@@ -34,7 +34,7 @@ from typing import Any, Iterator
 from align.core.checkpoint import checkpoint_complete
 from align.core.config import changed_settings, describe_changes
 from align.core.dirlock import LOCK, DirLock, lock_holder
-from align.core.errors import AlignError, Terminated
+from align.core.errors import AlignError, Terminated, option
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,12 @@ class StageDir:
         """What `prepare` refuses without taking the lock: contradicting flags, a directory of the
         user's, a resume with nothing to resume. A stage calls it first, before seconds of loading."""
         if overwrite and resume:
-            raise AlignError("--overwrite and --resume contradict each other: pick one")
+            raise AlignError(f"{option('overwrite')} and {option('resume')} contradict each other: pick one")
         if allow_changes and not resume:
-            raise AlignError("--allow-changes goes with --resume: it lets a resumed run take changed settings")
+            raise AlignError(f"{option('allow-changes')} goes with {option('resume')}: it lets a resumed run take changed settings")
         refuse_foreign(self.path)
         if resume and self.newest_checkpoint() is None and self.state() not in ("done", "running"):
-            raise AlignError(f"{self.path}: --resume given but there is no checkpoint to resume from")
+            raise AlignError(f"{self.path}: {option('resume')} given but there is no checkpoint to resume from")
 
     def _check(self, overwrite: bool, resume: bool, config_yaml: str | None, allow_changes: bool) -> None:
         self._refuse_live_run()
@@ -213,16 +213,16 @@ class StageDir:
         if overwrite:
             self.clear()
         elif state == "done" and not resume:
-            raise AlignError(f"{self.path} already holds a finished run; pass --overwrite to replace it")
+            raise AlignError(f"{self.path} already holds a finished run; pass {option('overwrite')} to replace it")
         elif resume and checkpoint is None and state != "done":
-            raise AlignError(f"{self.path}: --resume given but there is no checkpoint to resume from")
+            raise AlignError(f"{self.path}: {option('resume')} given but there is no checkpoint to resume from")
         elif not resume and state in ("failed", "dead") and checkpoint is None:
             # nothing finished and nothing to resume: starting again loses nothing
             log.warning("%s: replacing a run that %s and left no checkpoint", self.path, self.describe_state())
             self.clear()
         elif not resume and _contents(self.path):
-            hint = "--resume to continue from its newest checkpoint, or " if checkpoint else ""
-            raise AlignError(f"{self.path} holds an unfinished run ({self.describe_state()}); pass {hint}--overwrite")
+            hint = f"{option('resume')} to continue from its newest checkpoint, or " if checkpoint else ""
+            raise AlignError(f"{self.path} holds an unfinished run ({self.describe_state()}); pass {hint}{option('overwrite')}")
         if resume and state != "done":
             self._check_resumed_settings(config_yaml, allow_changes, checkpoint)
             log.warning("%s: resuming from %s a run that %s", self.path, checkpoint.name, self.describe_state())
@@ -245,13 +245,13 @@ class StageDir:
         if not changes:
             return
         if not allow_changes:
-            raise AlignError(f"{self.path}: --resume with settings that differ from the checkpoint's "
-                             f"({describe_changes(changes)}); resume with the same settings, add --allow-changes "
-                             f"to apply the new ones from {checkpoint.name} on, or start again with --overwrite")
+            raise AlignError(f"{self.path}: {option('resume')} with settings that differ from the checkpoint's "
+                             f"({describe_changes(changes)}); resume with the same settings, add {option('allow-changes')} "
+                             f"to apply the new ones from {checkpoint.name} on, or start again with {option('overwrite')}")
         fixed = {k: v for k, v in changes.items() if k.startswith("model.")}
         if fixed:
             raise AlignError(f"{self.path}: {describe_changes(fixed)}: the model cannot change on resume, "
-                             f"{checkpoint.name} holds weights for the old one; start again with --overwrite")
+                             f"{checkpoint.name} holds weights for the old one; start again with {option('overwrite')}")
         self.resumed_with_changes = changes
         log.warning("%s: resuming with changed settings: %s", self.path,
                     ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))

@@ -17,7 +17,7 @@ def test_running_then_done(tmp_path):
     with out.running():
         assert out.status()["state"] == "running" and out.status()["pid"] == os.getpid()
     assert out.state() == "done"
-    with pytest.raises(AlignError, match="already holds a finished run; pass --overwrite"):
+    with pytest.raises(AlignError, match=r"already holds a finished run; pass --overwrite \(overwrite=True\)"):
         StageDir(tmp_path / "s").prepare()
     StageDir(tmp_path / "s").prepare(overwrite=True)
     assert not (tmp_path / "s" / "status.json").exists()
@@ -52,7 +52,7 @@ def test_resume_rules(tmp_path):
     for step in (10, 9):  # an empty directory is no checkpoint: each holds its state
         (out.checkpoints / f"checkpoint-{step}").mkdir(parents=True)
         (out.checkpoints / f"checkpoint-{step}" / "state.json").write_text("{}")
-    with pytest.raises(AlignError, match="pass --resume to continue"):
+    with pytest.raises(AlignError, match="pass --resume \(resume=True\) to continue"):
         out.prepare()
     out.prepare(resume=True)
     assert out.newest_checkpoint().name == "checkpoint-10"  # numeric, not lexical, order
@@ -92,5 +92,5 @@ def test_a_failed_run_with_a_checkpoint_is_kept_for_resume(tmp_path):
             (out.checkpoints / "checkpoint-3").mkdir(parents=True)
             (out.checkpoints / "checkpoint-3" / "state.json").write_text("{}")
             raise ValueError("boom")
-    with pytest.raises(AlignError, match=r"holds an unfinished run \(failed: ValueError: boom\); pass --resume"):
+    with pytest.raises(AlignError, match=r"holds an unfinished run \(failed: ValueError: boom\); pass --resume \(resume=True\)"):
         StageDir(tmp_path / "s").prepare()

@@ -518,9 +518,9 @@ OPTION_FAULTS = [
     ("convert output is a directory", ["data", "convert", "--from", "alpaca", "DATA", "-o", "DIR"], "DIR: is a directory"),
     ("validate unknown kind", ["data", "validate", "DATA", "--kind", "pairs"], "Invalid value for '--kind'"),
     ("resume and overwrite", ["sft", "--resume", "--overwrite", "--set", "data.train=DATA", "--set", "model.name=MODEL",
-                              "--out", "OUT"], "--overwrite and --resume contradict each other"),
+                              "--out", "OUT"], "--overwrite (overwrite=True) and --resume (resume=True) contradict each other"),
     ("resume with nothing to resume", ["sft", "--resume", "--set", "data.train=DATA", "--set", "model.name=MODEL",
-                                       "--out", "OUT"], "OUT: --resume given but there is no checkpoint"),
+                                       "--out", "OUT"], "OUT: --resume (resume=True) given but there is no checkpoint"),
 ]
 
 

@@ -201,7 +201,7 @@ def test_a_resume_refuses_changed_settings_and_allow_changes_applies_and_records
     newest = StageDir(out).newest_checkpoint().name
     assert newest == "checkpoint-12"
 
-    with pytest.raises(AlignError, match=r"--resume with settings that differ from the checkpoint's "
+    with pytest.raises(AlignError, match=r"--resume \(resume=True\) with settings that differ from the checkpoint's "
                                          r"\(training.learning_rate: 0.003 then, 0.001 now\); .*--allow-changes"):
         stages.run_in_process("reward", tiny_model_dir, data, out, "training.learning_rate=1e-3", resume=True)
     with pytest.raises(AlignError, match=r"model.lora.r: 4 then, 8 now: the model cannot change on resume"):
