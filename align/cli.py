@@ -76,10 +76,28 @@ def run_stage(name: str, options: dict) -> None:
 
     entry = stage(name)
     config = load_stage_config(entry.config_class(), options["config_path"], options["overrides"], options["out_dir"])
+    if options["config_path"] is None:
+        click.echo(defaults_note(name, config), err=True)
     figures = entry.train()(config, overwrite=options["overwrite"], resume=options["resume"],
                             allow_changes=options["allow_changes"])
     click.echo(json.dumps({k: figures.get(k) for k in entry.headline}))
     click.echo(f"{name} done: {config.out_dir}")
+
+
+def defaults_note(name: str, config) -> str:
+    """What a stage run without --config trains: its built-in defaults, named, so no demo file is used unawares."""
+    from align.core.model_card import DATA_FIELDS
+
+    data = getattr(config, "data", None)
+    files = []
+    for field in DATA_FIELDS:
+        value = getattr(data, field, None)
+        for item in value if isinstance(value, list) else [value]:
+            path = getattr(item, "path", item)
+            if isinstance(path, str):
+                files.append(f"data.{field}={path}")
+    return (f"align {name}: no --config, so the built-in defaults: model.name={config.model.name}, "
+            f"{', '.join(files) or 'no data files'}, out_dir={config.out_dir} (a preset: --config configs/{name}/...)")
 
 
 def _quiet_libraries() -> None:

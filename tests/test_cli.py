@@ -115,3 +115,11 @@ def test_validate_infers_the_kind_and_says_when_another_fits(write_jsonl):
     assert len(lines) == 3 + 1 + 2 and lines[3].startswith("  ... and 297 more lines: ")
     assert lines[-1].endswith("these look like rankings (300 of 300 records read as rankings; taken by reward, "
                               "dpo, kto, orpo): check with --kind rankings")
+
+
+def test_a_stage_without_config_says_which_defaults_it_runs(tiny_model_dir, tmp_path):
+    result = run("sft", "--set", f"model.name={tiny_model_dir}", "--set", "training.max_steps=1",
+                 "--set", "data.max_records=16", "--set", "tracking.wandb=false", "--out", str(tmp_path / "s"))
+    assert result.exit_code == 0, result.output
+    assert (f"align sft: no --config, so the built-in defaults: model.name={tiny_model_dir}, "
+            f"data.train=data/demo/sft.jsonl, out_dir={tmp_path / 's'}") in result.output
