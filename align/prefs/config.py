@@ -36,8 +36,10 @@ class RecipeTraining:
     both). ORPO: λ, the weight of the odds-ratio term beside the SFT loss (Hong et al. 2024, arXiv 2403.07691;
     TRL's 0.1). GRPO/RLOO: the KL coefficient."""
     max_length: int = 512
-    """DPO, KTO, ORPO: tokens per prompt + response (TRL's max_length); a longer one loses its end (KTO drops a
-    row whose prompt alone fills it). GRPO and RLOO do not read it: `max_new_tokens` caps their completions."""
+    """DPO, KTO, ORPO: tokens per prompt + response (TRL's max_length). A longer DPO pair loses its conversation's
+    start (as the reward model's), an ORPO one its completions' ends; KTO drops a row whose prompt alone fills
+    it, and so does ORPO here (counted: data/too_long_dropped). GRPO and RLOO do not read it: `max_new_tokens`
+    caps their completions."""
     max_tokens_per_batch: int = 4096
     """Padded tokens of one forward pass: each process's share of `batch_size` goes through the model in equal
     micro-batches within this budget, their gradients accumulated, so a step still trains on batch_size x

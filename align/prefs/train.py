@@ -14,6 +14,7 @@ from align.convert.kto import pairs_to_kto
 from align.core import distributed, guards, heap, memory, model_card, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
+from align.core.errors import AlignError
 from align.core.records import load_records
 from align.prefs.config import DPOConfig, DPOData, KTOConfig, KTOData, OnlineConfig, ORPOConfig, RecipeTraining, RLOOConfig
 from reward.formats import load_groups, split_groups
@@ -113,7 +114,8 @@ def plan_passes(config: Any, job: str, passes: Passes, tokenizer: Any, processes
 
 
 def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool,
-               allow_changes: bool = False, passes: Passes | None = None) -> dict[str, Any]:
+               allow_changes: bool = False, passes: Passes | None = None,
+               data_figures: dict[str, Any] | None = None) -> dict[str, Any]:
     """The shared frame: output dir contract, model with adapter, metrics files, save."""
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
@@ -140,6 +142,8 @@ def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resum
         modeling.undo_trl_bf16_adapters(trainer.model)
         if not memory.on_cuda():
             heap.large_buffers_from_mmap()  # freed activations go back to the OS, not into the heap's holes
+        if data_figures:
+            metrics.update(data_figures)
         return _train_and_save(config, job, trainer, tokenizer, out, metrics, resume)
 
 
@@ -196,8 +200,10 @@ def dpo(config: DPOConfig, *, overwrite: bool = False, resume: bool = False, all
     train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
 
     def build(model, tokenizer, out, callbacks, micro):
+        # keep_end: a pair longer than max_length loses its conversation's start, as the reward model's does;
+        # TRL's keep_start would cut the completions' ends and drop every pair whose prompt alone fills it
         args = trl.DPOConfig(**common_args(config.training, out, config.tracking, "dpo", micro),
-                             max_length=config.training.max_length,
+                             max_length=config.training.max_length, truncation_mode="keep_end",
                              eval_strategy="epoch" if eval_rows else "no", per_device_eval_batch_size=micro.size)
         return trl.DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(train_rows),
                               eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
@@ -255,6 +261,9 @@ def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, a
         from trl.experimental.orpo import ORPOConfig as TRLORPOConfig, ORPOTrainer
 
     train_rows, eval_rows = preference_split(config.data, config.training.seed)  # bad data fails before a model loads
+    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    train_rows, dropped = fitting_prompts(train_rows, tokenizer, config.training.max_length)
+    eval_rows, eval_dropped = fitting_prompts(eval_rows, tokenizer, config.training.max_length)
 
     def build(model, tokenizer, out, callbacks, micro):
         args = TRLORPOConfig(**common_args(config.training, out, config.tracking, "orpo", micro),
@@ -265,7 +274,20 @@ def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, a
                            processing_class=tokenizer, callbacks=callbacks)
 
     # TRL's experimental ORPO computes whole logits, not the fused head's log-probs
-    return run_recipe(config, "orpo", build, overwrite, resume, allow_changes, pair_passes(config)._replace(head="full"))
+    return run_recipe(config, "orpo", build, overwrite, resume, allow_changes, pair_passes(config)._replace(head="full"),
+                      {"data/too_long_dropped": dropped, "data/eval_too_long_dropped": eval_dropped})
+
+
+def fitting_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """The rows whose prompt leaves room for completion tokens within max_length, and how many did not. TRL's
+    ORPO cuts a long pair's completions, never its prompt: a prompt that fills max_length leaves both empty and
+    the odds ratio of two empty completions is NaN. Refused when no training row is left."""
+    kept = [r for r in rows if len(tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                                                 return_dict=True)["input_ids"]) < max_length]
+    if rows and not kept:
+        raise AlignError(f"every one of the {len(rows)} pairs' prompts fills training.max_length ({max_length}) "
+                         f"tokens, leaving no completion to learn from: raise training.max_length")
+    return kept, len(rows) - len(kept)
 
 
 def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume: bool = False,

@@ -191,3 +191,45 @@ def test_align_run_puts_the_stage_between_sft_and_eval(method, tmp_path, monkeyp
     assert str(root / method) in (root / "eval" / "config.yaml").read_text()
     # the stage's policy was evaluated as `aligned`: its own weights, not the SFT model's again
     assert evaluation["aligned/perplexity"] != evaluation["sft/perplexity"]
+
+
+def long_prompt_pairs(path: Path, n: int, words: int) -> Path:
+    """Pairs whose prompt alone is about `words` tokens of the tiny tokenizer or more."""
+    rows = [{"prompt": f"Question {i}: " + " ".join(["tell me about the weather today"] * (words // 5)),
+             "chosen": f"Sunny {i}.", "rejected": f"No {i}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def recipe_args(method: str, model, data: Path, out: Path, *extra: str) -> list[str]:
+    return [method, "--out", str(out), *(f"--set={s}" for s in [
+        f"model.name={model}", f"data.train={data}", "data.eval_fraction=0", "model.quantization=none",
+        "training.max_steps=2", "training.batch_size=2", "training.max_length=32", "tracking.wandb=false",
+        "tracking.logging_steps=1", *extra])]
+
+
+def test_dpo_trains_on_pairs_whose_prompt_fills_max_length(tiny_model_dir, tmp_path):
+    """TRL's default keep_start drops every pair whose prompt fills max_length (and crashes on an empty data
+    set); keep_end cuts the conversation's start instead, as the reward model does."""
+    data = long_prompt_pairs(tmp_path / "long.jsonl", 8, 60)
+    result = CliRunner().invoke(cli, recipe_args("dpo", tiny_model_dir, data, tmp_path / "dpo"))
+    assert result.exit_code == 0, result.output
+    losses = logged(tmp_path / "dpo", "train/loss")
+    assert len(losses) == 2 and all(loss == loss for loss in losses)  # two steps, finite
+
+
+def test_orpo_leaves_out_pairs_whose_prompt_fills_max_length_and_counts_them(tiny_model_dir, tmp_path):
+    """TRL's ORPO never cuts the prompt: one that fills max_length leaves empty completions and a NaN loss."""
+    long = [json.loads(line) for line in long_prompt_pairs(tmp_path / "l.jsonl", 3, 60).read_text().splitlines()]
+    short = [{"prompt": f"Hi {i}", "chosen": f"Hello {i}.", "rejected": f"Go {i}."} for i in range(8)]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in long + short))
+    result = CliRunner().invoke(cli, recipe_args("orpo", tiny_model_dir, mixed, tmp_path / "orpo"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "orpo" / "metrics.json").read_text())
+    assert metrics["data/too_long_dropped"] == 3 and metrics["train/loss"] == metrics["train/loss"]
+    only_long = CliRunner().invoke(cli, recipe_args("orpo", tiny_model_dir, tmp_path / "l.jsonl", tmp_path / "none"))
+    assert only_long.exit_code == 2 and not (tmp_path / "none").exists()
+    assert only_long.output.strip().splitlines()[-1] == (
+        "error: every one of the 3 pairs' prompts fills training.max_length (32) tokens, leaving no completion to "
+        "learn from: raise training.max_length")
