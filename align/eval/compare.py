@@ -46,6 +46,11 @@ def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], reference
     out["distinct_2"] = scores.distinct_n(row.texts, 2)
     if row.rewards is not None:
         out.update(scores.with_ci("reward_mean", row.rewards, **boot))
+        # answers cut at the length cap are outside what a reward model trained on finished replies has seen
+        # (on HH-RLHF it scored them 1.8 against 0.6-0.8 for finished ones): the finished ones' mean apart
+        finished = [r for r, a in zip(row.rewards, row.answers) if a.has_eos]
+        if finished:
+            out["reward_mean_finished"] = scores.mean(finished)
         out["reward_length_corr"] = scores.pearson(row.rewards, lengths(row))
         for other in compare_to:
             if other in rows and other != row.name and rows[other].rewards is not None:
@@ -102,7 +107,7 @@ def unflat(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 def headline_metrics(per_row: dict[str, dict[str, float]]) -> list[str]:
     """The table's columns: every metric some row has, CI bounds folded into their mean, in a fixed order."""
-    order = ["reward_mean", "win_rate_vs_", "length_matched_prompts_vs_", "reward_length_corr", "reward_mean_sampled",
+    order = ["reward_mean", "reward_mean_finished", "win_rate_vs_", "length_matched_prompts_vs_", "reward_length_corr", "reward_mean_sampled",
              "kl_to_base", "judge_mean", "judge_errors",
              "response_length", "no_eos_frac", "distinct_1", "distinct_2", "rouge1", "rouge2", "rougeL", "bleu",
              "perplexity", "mmlu_accuracy"]

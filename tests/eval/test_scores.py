@@ -109,6 +109,7 @@ def test_row_metrics_by_hand():
     assert f["judge_mean"] == 1.0 and f["judge_errors"] == 1.0
     g = row_metrics(base, rows, ["base", "sft"], refs, boot)
     assert g["win_rate_vs_sft"] == 0.25 and g["no_eos_frac"] == 0.5
+    assert g["reward_mean"] == 0.5 and g["reward_mean_finished"] == 0.0  # the cut answer's 1.0 left out
     assert g["distinct_1"] == pytest.approx(2 / 3)  # x y x -> 2 distinct of 3
 
 
