@@ -100,17 +100,36 @@ def defaults_note(name: str, config) -> str:
             f"{', '.join(files) or 'no data files'}, out_dir={config.out_dir} (a preset: --config configs/{name}/...)")
 
 
-def _quiet_libraries() -> None:
+# loggers whose warnings are about the libraries, not the user's run: the model-loading report (a reward head is
+# new by design), bitsandbytes' optional CPU kernels that an offline machine cannot fetch
+LIBRARY_LOGGERS = ("transformers", "kernels", "bitsandbytes", "accelerate", "peft", "trl", "datasets", "httpx")
+
+
+def _quiet_libraries(verbose: int = 0) -> None:
+    """align's own warnings always show; the libraries' warnings (their deprecations, load reports, optional
+    kernels) only with -v. Errors always show."""
+    import warnings
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if verbose:
+        return
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|trl|accelerate|torch)\b")
+    warnings.filterwarnings("ignore", message=r".*pin_memory.*no accelerator is found")
 
 
 @click.group(cls=AlignGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="align", prog_name="align", message="%(prog)s %(version)s")
-def cli():
+@click.option("-v", "--verbose", count=True, help="Show the libraries' warnings too (-vv: debug logs).")
+def cli(verbose):
     """align: QLoRA SFT, reward models from rankings, PPO, and evaluation."""
-    _quiet_libraries()
+    _quiet_libraries(verbose)
 
 
 def training_command(name: str) -> click.Command:

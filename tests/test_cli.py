@@ -123,3 +123,32 @@ def test_a_stage_without_config_says_which_defaults_it_runs(tiny_model_dir, tmp_
     assert result.exit_code == 0, result.output
     assert (f"align sft: no --config, so the built-in defaults: model.name={tiny_model_dir}, "
             f"data.train=data/demo/sft.jsonl, out_dir={tmp_path / 's'}") in result.output
+
+
+def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
+    """A reward model's new score head is by design: transformers' load report about it, and the libraries'
+    deprecations, are not the user's business unless asked (-v); align's own warnings still show."""
+    import os
+    import subprocess
+    import sys
+
+    rows = "".join(json.dumps({"prompt": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i} " * 3}) + "\n" for i in range(8))
+    (tmp_path / "p.jsonl").write_text(rows)
+
+    def stderr(*flags):
+        out = tmp_path / f"r{len(flags)}"
+        result = subprocess.run([sys.executable, "-m", "align.cli", *flags, "reward", "--out", str(out),
+                                 *(f"--set={s}" for s in [f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
+                                                          "data.eval_fraction=0", "training.epochs=1",
+                                                          "tracking.wandb=false"])],
+                                capture_output=True, text=True, timeout=300,
+                                # not this process's: a CLI test run in it set TRANSFORMERS_VERBOSITY
+                                env={**{k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"},
+                                     "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stderr
+
+    quiet, verbose = stderr(), stderr("-v")
+    assert "LOAD REPORT" not in quiet and "FutureWarning" not in quiet
+    assert "LOAD REPORT" in verbose
+    assert "align reward: no --config" in quiet  # align's own notes stay
