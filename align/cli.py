@@ -48,7 +48,11 @@ USER_OS_ERRORS = {
 }
 
 
-def stage_options(fn):
+# a setting each stage has, for its --set example (tests/test_cli.py loads every one)
+SET_EXAMPLES = {"ppo": "ppo.learning_rate=1e-5", "eval": "eval_size=50"}
+
+
+def stage_options(fn, stage: str = "sft"):
     """--config, --set, --out, --overwrite, --resume: the same for every training stage."""
     fn = click.option("--allow-changes", is_flag=True,
                       help="With --resume: take settings that differ from the checkpoint's (recorded), instead of refusing.")(fn)
@@ -57,7 +61,7 @@ def stage_options(fn):
     fn = click.option("--out", "out_dir", type=click.Path(), help="Output directory (overrides out_dir).")(fn)
     fn = click.option(
         "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-        help="Override one setting, dotted: --set training.learning_rate=1e-4 (repeatable).",
+        help=f"Override one setting, dotted: --set {SET_EXAMPLES.get(stage, 'training.learning_rate=1e-4')} (repeatable).",
     )(fn)
     fn = click.option("--config", "config_path", type=click.Path(), help="YAML config file.")(fn)
     return fn
@@ -138,11 +142,11 @@ def training_command(name: str) -> click.Command:
         run_stage(name, options)
 
     command.__doc__ = STAGES[name].summary
-    return cli.command(name=name)(stage_options(command))
+    return cli.command(name=name)(stage_options(command, name))
 
 
 @cli.group(invoke_without_command=True, help=STAGES["reward"].summary)
-@stage_options
+@lambda fn: stage_options(fn, "reward")
 @click.pass_context
 def reward(ctx, **options):
     if ctx.invoked_subcommand is None:
@@ -215,7 +219,7 @@ for _name in STAGES:
 
 
 @cli.command("eval", help=STAGES["eval"].summary)
-@stage_options
+@lambda fn: stage_options(fn, "eval")
 @click.option("--models", metavar="NAME=PATH,...",
               help="Models to compare: base=smollm2-135m-instruct,sft=runs/x/sft,aligned=runs/x/ppo.")
 @click.option("--reward", "reward_dir", type=click.Path(), help="Reward stage dir: rewards, win rates, best-of-n.")

@@ -152,3 +152,16 @@ def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
     assert "LOAD REPORT" not in quiet and "FutureWarning" not in quiet
     assert "LOAD REPORT" in verbose
     assert "align reward: no --config" in quiet  # align's own notes stay
+
+
+def test_every_stages_set_example_names_a_setting_it_has():
+    import re
+
+    from align.core.config import load_config
+    from align.stages import STAGES
+
+    for name, entry in STAGES.items():
+        help_text = run(name, "--help").output
+        example = re.search(r"--set (\S+=\S+) \(repeatable\)", " ".join(help_text.split()))
+        assert example, name
+        load_config(entry.config_class(), None, [example.group(1)])  # an unknown key would raise
