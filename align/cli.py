@@ -64,6 +64,9 @@ def stage_options(fn, stage: str = "sft"):
         help=f"Override one setting, dotted: --set {SET_EXAMPLES.get(stage, 'training.learning_rate=1e-4')} (repeatable).",
     )(fn)
     fn = click.option("--config", "config_path", type=click.Path(), help="YAML config file.")(fn)
+    fn = click.option("--print-config", is_flag=True,
+                      help="Print the resolved config (defaults, --config, --set) as YAML with each setting's "
+                           "documentation, and stop.")(fn)
     return fn
 
 
@@ -80,12 +83,20 @@ def run_stage(name: str, options: dict) -> None:
 
     entry = stage(name)
     config = load_stage_config(entry.config_class(), options["config_path"], options["overrides"], options["out_dir"])
+    if options["print_config"]:
+        return print_config(config)
     if options["config_path"] is None:
         click.echo(defaults_note(name, config), err=True)
     figures = entry.train()(config, overwrite=options["overwrite"], resume=options["resume"],
                             allow_changes=options["allow_changes"])
     click.echo(json.dumps({k: figures.get(k) for k in entry.headline}))
     click.echo(f"{name} done: {config.out_dir}")
+
+
+def print_config(config) -> None:
+    from align.core.config_docs import documented_yaml
+
+    click.echo(documented_yaml(config), nl=False)
 
 
 def defaults_note(name: str, config) -> str:
@@ -237,6 +248,8 @@ def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
     if models:
         overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged
     config = load_stage_config(EvalConfig, options["config_path"], overrides, options["out_dir"])
+    if options["print_config"]:
+        return print_config(config)
     metrics = evaluate(config, overwrite=options["overwrite"], resume=options["resume"],
                        allow_changes=options["allow_changes"])
     click.echo(summary_table(metrics))

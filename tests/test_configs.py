@@ -4,10 +4,7 @@ every config dataclass a stage reaches carries a docstring."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import inspect
-import textwrap
 import typing
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import pytest
 import yaml
 
 from align.core.config import load_config
+from align.core.config_docs import field_docstrings
 from align.pipeline import Pipeline
 from align.pipeline import load_config as load_pipeline
 from align.stages import STAGES
@@ -76,15 +74,6 @@ def reachable_config_classes(roots: list[type]) -> list[type]:
         hints = typing.get_type_hints(cls)
         todo += [nested for f in dataclasses.fields(cls) for nested in nested_dataclasses(hints[f.name])]
     return seen
-
-
-def field_docstrings(cls: type) -> dict[str, str]:
-    """The string literal right under each annotated field in `cls`'s own body (as the source reads)."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-    return {stmt.target.id: after.value.value for stmt, after in zip(body, body[1:])
-            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
-            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)}
 
 
 def declaring_class(cls: type, name: str) -> type:

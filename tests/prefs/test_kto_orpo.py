@@ -12,12 +12,13 @@ from click.testing import CliRunner
 import align
 from align.cli import cli
 from align.convert import pairs_to_kto
+from align.core.config_docs import field_docstrings
 from align.prefs.config import KTOConfig, KTOData, ORPOConfig
 from align.prefs.train import kto_split
 from align.stages import STAGES
 from reward.formats import load_groups
 from tests.reward.test_train import separable_preferences
-from tests.test_configs import declaring_class, field_docstrings, reachable_config_classes
+from tests.test_configs import declaring_class, reachable_config_classes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "pipeline" / "tiny.yaml"
