@@ -85,8 +85,8 @@ def run_stage(name: str, options: dict) -> None:
     config = load_stage_config(entry.config_class(), options["config_path"], options["overrides"], options["out_dir"])
     if options["print_config"]:
         return print_config(config)
-    if options["config_path"] is None:
-        click.echo(defaults_note(name, config), err=True)
+    if options["config_path"] is None:  # on stdout: stderr keeps the one line of an error, if one follows
+        click.echo(defaults_note(name, config))
     figures = entry.train()(config, overwrite=options["overwrite"], resume=options["resume"],
                             allow_changes=options["allow_changes"])
     click.echo(json.dumps({k: figures.get(k) for k in entry.headline}))

@@ -146,7 +146,7 @@ def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
                                 env={**{k: v for k, v in os.environ.items() if k != "TRANSFORMERS_VERBOSITY"},
                                      "HF_HUB_OFFLINE": "1"})
         assert result.returncode == 0, result.stderr[-2000:]
-        return result.stderr
+        return result.stdout + result.stderr
 
     quiet, verbose = stderr(), stderr("-v")
     assert "LOAD REPORT" not in quiet and "FutureWarning" not in quiet

@@ -160,7 +160,8 @@ def build(cls: type[T], data: Any, source: str, prefix: str = "", lines: dict[st
         name = f"{prefix}{key}"
         if key not in fields:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{lines.get(name, source)}: unknown key {name!r} (known here: {known})")
+            raise ConfigError(f"{lines.get(name, source)}: unknown key {name!r}{did_you_mean(key, fields, prefix)} "
+                              f"(known here: {known})")
         kwargs[key] = _coerce(hints[key], value, source, name, lines)
     try:
         return cls(**kwargs)
@@ -170,6 +171,21 @@ def build(cls: type[T], data: Any, source: str, prefix: str = "", lines: dict[st
         raise ConfigError(f"{lines.get(field, source)}: {field}: {reason}") from None
     except TypeError as e:
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'config'}: {e}") from None
+
+
+# what one stage calls a setting another stage names otherwise: offered when the other name is given
+OTHER_NAMES = {"training": ("ppo",), "ppo": ("training",), "generation": ("sampling",), "sampling": ("generation",),
+               "save_steps": ("save_every",), "save_every": ("save_steps",), "max_steps": ("epochs", "updates"),
+               "updates": ("max_steps", "epochs"), "eval_steps": ("eval_every",), "eval_every": ("eval_steps",)}
+
+
+def did_you_mean(key: str, known: typing.Iterable[str], prefix: str = "") -> str:
+    """` (did you mean 'x'?)` for the known keys spelled like `key` or naming what it names elsewhere; "" if none."""
+    import difflib
+
+    known = list(known)
+    close = [k for k in OTHER_NAMES.get(key, ()) if k in known] or difflib.get_close_matches(key, known, n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(prefix + k) for k in close)}?)" if close else ""
 
 
 def qualify(prefix: str, field: str) -> str:

@@ -132,3 +132,19 @@ def test_a_byte_order_mark_in_a_config_is_dropped(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(SFTConfig, path)
     assert str(err.value) == f"{path}:2: training.batch_size: must be > 0, got 0"
+
+
+def test_an_unknown_key_offers_the_name_meant():
+    from align.core.config import ConfigError
+    from align.ppo.config import PPOConfig
+    from sft.config import SFTConfig
+
+    with pytest.raises(ConfigError, match=r"unknown key 'training.learnig_rate' \(did you mean 'training.learning_rate'\?\)"):
+        load_config(SFTConfig, None, ["training.learnig_rate=1e-4"])
+    # another stage's name for the same idea
+    with pytest.raises(ConfigError, match=r"unknown key 'training' \(did you mean 'ppo'\?\)"):
+        load_config(PPOConfig, None, ["training.learning_rate=1e-5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'training.save_every' \(did you mean 'training.save_steps'\?\)"):
+        load_config(SFTConfig, None, ["training.save_every=10"])
+    with pytest.raises(ConfigError, match=r"unknown key 'zzz' \(known here"):  # nothing close: nothing offered
+        load_config(SFTConfig, None, ["zzz=1"])
