@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from align.eval import scores
+from align.eval import scores, text_metrics
 from align.eval.config import META
 from align.eval.generate import Answer
 
@@ -37,8 +38,9 @@ def best_of_name(model: str, n: int) -> str:
 
 
 def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], references: list[str | None],
-                boot: dict[str, int]) -> dict[str, float]:
-    """Every figure of one row; `rows` holds the rows it is compared with (by name)."""
+                boot: dict[str, int], metrics: Sequence[str] = ("rouge", "bleu")) -> dict[str, float]:
+    """Every figure of one row; `rows` holds the rows it is compared with (by name); `metrics` the text
+    metrics against the references (align.eval.text_metrics)."""
     out: dict[str, float] = {}
     out.update(scores.with_ci("response_length", [float(len(a.token_ids)) for a in row.answers], **boot))
     out["no_eos_frac"] = scores.mean([0.0 if a.has_eos else 1.0 for a in row.answers])
@@ -60,9 +62,8 @@ def row_metrics(row: Row, rows: dict[str, Row], compare_to: list[str], reference
     pairs = [(a.text, ref) for a, ref in zip(row.answers, references) if ref is not None]
     if pairs:
         predictions, refs = [p for p, _ in pairs], [r for _, r in pairs]
-        for name, values in scores.rouge_scores(predictions, refs).items():
-            out.update(scores.with_ci(name, values, **boot))
-        out["bleu"] = scores.corpus_bleu(predictions, refs)
+        for name, value in text_metrics.compute(metrics, predictions, refs).items():
+            out.update(scores.with_ci(name, value, **boot) if isinstance(value, list) else {name: value})
     if row.judged is not None:
         ok = [j for j in row.judged if j is not None]
         out.update(scores.with_ci("judge_mean", ok, **boot))

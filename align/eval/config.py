@@ -71,6 +71,11 @@ class EvalConfig:
     per model shows what tuning forgot."""
     perplexity_max_length: int = 256
     """Perplexity is taken over windows of at most this many tokens."""
+    text_metrics: list[str] = field(default_factory=lambda: ["rouge", "bleu"])
+    """Answers against the prompts' `reference`, through `evaluate`: `rouge` (ROUGE-1/2/L per answer) and
+    `bleu` (corpus BLEU) ship with align and work offline; any other id evaluate resolves (`meteor`,
+    `bertscore`, a path to a metric script) is added as `<id>` or `<id>_<key>`, and one it cannot load here
+    is left out with a one-line warning."""
     mmlu: str | None = None
     """A multiple-choice benchmark in MMLU's layout: CSV rows question,A,B,C,D,answer (no header, as MMLU
     ships them) or JSONL {"question", "choices": [4], "answer": index}."""

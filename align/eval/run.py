@@ -100,7 +100,8 @@ class Evaluation:
         self.timings["scoring_s"] = time.perf_counter() - start
         rows = self.rows(answers, rewards, extra)
         by_name = {row.name: row for row in rows}
-        per_row = {row.name: compare.row_metrics(row, by_name, self.config.compare_to, self.references, self.boot)
+        per_row = {row.name: compare.row_metrics(row, by_name, self.config.compare_to, self.references, self.boot,
+                                                    self.config.text_metrics)
                    for row in rows}
         self.timings["runtime_s"] = time.perf_counter() - started
         metrics = compare.flat(per_row)

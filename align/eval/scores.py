@@ -77,26 +77,6 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else math.nan
 
 
-def rouge_scores(predictions: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
-    """Per-answer ROUGE-1/2/L F1 (Lin 2004) with Porter stemming, as `rouge_score` computes it."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    out: dict[str, list[float]] = {"rouge1": [], "rouge2": [], "rougeL": []}
-    for prediction, reference in zip(predictions, references):
-        scores = scorer.score(reference, prediction)
-        for key, values in out.items():
-            values.append(scores[key].fmeasure)
-    return out
-
-
-def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """SacreBLEU corpus BLEU (0-100) with one reference per answer, its default 13a tokenisation."""
-    import sacrebleu
-
-    return float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
-
-
 def best_of(rewards: Sequence[Sequence[float]], n: int) -> list[int]:
     """Per prompt, the index of the highest-reward answer among its first n (first one on a tie)."""
     return [int(np.argmax(list(r[:n]))) for r in rewards]

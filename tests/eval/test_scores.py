@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from align.eval import scores
+from align.eval import scores, text_metrics
 from align.eval.compare import Row, row_metrics
 from align.eval.generate import Answer
 
@@ -73,7 +73,7 @@ def test_distinct_n():
 def test_rouge():
     # "the cat sat" vs reference "the cat ran": unigrams 2 of 3 each way -> F1 2/3; bigrams (the cat) 1 of 2 -> 1/2;
     # longest common subsequence "the cat" = 2 of 3 -> 2/3
-    out = scores.rouge_scores(["the cat sat"], ["the cat ran"])
+    out = text_metrics.compute(["rouge"], ["the cat sat"], ["the cat ran"])
     assert out["rouge1"] == [pytest.approx(2 / 3)]
     assert out["rouge2"] == [pytest.approx(1 / 2)]
     assert out["rougeL"] == [pytest.approx(2 / 3)]
@@ -82,8 +82,27 @@ def test_rouge():
 def test_bleu():
     # "a b c d e" vs "a b c d f": n-gram precisions 4/5, 3/4, 2/3, 1/2, same length (no brevity penalty):
     # 100 · (0.8 · 0.75 · 0.6667 · 0.5)^(1/4) = 100 · 0.2^(1/4) = 66.87
-    assert scores.corpus_bleu(["a b c d e"], ["a b c d f"]) == pytest.approx(100 * 0.2 ** 0.25, abs=0.01)
-    assert scores.corpus_bleu(["the same words here"], ["the same words here"]) == pytest.approx(100.0)
+    assert text_metrics.compute(["bleu"], ["a b c d e"], ["a b c d f"]) == {"bleu": pytest.approx(100 * 0.2 ** 0.25, abs=0.01)}
+    assert text_metrics.compute(["bleu"], ["the same words here"], ["the same words here"])["bleu"] == pytest.approx(100.0)
+
+
+def test_any_metric_evaluate_can_load_is_computed_and_one_it_cannot_is_left_out(tmp_path, caplog):
+    """A user's metric script by path (as a hub id resolves when online or cached); an id that cannot load
+    here offline is one warning, and the others are still computed."""
+    script = tmp_path / "exact.py"
+    script.write_text(
+        "import datasets\nimport evaluate\n"
+        "class Exact(evaluate.Metric):\n"
+        "    def _info(self):\n"
+        "        return evaluate.MetricInfo(description='', citation='', inputs_description='', features=datasets.Features(\n"
+        "            {'predictions': datasets.Value('string'), 'references': datasets.Value('string')}))\n"
+        "    def _compute(self, predictions, references):\n"
+        "        return {'exact': sum(p == r for p, r in zip(predictions, references)) / len(predictions)}\n")
+    with caplog.at_level("WARNING"):
+        out = text_metrics.compute([str(script), "no-such-metric-here", "bleu"], ["a b", "c"], ["a b", "d"])
+    assert out["exact"] == 0.5 and "bleu" in out
+    assert [r.message for r in caplog.records if "no-such-metric-here" in r.message][0].startswith(
+        "text metric 'no-such-metric-here' is unavailable here, left out")
 
 
 def test_best_of_takes_the_highest_of_the_first_n():

@@ -1,0 +1,26 @@
+"""ROUGE-1/2/L F1 per answer (Lin 2004), with Porter stemming as `rouge_score` computes it: one value per
+prediction, so the evaluation can bootstrap an interval."""
+
+import datasets
+import evaluate
+
+
+class AlignRouge(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="ROUGE-1, ROUGE-2 and ROUGE-L F1 of each prediction against its reference (rouge_score).",
+            citation="Lin, C.-Y. (2004). ROUGE: A Package for Automatic Evaluation of Summaries.",
+            inputs_description="predictions, references: lists of strings, one reference per prediction.",
+            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references):
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        out = {"rouge1": [], "rouge2": [], "rougeL": []}
+        for prediction, reference in zip(predictions, references):
+            scores = scorer.score(reference, prediction)
+            for key, values in out.items():
+                values.append(scores[key].fmeasure)
+        return out
