@@ -238,7 +238,7 @@ def test_the_pipeline_records_changes_a_resumed_stage_took(tiny_model_dir, tmp_p
     changed = load_config(TINY, [f"runs_dir={tmp_path}", "stages=[reward]", f"model={tiny_model_dir}",
                                  f"reward.data.train={tmp_path / 'p.jsonl'}", "reward.training.save_steps=1",
                                  "reward.model.adapter=null", "reward.training.learning_rate=1e-3"])
-    with pytest.raises(AlignError, match="--resume with settings that differ"):
+    with pytest.raises(AlignError, match=r"--resume \(resume=True\) with settings that differ"):
         Pipeline(changed, echo=lambda _: None).run()
     result = Pipeline(changed, echo=lambda _: None).run(allow_changes=True)
     assert result.manifest["stages"]["reward"]["resumed_with_changes"] == {
