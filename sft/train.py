@@ -28,7 +28,8 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
     train_examples, eval_examples = load_sft_examples(config)  # bad data fails before any model loads
     processes = distributed.world().size
     distributed.check_global_batch({"training.batch_size": config.training.batch_size}, processes)
-    check_fits(config, processes)
+    # the largest micro-batch pads (sequences x max_length) tokens through TRL's fused LM head
+    memory.check_training_fits("SFT", config, micro_batches(config, processes), config.training.max_length)
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
                                allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("SFT", guards.memory_advice(config, **MEMORY_SETTINGS)):
@@ -44,21 +45,6 @@ def micro_batches(config: SFTConfig, processes: int) -> memory.MicroBatches:
     """Each process's sequences per forward pass and passes per optimiser step: a sequence pads to max_length at most."""
     t = config.training
     return memory.micro_batches(t.batch_size, t.grad_accum, processes, t.max_tokens_per_batch, t.max_length)
-
-
-def check_fits(config: SFTConfig, processes: int) -> None:
-    """Refuse, before the model loads, a run whose estimated peak (align.core.memory) exceeds the memory
-    available: the largest micro-batch pads (sequences x max_length) tokens through TRL's fused LM head."""
-    if memory.on_cuda():
-        return
-    shape = memory.model_shape(modeling.resolve_model_path(config.model.name))
-    if shape is None:
-        return
-    t, micro = config.training, micro_batches(config, processes)
-    estimate = memory.training_peak(shape, config.model, micro.size * t.max_length,
-                                    recompute=t.gradient_checkpointing, head="fused")
-    memory.check_fits("SFT", estimate, memory.available_bytes(),
-                      memory.budget_advice(config, one_item=micro.size == 1, length="training.max_length"))
 
 
 def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_examples, resume: bool,

@@ -4,10 +4,12 @@ token budget of its largest forward pass, refused with one line when the machine
     model_shape         the sizes the estimate needs, from config.json and the safetensors files
     loading_bytes       the imports and the checkpoint read in full while it loads
     weight_bytes        the weights as loaded: 4-bit linear layers at ~0.56 bytes a weight, the rest fp32
+    lora_weights        the weights of one LoRA adapter on every linear layer
     adapter_bytes       new LoRA adapters with their gradients and AdamW's moments
     lm_head_bytes       what the output layer adds to a training step: TRL's fused log-probs, or whole logits
     training_peak       the larger of loading and training (weights + adapters + activations + LM head)
     micro_batches       a process's share of the global batch cut into equal micro-batches within the budget
+    check_training_fits a TRL stage's estimate for its largest micro-batch, refused when it cannot fit
     check_fits          the refusal: `... needs about X GB at its peak and Y GB is available: lower S (now V)`
 
 Peak = the larger of loading (the imports + the checkpoint read in full + what it becomes) and training
@@ -94,12 +96,17 @@ def weight_bytes(shape: Shape, model) -> int:
     return int(weights * 4 if model.tuning == "full" else weights)
 
 
+def lora_weights(shape: Shape, r: int) -> int:
+    """Weights of one LoRA adapter on every linear layer of every block (q, k, v, o, gate, up, down: r x (in +
+    out) each, k and v at most hidden wide)."""
+    return r * shape.layers * (10 * shape.hidden + 3 * shape.intermediate)
+
+
 def adapter_bytes(shape: Shape, model) -> int:
-    """New LoRA adapters on every linear layer of every block (q, k, v, o, gate, up, down: r x (in + out)
-    each, k and v at most hidden wide), with their gradients and AdamW's moments; 0 for other tunings."""
+    """A new LoRA adapter (lora_weights) with its gradients and AdamW's moments; 0 for other tunings."""
     if model.tuning != "lora":
         return 0
-    return model.lora.r * shape.layers * (10 * shape.hidden + 3 * shape.intermediate) * ADAPTER_BYTES_PER_WEIGHT
+    return lora_weights(shape, model.lora.r) * ADAPTER_BYTES_PER_WEIGHT
 
 
 def lm_head_bytes(tokens: int, vocab: int, head: Head) -> int:
@@ -136,6 +143,25 @@ def micro_batches(batch_size: int, grad_accum: int, processes: int, max_tokens: 
     sizes = [d for d in range(1, share + 1) if share % d == 0 and d >= min(least, share)]
     size = max((d for d in sizes if d <= fit), default=min(sizes))
     return MicroBatches(size, grad_accum * (share // size))
+
+
+def check_training_fits(what: str, config, micro: MicroBatches, item_tokens: int, *, least: int = 1,
+                        length: str = "training.max_length", head: Head = "fused") -> None:
+    """Refuse, before the model loads, a TRL stage whose largest forward pass (micro.size items of item_tokens)
+    would take its estimated peak (training_peak) past the memory available; on a GPU, no check. The advice
+    names the budget, or `length` once a micro-batch is down to `least` items."""
+    if on_cuda():
+        return
+    from align.core.model_paths import resolve_model_path
+
+    shape = model_shape(resolve_model_path(config.model.name))
+    if shape is None:
+        return
+    t = config.training
+    estimate = training_peak(shape, config.model, micro.size * item_tokens, recompute=t.gradient_checkpointing,
+                             head=head)
+    check_fits(what, estimate, available_bytes(),
+               budget_advice(config, one_item=micro.size <= least, length=length))
 
 
 def available_bytes() -> int | None:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-from align.core.memory import (FP32, RUNTIME_BYTES, Shape, available_bytes, check_fits as refuse, model_shape, on_cuda,
-                               weight_bytes)
+from align.core.memory import (FP32, RUNTIME_BYTES, Shape, available_bytes, check_fits as refuse, loading_bytes,
+                               lora_weights, model_shape, on_cuda, weight_bytes)
 from align.core.token_batches import activation_bytes
 
 LORA_ADAPTERS = 4  # policy, value, reward, reference (the last two only with an SFT or reward adapter)
@@ -62,25 +62,25 @@ def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
     p, s = config.ppo, config.sampling
     H, I, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
     weights = weight_bytes(shape, config.model)
-    lora = config.model.lora.r * L * (10 * H + 3 * I)  # all-linear: q, k, v, o, gate, up, down
-    adapters = lora * (LORA_ADAPTERS * FP32 + 2 * TRAINED_BYTES_PER_WEIGHT)
+    adapters = lora_weights(shape, config.model.lora.r) * (LORA_ADAPTERS * FP32 + 2 * TRAINED_BYTES_PER_WEIGHT)
+    forward_values = (FORWARD_VALUES_PER_TOKEN[0] * H + FORWARD_VALUES_PER_TOKEN[1] * I) * FP32  # a token, one layer
 
     rows = p.batch_size // processes  # generated at once (the held-out answers too)
     longest = config.data.max_prompt_length + s.max_new_tokens
     kv_cache = rows * longest * 2 * L * shape.kv_width * FP32
-    prefill = rows * config.data.max_prompt_length * (FORWARD_VALUES_PER_TOKEN[0] * H + FORWARD_VALUES_PER_TOKEN[1] * I) * FP32
+    prefill = rows * config.data.max_prompt_length * forward_values
     sampled_logits = rows * s.max_new_tokens * V * FP32 if s.logprobs_from_sampling else 0
     generation = kv_cache + prefill + sampled_logits + rows * V * FP32 * 2  # + a step's logits being sampled
 
     micro_rows = p.mini_batch_size // processes // p.grad_accum
     tokens = max(p.max_tokens_per_batch, longest)  # a row over the budget goes alone
     logit_rows = min(tokens + micro_rows, micro_rows * (s.max_new_tokens + 1))  # positions that get logits
-    one_layer = tokens * (FORWARD_VALUES_PER_TOKEN[0] * H + FORWARD_VALUES_PER_TOKEN[1] * I) * FP32
+    one_layer = tokens * forward_values
     kept_hidden = tokens * H * FP32  # a reward head on the base reads the reference pass's last hidden states
     no_grad = one_layer + kept_hidden + logit_rows * V * FP32 * NO_GRAD_LOGIT_COPIES
     kept = tokens * activation_bytes(H, I, L, recompute=p.gradient_checkpointing)
     update = kept + logit_rows * V * FP32 * UPDATE_LOGIT_COPIES
-    return Estimate(RUNTIME_BYTES + 2 * shape.file_bytes, int(RUNTIME_BYTES + weights + adapters),
+    return Estimate(loading_bytes(shape), int(RUNTIME_BYTES + weights + adapters),
                     int(generation), int(no_grad), int(update))
 
 

@@ -102,27 +102,23 @@ def plan_passes(config: Any, job: str, passes: Passes, tokenizer: Any, processes
     largest (align.core.memory, CPU only) exceeds the memory available."""
     t, item_tokens = config.training, passes.tokens(tokenizer)
     micro = memory.micro_batches(t.batch_size, t.grad_accum, processes, t.max_tokens_per_batch, item_tokens, passes.least)
-    if memory.on_cuda():
-        return micro
-    shape = memory.model_shape(modeling.resolve_model_path(config.model.name))
-    if shape is not None:
-        estimate = memory.training_peak(shape, config.model, micro.size * item_tokens,
-                                        recompute=t.gradient_checkpointing, head=passes.head)
-        advice = memory.budget_advice(config, one_item=micro.size <= passes.least, length=passes.length)
-        memory.check_fits(job.upper(), estimate, memory.available_bytes(), advice)
+    memory.check_training_fits(job.upper(), config, micro, item_tokens, least=passes.least, length=passes.length,
+                               head=passes.head)
     return micro
 
 
 def run_recipe(config: Any, job: str, build_trainer: Any, overwrite: bool, resume: bool,
                allow_changes: bool = False, passes: Passes | None = None,
-               data_figures: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The shared frame: output dir contract, model with adapter, metrics files, save."""
+               data_figures: dict[str, Any] | None = None, tokenizer: Any = None) -> dict[str, Any]:
+    """The shared frame: output dir contract, model with adapter, metrics files, save. `tokenizer`: the one
+    a recipe already loaded to read its data."""
     modeling.check_model(config.model)
     out = rundir.StageDir(config.out_dir)
     out.check_options(overwrite=overwrite, resume=resume, allow_changes=allow_changes)  # before the tokenizer loads
     processes = distributed.world().size
     distributed.check_global_batch({"training.batch_size": config.training.batch_size}, processes)
-    tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
+    tokenizer = tokenizer or modeling.load_tokenizer(modeling.resolve_model_path(config.model.name),
+                                                     config.model.trust_remote_code)
     passes = passes or Passes(lambda _: config.training.max_length)
     micro = plan_passes(config, job, passes, tokenizer, processes)
     advice = guards.memory_advice(config, lower=("training.max_tokens_per_batch", "training.batch_size", passes.length),
@@ -275,7 +271,7 @@ def orpo(config: ORPOConfig, *, overwrite: bool = False, resume: bool = False, a
 
     # TRL's experimental ORPO computes whole logits, not the fused head's log-probs
     return run_recipe(config, "orpo", build, overwrite, resume, allow_changes, pair_passes(config)._replace(head="full"),
-                      {"data/too_long_dropped": dropped, "data/eval_too_long_dropped": eval_dropped})
+                      {"data/too_long_dropped": dropped, "data/eval_too_long_dropped": eval_dropped}, tokenizer)
 
 
 def fitting_prompts(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> tuple[list[dict[str, Any]], int]:
