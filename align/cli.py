@@ -101,16 +101,9 @@ def print_config(config) -> None:
 
 def defaults_note(name: str, config) -> str:
     """What a stage run without --config trains: its built-in defaults, named, so no demo file is used unawares."""
-    from align.core.model_card import DATA_FIELDS
+    from align.core.model_card import data_paths
 
-    data = getattr(config, "data", None)
-    files = []
-    for field in DATA_FIELDS:
-        value = getattr(data, field, None)
-        for item in value if isinstance(value, list) else [value]:
-            path = getattr(item, "path", item)
-            if isinstance(path, str):
-                files.append(f"data.{field}={path}")
+    files = [f"data.{field}={path}" for field, path in data_paths(getattr(config, "data", None))]
     return (f"align {name}: no --config, so the built-in defaults: model.name={config.model.name}, "
             f"{', '.join(files) or 'no data files'}, out_dir={config.out_dir} (a preset: --config configs/{name}/...)")
 
@@ -280,14 +273,13 @@ def validate(path, kind):
     """Report every bad record of PATH as FILE:LINE: reason (a reason repeated many times is counted once);
     exit 2 if any. The kind of records is inferred, and which commands take it is said."""
     from align.core.readers import read_rows
-    from align.core.records import parse_rows
-    from align.core.validate import ACCEPTED_BY, fold_repeats, good_counts, infer_kind
+    from align.core.validate import ACCEPTED_BY, fold_repeats, infer_kind, parse_every_kind
 
     rows, problems = read_rows(path)
-    counts = good_counts(rows)
-    inferred = infer_kind(counts)
+    parsed = parse_every_kind(rows)
+    inferred = infer_kind(parsed)
     checked = kind or inferred or "preferences"
-    records, bad = parse_rows(rows, checked)
+    records, bad = parsed[checked]
     problems += bad
     for line in fold_repeats(problems):
         click.echo(line)
@@ -295,8 +287,9 @@ def validate(path, kind):
         click.echo(f"{path}: no records")
     how = "" if kind else ", inferred"
     click.echo(f"{path}: {len(records)} good, {len(problems)} bad ({checked}{how}; taken by {ACCEPTED_BY[checked]})")
-    if kind and inferred and inferred != kind and counts[inferred] > len(records):
-        click.echo(f"{path}: these look like {inferred} ({counts[inferred]} of {len(rows)} records read as {inferred}; "
+    looks = len(parsed[inferred][0]) if inferred else 0
+    if kind and inferred != kind and looks > len(records):
+        click.echo(f"{path}: these look like {inferred} ({looks} of {len(rows)} records read as {inferred}; "
                    f"taken by {ACCEPTED_BY[inferred]}): check with --kind {inferred}")
     if problems or not records:
         sys.exit(2)

@@ -23,6 +23,7 @@ from pathlib import Path
 from align.core import model_card, modeling, rundir
 from align.core.base_model import explicit_generation
 from align.core.errors import AlignError, option
+from align.core.saved_models import is_sequence_classifier
 
 DTYPES = ("float32", "bfloat16", "float16")
 RECORD = "align_export.json"
@@ -64,13 +65,7 @@ def _is_reward(directory: Path) -> bool:
         return json.loads(config.read_text(encoding="utf-8")).get("task_type") == "SEQ_CLS"
     from reward.score import HEAD_FILE, NORMALISER
 
-    if (directory / HEAD_FILE).is_file() or (directory / NORMALISER).is_file():
-        return True
-    config = directory / "config.json"
-    if not config.is_file():
-        return False
-    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    return any(a.endswith("ForSequenceClassification") for a in architectures)
+    return (directory / HEAD_FILE).is_file() or (directory / NORMALISER).is_file() or is_sequence_classifier(directory)
 
 
 def export(source: str | Path, out: str | Path, *, dtype: str = "float32", overwrite: bool = False) -> Path:

@@ -335,7 +335,7 @@ class Pipeline:
         from align.core.environment import versions
 
         manifest["updated"] = _now()
-        manifest["versions"] = versions()
+        manifest["versions"] = dict(versions())
         rundir.write_json_atomic(self.root / MANIFEST, manifest)
 
 

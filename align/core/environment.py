@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -14,8 +15,10 @@ import platform
 PACKAGES = ("align", "torch", "transformers", "trl", "peft", "bitsandbytes", "accelerate", "datasets", "evaluate", "wandb")
 
 
+@functools.cache
 def versions() -> dict[str, str]:
-    """{"python": ..., package: version or "not installed"} for align and its libraries."""
+    """{"python": ..., package: version or "not installed"} for align and its libraries (read once a process:
+    the manifest is written after every stage)."""
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

@@ -5,6 +5,7 @@ line counts and hashes, and the headline figures.
 
     portable_base_name   the base as another machine can name it
     name_base_portably   adapter_config.json's base_model_name_or_path set to it
+    data_paths           the paths a stage's data settings name
     data_files           a stage's data files: path, lines, sha256
     write_card           README.md in a saved model's directory
 """
@@ -50,16 +51,22 @@ def name_base_portably(directory: Path, model: ModelConfig) -> None:
     path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def data_files(data: Any) -> list[dict[str, Any]]:
-    """Each file a stage's data settings name (a path, or a source with one): its path as given, its line
-    count and sha256; a data set name that is not a file is listed by name."""
-    named: list[str] = []
+def data_paths(data: Any) -> list[tuple[str, str]]:
+    """(setting, path) for each path a stage's data settings name (a path, or a list of sources with one)."""
+    out = []
     for name in DATA_FIELDS:
         value = getattr(data, name, None)
         for item in value if isinstance(value, list) else [value]:
             path = getattr(item, "path", item)
-            if isinstance(path, str) and path not in named:
-                named.append(path)
+            if isinstance(path, str):
+                out.append((name, path))
+    return out
+
+
+def data_files(data: Any) -> list[dict[str, Any]]:
+    """Each file a stage's data settings name (data_paths), once: its path as given, its line count and
+    sha256; a data set name that is not a file is listed by name."""
+    named = list(dict.fromkeys(path for _, path in data_paths(data)))
     out = []
     for path in named:
         file = Path(path)

@@ -31,6 +31,15 @@ SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_laye
               "num_key_value_heads", "vocab_size")
 
 
+def is_sequence_classifier(directory: Path) -> bool:
+    """A model directory whose config.json names a sequence-classification architecture (a reward model)."""
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
 def base_shape(path: str) -> dict[str, Any] | None:
     """The architecture and sizes in a local base's config.json; None for a hub id or an unreadable file."""
     try:

@@ -1,5 +1,6 @@
 """`align data validate`: which kind of records a file holds, every bad record, and repeated problems folded.
 
+    parse_every_kind  a file's rows read as each kind: (records, problems)
     infer_kind        the kind most of a file's records parse as (the more specific kind on a tie)
     fold_repeats      FILE:LINE: reason lines, a reason given many times shown a few times and counted
 """
@@ -19,15 +20,15 @@ ACCEPTED_BY = {"instructions": "sft", "preferences": "reward, dpo, kto, orpo", "
 WHERE = re.compile(r"^(?P<where>.*?:\d+(?:\[\d+\])?): ")
 
 
-def good_counts(rows: list[Row]) -> dict[str, int]:
-    """Records of each kind that parse."""
-    return {kind: len(parse_rows(rows, kind)[0]) for kind in KINDS}
+def parse_every_kind(rows: list[Row]) -> dict[str, tuple[list, list[str]]]:
+    """The rows read as each kind: its records and its problems."""
+    return {kind: parse_rows(rows, kind) for kind in KINDS}
 
 
-def infer_kind(counts: dict[str, int]) -> str | None:
+def infer_kind(parsed: dict[str, tuple[list, list[str]]]) -> str | None:
     """The kind most records parse as, the more specific on a tie; None when none parse."""
-    best = max(KINDS, key=lambda k: (counts[k], -KINDS.index(k)))
-    return best if counts[best] else None
+    best = max(KINDS, key=lambda k: (len(parsed[k][0]), -KINDS.index(k)))
+    return best if parsed[best][0] else None
 
 
 def fold_repeats(problems: list[str], keep: int = 3) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from align.core import modeling, rundir
 from align.core.errors import AlignError
+from align.core.saved_models import is_sequence_classifier
 
 ADAPTER_CONFIG = "adapter_config.json"
 # org/name: what a hub id looks like; anything else that is not a directory is a wrong path
@@ -100,8 +101,7 @@ def _resolved(name: str, base: str) -> str:
 
 
 def _refuse_reward_model(name: str, directory: Path) -> None:
-    architectures = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("architectures") or []
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
+    if is_sequence_classifier(directory):
         raise ModelError(f"model {name!r}: {directory} is a sequence classifier (a reward model?), not a policy")
 
 
