@@ -22,20 +22,19 @@ MODULES = Path(__file__).parent / "metric_modules"
 BUILT_IN = {"rouge": "align_rouge.py", "bleu": "align_bleu.py"}
 
 
-class Unavailable(Exception):
-    """A metric `evaluate` cannot load here; the message is its one line."""
-
-
 @functools.cache
 def load(name: str) -> Any:
+    """The metric's evaluate module, or the one line saying why it cannot load here, warned once (each metric is
+    tried once a process: the evaluation computes its metrics row by row)."""
     import evaluate
 
     source = str(MODULES / BUILT_IN[name]) if name in BUILT_IN else name
     try:
         return evaluate.load(source)
     except Exception as e:  # evaluate raises whatever its fetch or import raised
-        raise Unavailable(f"text metric {name!r} is unavailable here, left out ({type(e).__name__}: "
-                          f"{first_line(e)})") from None
+        message = f"text metric {name!r} is unavailable here, left out ({type(e).__name__}: {first_line(e)})"
+        log.warning(message)
+        return message
 
 
 def compute(names: Sequence[str], predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
@@ -44,10 +43,8 @@ def compute(names: Sequence[str], predictions: Sequence[str], references: Sequen
     cannot load is warned about once and left out."""
     out: dict[str, Any] = {}
     for name in names:
-        try:
-            module = load(name)
-        except Unavailable as e:
-            _warn_once(str(e))
+        module = load(name)
+        if isinstance(module, str):  # unavailable here
             continue
         short = Path(name).stem if name.endswith(".py") else name.rstrip("/").split("/")[-1]  # a path's, an org/id's
         for key, value in module.compute(predictions=list(predictions), references=list(references)).items():
@@ -55,8 +52,3 @@ def compute(names: Sequence[str], predictions: Sequence[str], references: Sequen
             if isinstance(value, (int, float)) or (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)):
                 out[figure] = [float(v) for v in value] if isinstance(value, list) else float(value)
     return out
-
-
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)
