@@ -2,14 +2,9 @@
 so the GPU script cannot rot between GPU runs."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from bench.gpu_check import SECTIONS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_runs import run_bench
 
 
 def _numbers(node, path=""):
@@ -25,11 +20,7 @@ def _numbers(node, path=""):
 
 
 def test_dry_run_writes_every_section(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--out", str(tmp_path),
-                           "--workdir", str(tmp_path / "work")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench("gpu_check", "--dry-run", "--out", str(tmp_path), "--workdir", str(tmp_path / "work"))
     body = json.loads((tmp_path / "gpu-cpu.json").read_text())
     assert body["dry_run"] is True and "quantization none" in body["quantization_note"]
     results = body["results"]

@@ -2,24 +2,15 @@
 trainers, scoring, figures) on the tiny model and the fixtures, so the benchmark cannot rot (issue #20)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from bench.rm_quality import CONTENDERS, PROFILE_VARIANTS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.bench_runs import run_bench
 FIGURES = ("steps", "pairs_trained", "train_s", "sec_per_step", "sec_per_pair", "cpu_s_per_pair", "peak_rss_mb",
            "train_peak_rss_mb", "padded_tokens", "real_tokens")
 
 
 def test_tiny_run_has_every_figure_for_both_contenders(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bench.rm_quality", "--tiny", "--out", str(tmp_path),
-                           "--workdir", str(tmp_path / "work")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_bench("rm_quality", "--tiny", "--out", str(tmp_path), "--workdir", str(tmp_path / "work"))
     body = json.loads((tmp_path / "rm_quality-tiny.json").read_text())
     assert set(body["results"]) == {"hh", "oasst"}
     for task, line in body["results"].items():
@@ -60,11 +51,8 @@ def test_tiny_run_has_every_figure_for_both_contenders(tmp_path):
 def test_tiny_profile_compares_the_layouts(tmp_path):
     """--profile: the stage's whole-group micro-batches run every token once; the layout from before them
     (completions cut by length) runs every token twice; both with and without the stage's heap setting."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "bench.rm_quality", "--tiny", "--profile", "--profile-reps", "1",
-                           "--out", str(tmp_path), "--workdir", str(tmp_path / "work")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_bench("rm_quality", "--tiny", "--profile", "--profile-reps", "1", "--out", str(tmp_path),
+              "--workdir", str(tmp_path / "work"))
     results = json.loads((tmp_path / "rm_quality-profile-tiny.json").read_text())["results"]
     assert set(results) == set(PROFILE_VARIANTS)
     for name, figures in results.items():
