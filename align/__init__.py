@@ -3,11 +3,11 @@
 The Python API, the same functions the `align` command calls:
 
     from align import Pipeline, load_config
-    result = Pipeline(load_config("configs/pipeline/smollm2-demo.yaml")).run()
+    result = Pipeline(load_config("smollm2-demo")  # a preset, or a file).run()
     print(result.metrics["aligned/reward_mean"])
 
     import align
-    config = align.stage_config("sft", "configs/sft/smollm2-qlora.yaml", ["training.epochs=2"])
+    config = align.stage_config("sft", "smollm2-qlora", ["training.epochs=2"])
     figures = align.train_sft(config)
 
 Kept light: the names below load on first use, so `import align` loads no deep-learning library.

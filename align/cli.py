@@ -48,8 +48,9 @@ USER_OS_ERRORS = {
 }
 
 
-# a setting each stage has, for its --set example (tests/test_cli.py loads every one)
+# a setting each stage has, for its --set example, and a preset of its own (tests/test_cli.py loads every one)
 SET_EXAMPLES = {"ppo": "ppo.learning_rate=1e-5", "eval": "eval_size=50"}
+PRESET_EXAMPLES = {"eval": "smollm2-demo"}
 
 
 def stage_options(fn, stage: str = "sft"):
@@ -63,18 +64,20 @@ def stage_options(fn, stage: str = "sft"):
         "--set", "overrides", multiple=True, metavar="KEY=VALUE",
         help=f"Override one setting, dotted: --set {SET_EXAMPLES.get(stage, 'training.learning_rate=1e-4')} (repeatable).",
     )(fn)
-    fn = click.option("--config", "config_path", type=click.Path(), help="YAML config file.")(fn)
+    fn = click.option("--config", "config_path", metavar="FILE|PRESET",
+                      help=f"YAML config file, or a preset's name (`align configs list`), e.g. --config "
+                           f"{PRESET_EXAMPLES.get(stage, 'smollm2-qlora')}.")(fn)
     fn = click.option("--print-config", is_flag=True,
                       help="Print the resolved config (defaults, --config, --set) as YAML with each setting's "
                            "documentation, and stop.")(fn)
     return fn
 
 
-def load_stage_config(cls, config_path, overrides, out_dir):
-    from align.core.config import load_config
+def load_stage_config(stage: str, config_path, overrides, out_dir):
+    from align.stages import stage_config
 
     overrides = list(overrides) + ([f"out_dir={out_dir}"] if out_dir else [])
-    return load_config(cls, config_path, overrides)
+    return stage_config(stage, config_path, overrides)
 
 
 def run_stage(name: str, options: dict) -> None:
@@ -82,7 +85,7 @@ def run_stage(name: str, options: dict) -> None:
     from align.stages import stage
 
     entry = stage(name)
-    config = load_stage_config(entry.config_class(), options["config_path"], options["overrides"], options["out_dir"])
+    config = load_stage_config(name, options["config_path"], options["overrides"], options["out_dir"])
     if options["print_config"]:
         return print_config(config)
     if options["config_path"] is None:  # on stdout: stderr keeps the one line of an error, if one follows
@@ -103,9 +106,12 @@ def defaults_note(name: str, config) -> str:
     """What a stage run without --config trains: its built-in defaults, named, so no demo file is used unawares."""
     from align.core.model_card import data_paths
 
+    from align.core.presets import presets
+
     files = [f"data.{field}={path}" for field, path in data_paths(getattr(config, "data", None))]
+    names = ", ".join(p.name for p in presets(name))
     return (f"align {name}: no --config, so the built-in defaults: model.name={config.model.name}, "
-            f"{', '.join(files) or 'no data files'}, out_dir={config.out_dir} (a preset: --config configs/{name}/...)")
+            f"{', '.join(files) or 'no data files'}, out_dir={config.out_dir} (presets: --config {names or 'FILE'})")
 
 
 # loggers whose warnings are about the libraries, not the user's run: the model-loading report (a reward head is
@@ -165,7 +171,7 @@ def reward(ctx, **options):
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 def reward_score(model_path, data_path, out_path, batch_size):
     """Write each record of DATA with its raw and normalised reward."""
-    from reward.score import score_file
+    from align.reward.score import score_file
 
     n = score_file(model_path, data_path, out_path, batch_size)
     click.echo(f"scored {n} completions -> {out_path}")
@@ -232,7 +238,6 @@ for _name in STAGES:
 @click.option("--best-of", type=int, help="Add a best-of-N row per model, picked by the reward model.")
 @click.option("--judge", metavar="MODULE:FUNCTION", help="Score (prompt, response) -> float, e.g. align.demo.tasks:judge.")
 def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
-    from align.eval.config import EvalConfig
     from align.eval.report import summary_table
     from align.eval.run import evaluate
 
@@ -240,7 +245,7 @@ def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
     overrides = [*options["overrides"], *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     if models:
         overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged
-    config = load_stage_config(EvalConfig, options["config_path"], overrides, options["out_dir"])
+    config = load_stage_config("eval", options["config_path"], overrides, options["out_dir"])
     if options["print_config"]:
         return print_config(config)
     metrics = evaluate(config, overwrite=options["overwrite"], resume=options["resume"],
@@ -338,8 +343,8 @@ def convert_cmd(inputs, source, out_path, dataset, split, data_dir, show_skipped
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(), required=True,
-              help="Pipeline YAML, e.g. configs/pipeline/tiny.yaml.")
+@click.option("--config", "config_path", metavar="FILE|PRESET", required=True,
+              help="Pipeline YAML, or a pipeline preset's name (`align configs list`), e.g. --config tiny.")
 @click.option("--name", help="Run name (default: the config's name); outputs go to RUNS_DIR/NAME.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a pipeline setting (--set model=...) or a stage's (--set ppo.ppo.updates=50).")
@@ -385,6 +390,39 @@ def echo_status(root: Path) -> None:
         if row["error"]:
             click.echo(f"{'':8s} error: {row['error']}")
     click.echo(f"manifest: {root / 'manifest.json'}")
+
+
+@cli.group()
+def configs():
+    """The shipped presets: list them, or copy one to edit."""
+
+
+@configs.command("list")
+def configs_list():
+    """Every preset with its purpose; `--config NAME` takes one by name."""
+    from align.core.presets import presets, share_root
+
+    shown = presets()
+    width = max(len(p.full_name) for p in shown)
+    for preset in shown:
+        click.echo(f"{preset.full_name:{width}s}  {preset.purpose}")
+    click.echo(f"\n{len(shown)} presets in {share_root() / 'configs'}. A stage command takes its own by name "
+               f"(align sft --config smollm2-qlora), align run a pipeline's (align run --config tiny); "
+               f"accelerate's are for accelerate launch --config_file (copy one first).")
+
+
+@configs.command("copy")
+@click.argument("name")
+@click.argument("dest", type=click.Path())
+def configs_copy(name, dest):
+    """Write an editable copy of preset NAME (sft/smollm2-qlora, or a name no other group has) to DEST, a file or
+    a directory. Its paths to data files are made absolute, so the copy reads the same files from anywhere."""
+    from align.copy_preset import copy_preset
+
+    preset, path = copy_preset(name, dest)
+    group = preset.group
+    how = {"pipeline": f"align run --config {path}", "accelerate": f"accelerate launch --config_file {path} -m align ..."}
+    click.echo(f"copied {preset.full_name} -> {path}; edit it, then: {how.get(group, f'align {group} --config {path}')}")
 
 
 @cli.command()

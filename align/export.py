@@ -63,7 +63,7 @@ def _is_reward(directory: Path) -> bool:
     config = directory / "adapter_config.json"
     if config.is_file():
         return json.loads(config.read_text(encoding="utf-8")).get("task_type") == "SEQ_CLS"
-    from reward.score import HEAD_FILE, NORMALISER
+    from align.reward.score import HEAD_FILE, NORMALISER
 
     return (directory / HEAD_FILE).is_file() or (directory / NORMALISER).is_file() or is_sequence_classifier(directory)
 
@@ -91,7 +91,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", overw
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if weights.reward:
-            from reward.score import NORMALISER
+            from align.reward.score import NORMALISER
 
             if (weights.directory / NORMALISER).is_file():
                 shutil.copyfile(weights.directory / NORMALISER, tmp / NORMALISER)
@@ -122,7 +122,7 @@ def _merged(weights: Weights, record: dict, tokenizer) -> object:
     elif weights.reward and record["tuning"] == "head":
         from safetensors.torch import load_file
 
-        from reward.score import HEAD_FILE
+        from align.reward.score import HEAD_FILE
 
         model.score.load_state_dict(load_file(weights.directory / HEAD_FILE))
     return model.eval()

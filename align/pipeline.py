@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from align.convert.prepare import PREPARED, PrepareSpec, prepare
-from align.core import heap, rundir, tracking
+from align.core import heap, presets, rundir, tracking
 from align.core.config import build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
 from align.core.dirlock import DirLock, lock_holder
 from align.core.errors import AlignError, ConfigError
+from align.core.input_paths import resolve_defaults, resolve_inputs
 from align.core.tracking import TrackingConfig
 from align.stages import POLICY_STAGES, STAGES, headline
 
@@ -31,7 +32,8 @@ MANIFEST = "manifest.json"
 @dataclass
 class StageSpec:
     config: str | None = None
-    """The stage's own YAML config (e.g. configs/sft/smollm2-qlora.yaml); its defaults when absent."""
+    """The stage's own YAML config: a file (relative to the pipeline file) or the name of one of the stage's
+    presets (`smollm2-qlora`, see `align configs list`); its defaults when absent."""
     set: dict[str, Any] = field(default_factory=dict)
     """Dotted overrides on top of it, e.g. {training.epochs: 2}."""
 
@@ -86,11 +88,15 @@ def check_run_name(name: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
-    """A pipeline config from YAML, then overrides. `--set sft.training.epochs=2` reaches into a
+    """A pipeline config from YAML (a file, or a pipeline preset's name: `tiny`), then overrides. `--set sft.training.epochs=2` reaches into a
     stage's settings (its `set`); `--set name=x`, `--set model=...`, `--set stages=[sft,eval]` are
     the pipeline's own."""
     lines: dict[str, str] = {}
-    data = read_yaml_mapping(Path(path), lines) if path is not None else {}
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = presets.config_file(path, "pipeline")
+        data = read_yaml_mapping(path, lines)
+        resolve_file_paths(data, path)
     for item in overrides:
         key, value = parse_override(item)
         stage, _, rest = key.partition(".")
@@ -106,6 +112,21 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     config = build(PipelineConfig, data, source, lines=lines)
     config.key_lines = lines  # where each key sits (FILE:LINE), so a stage's `set:` typo names its line
     return config
+
+
+def resolve_file_paths(data: dict[str, Any], path: Path) -> None:
+    """The paths a pipeline file names, read from its directory (align.core.input_paths): its data files, and in
+    each stage's entry the config (a file there, or a preset's name) and the data files its `set:` names."""
+    resolve_inputs(PipelineSettings, data, path.parent, str(path))
+    for stage, spec in data.items():
+        if stage not in STAGES:
+            continue
+        if not isinstance(spec, dict):
+            spec = data[stage] = {"config": spec}
+        if isinstance(spec.get("config"), str):
+            spec["config"] = str(presets.config_file(spec["config"], stage, base=path.parent))
+        if isinstance(spec.get("set"), dict):
+            resolve_inputs(STAGES[stage].config_class(), spec["set"], path.parent, str(path))
 
 
 @dataclass
@@ -142,7 +163,11 @@ class Pipeline:
         cls = STAGES[stage].config_class()
         spec: StageSpec = getattr(self.config, stage)
         lines: dict[str, str] = {}
-        data = read_yaml_mapping(Path(spec.config), lines) if spec.config else {}
+        data: dict[str, Any] = {}
+        if spec.config:
+            path = presets.config_file(spec.config, stage)
+            data = read_yaml_mapping(path, lines)
+            resolve_inputs(cls, data, path.parent, str(path))
         for key, value in self.wiring(stage).items():
             set_dotted(data, key, value)
         # a key the pipeline file sets is blamed on its line there, not on the stage's file
@@ -151,6 +176,7 @@ class Pipeline:
                       if k.startswith(prefix)})
         for key, value in spec.set.items():
             set_dotted(data, key, value)
+        resolve_defaults(cls, data, presets.share_root())
         # always the pipeline's, whatever a stage file or override said: the manifest points here
         data["out_dir"] = str(self.stage_dir(stage))
         data.setdefault("tracking", {}).update(
@@ -213,8 +239,9 @@ class Pipeline:
         elif before is None or again:
             missing = [f for f in spec.files if not Path(f).exists()]
             if missing:
-                raise ConfigError(f"data.files: {missing[0]}: no such file (relative paths are from {Path.cwd()}); "
-                                  f"--set data.files=[PATH,...] names the {spec.source} files to use")
+                raise ConfigError(f"data.files: {missing[0]}: no such file; --set data.files=[PATH,...] names the "
+                                  f"{spec.source} files to use (paths on the command line are from the current "
+                                  f"directory, those in the pipeline file from the file's)")
             self.echo(f"[{self.config.name}] data: converting {spec.source} -> {out}")
             before = prepare(spec, out)
             counts = before["prompts"]

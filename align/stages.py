@@ -48,10 +48,10 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("sft", "sft.config:SFTConfig", "sft.train:train",
+    Stage("sft", "align.sft.config:SFTConfig", "align.sft.train:train",
           "Stage 1: instruction SFT (QLoRA by default) with TRL's SFTTrainer.",
           ("eval/loss_before", "eval/loss")),
-    Stage("reward", "reward.config:RewardConfig", "reward.train:train",
+    Stage("reward", "align.reward.config:RewardConfig", "align.reward.train:train",
           "Stage 2: train a reward model from rankings or preferences (`align reward score` scores with one).",
           ("eval_before/accuracy", "eval/accuracy")),
     Stage("ppo", "align.ppo.config:PPOConfig", "align.ppo.train:train",
@@ -86,10 +86,12 @@ def stage(name: str) -> Stage:
 
 
 def stage_config(name: str, path: str | Path | None = None, overrides: Iterable[str] = ()) -> Any:
-    """The typed config of one stage from YAML and `key=value` overrides."""
+    """The typed config of one stage from YAML (a file, or a preset's name: `smollm2-qlora`) and `key=value`
+    overrides."""
     from align.core.config import load_config
+    from align.core.presets import config_file
 
-    return load_config(stage(name).config_class(), path, overrides)
+    return load_config(stage(name).config_class(), config_file(path, name) if path is not None else None, overrides)
 
 
 def headline(name: str, metrics: dict[str, Any]) -> dict[str, float]:

@@ -238,9 +238,9 @@ def child_reward(spec: dict[str, Any]) -> dict[str, Any]:
     from transformers import BatchEncoding
 
     from align.core.config import load_config
-    from reward import micro_batches
-    from reward import train as reward_train
-    from reward.config import RewardConfig
+    from align.reward import micro_batches
+    from align.reward import train as reward_train
+    from align.reward.config import RewardConfig
 
     s, dry = spec["settings"]["reward"], spec["dry_run"]
     path = model_for("llama_1b_shape", Path(spec["workdir"]), dry)

@@ -56,7 +56,7 @@ def four_models_class():
 
     from align.core import modeling
     from align.ppo.models import POLICY, REF, position_ids
-    from reward.score import HEAD_FILE, Normaliser, weights_dir
+    from align.reward.score import HEAD_FILE, Normaliser, weights_dir
 
     class FourModels(nn.Module):
         """PPO's four models as four copies of the base, with PolicyStack's interface."""

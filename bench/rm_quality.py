@@ -125,7 +125,7 @@ def lengths(tokenizer: Any, groups: list) -> list[list[int]]:
 def template_check(tokenizer: Any, groups: list) -> dict[str, Any]:
     """How TRL's conversational path (apply_chat_template(prompt + completion, tokenize=True), what its
     `_tokenize` calls) compares with the ids of align's conversation_text, text by text."""
-    from reward.score import conversation_text
+    from align.reward.score import conversation_text
 
     identical, extra, other = 0, {}, 0
     for g in groups:
@@ -161,7 +161,7 @@ def prepare_task(task: str, source: str, raw: Path, n_train: int, n_heldout: int
     """Convert, split by prompt, keep the first n_train training groups that fit max_length, mark each
     held-out group as fitting or long; writes TASK-train.jsonl and TASK-heldout.jsonl."""
     from align.convert import converter
-    from reward.formats import load_groups
+    from align.reward.formats import load_groups
 
     converted = work / f"{task}-all.jsonl"
     conversion = convert(source, raw, converted)
@@ -201,13 +201,13 @@ def reward_config(spec: dict[str, Any]) -> Any:
 
 def group_texts(tokenizer: Any, group: Any) -> list[str]:
     """What the reward model reads for each completion of a group (the reward stage's formatting)."""
-    from reward.score import conversation_text
+    from align.reward.score import conversation_text
 
     return [conversation_text(tokenizer, group.prompt, c) for c in group.completions]
 
 
 def held_out_texts(tokenizer: Any, path: str) -> tuple[list, list[str]]:
-    from reward.formats import load_groups
+    from align.reward.formats import load_groups
 
     groups = load_groups(path)
     return groups, [text for g in groups for text in group_texts(tokenizer, g)]
@@ -251,9 +251,9 @@ def ours_child(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import reward.train as stage_module
+    import align.reward.train as stage_module
     from align.stages import stage
-    from reward.micro_batches import Batcher
+    from align.reward.micro_batches import Batcher
 
     scored, spans = [], []
     tokens = {"padded": 0, "nograd_padded": 0, "real": 0, "batches": 0, "micro_batches": 0}
@@ -294,8 +294,8 @@ def trl_dataset(tokenizer: Any, path: str, max_length: int) -> Any:
     pair of each ranking (a preference is one pair)."""
     from datasets import Dataset
 
-    from reward.formats import load_groups
-    from reward.score import token_lengths
+    from align.reward.formats import load_groups
+    from align.reward.score import token_lengths
 
     rows = []
     for g in load_groups(path):
@@ -348,7 +348,7 @@ def trl_child(spec: dict[str, Any]) -> None:
     torch.set_num_threads(spec["threads"])
     from align.core import modeling
     from align.core.base_model import keep_4bit_layout_trainable
-    from reward.score import score_texts
+    from align.reward.score import score_texts
 
     config = reward_config(spec)
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name))
@@ -410,8 +410,8 @@ def score_child(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from reward.formats import load_groups
-    from reward.score import RewardModel
+    from align.reward.formats import load_groups
+    from align.reward.score import RewardModel
 
     out: dict[str, dict[str, Any]] = {}
     for task, job in spec["tasks"].items():
@@ -430,7 +430,7 @@ def completions_cut(batcher: Any, groups: list, batch: dict[str, Any]) -> dict[s
     completion sorted by length and cut at the budget, groups split across micro-batches, so every
     micro-batch of a batch that does not fit one pass runs twice (gradient cache)."""
     from align.core.token_batches import token_batches
-    from reward.score import pad, token_lengths
+    from align.reward.score import pad, token_lengths
 
     texts = [text for g in groups for text in group_texts(batcher.tokenizer, g)]  # the Batcher's order
     ids = token_lengths(batcher.tokenizer, texts, batcher.max_length)
@@ -447,10 +447,10 @@ def profile_child(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    import reward.train as stage_module
+    import align.reward.train as stage_module
     from align.core import heap
-    from reward import micro_batches
-    from reward.formats import load_groups
+    from align.reward import micro_batches
+    from align.reward.formats import load_groups
 
     groups = load_groups(spec["train"])[:spec["pairs"]]
     learner = stage_module._build_learner(reward_config(spec), len(groups))
@@ -528,7 +528,7 @@ def contender_figures(task: str, data: dict[str, Any], run: dict[str, Any], grou
 
 def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dirs: dict[str, Any]) -> dict[str, Any]:
     """Both contenders' figures for one task, the cross-checks, and the children's other results."""
-    from reward.formats import load_groups
+    from align.reward.formats import load_groups
 
     groups = load_groups(data["heldout_file"])
     line: dict[str, Any] = {c: contender_figures(task, data, runs[c], groups) for c in CONTENDERS}

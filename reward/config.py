@@ -6,19 +6,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from align.core.config import check
+from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
 
 
 @dataclass
 class RewardData:
-    train: str = "data/demo/rankings.jsonl"
+    train: InputPath = "data/demo/rankings.jsonl"
     """Rankings or preferences (the kind is read from the first record)."""
-    eval: str | None = None
+    eval: InputPath | None = None
     """Held-out rankings or preferences; when unset, `eval_fraction` of the training prompts."""
     eval_fraction: float = 0.1
     """Share of the training prompts (rankings, each with all its completions) held out when `eval` is unset."""
-    reference: str | None = None
+    reference: InputPath | None = None
     """Rankings/preferences whose completions set the normaliser's mean/std; default: the eval set."""
     max_length: int = 512
     """Tokens per prompt + completion; longer ones lose their start (the completion's end is kept)."""

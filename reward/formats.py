@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from align.core.readers import read_rows
 from align.core.records import Preference, Ranking, load_records
-from reward.losses import ranking_pairs
+from align.reward.losses import ranking_pairs
 
 
 @dataclass(frozen=True)

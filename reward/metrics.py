@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 
-from reward.formats import Group
+from align.reward.formats import Group
 
 # bins of |r_w - r_l|: is the model right more often where it is surer?
 CALIBRATION_EDGES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, float("inf"))

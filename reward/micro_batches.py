@@ -12,9 +12,9 @@ import contextlib
 from typing import Any, Iterator
 
 from align.core.token_batches import token_batches
-from reward.formats import Group
-from reward.losses import kwise_ranking_loss
-from reward.score import conversation_text, pad, token_lengths
+from align.reward.formats import Group
+from align.reward.losses import kwise_ranking_loss
+from align.reward.score import conversation_text, pad, token_lengths
 
 
 class Batcher:

@@ -21,11 +21,11 @@ from typing import Any
 from align.core import checkpoint, distributed, guards, heap, model_card, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import DataError, TrainingHalted
-from reward import memory, micro_batches
-from reward.config import RewardConfig
-from reward.formats import Group, load_groups, split_groups
-from reward.metrics import ranking_metrics
-from reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, ending_where_read, score_texts
+from align.reward import memory, micro_batches
+from align.reward.config import RewardConfig
+from align.reward.formats import Group, load_groups, split_groups
+from align.reward.metrics import ranking_metrics
+from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, ending_where_read, score_texts
 
 
 def load_reward_data(config: RewardConfig) -> tuple[list[Group], list[Group], list[Group]]:

@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from align.core.config import check
+from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
 
 
 @dataclass
 class DataSource:
-    path: str
+    path: InputPath
     """An instructions file (jsonl/json/csv/parquet, optionally .gz) or a saved dataset dir."""
     weight: float = 1.0
     """Records taken per record in the file: 0.5 samples half, 2.0 repeats each twice."""
@@ -25,7 +26,7 @@ class DataSource:
 class SFTData:
     train: list[DataSource] = field(default_factory=lambda: [DataSource("data/demo/sft.jsonl")])
     """One or more sources, mixed by weight. A bare path is a source of weight 1."""
-    eval: str | None = None
+    eval: InputPath | None = None
     """Held-out instructions; when unset, `eval_fraction` of the training records is held out."""
     eval_fraction: float = 0.1
     """Share of the mixed training records held out for eval when `eval` is unset."""

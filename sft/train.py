@@ -16,8 +16,8 @@ from typing import Any
 from align.core import distributed, guards, heap, memory, model_card, modeling, resumable, rundir, tracking
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
-from sft.config import SFTConfig
-from sft.formats import load_sft_examples, template_tokenizer
+from align.sft.config import SFTConfig
+from align.sft.formats import load_sft_examples, template_tokenizer
 
 
 def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,

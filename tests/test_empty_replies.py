@@ -11,9 +11,9 @@ import pytest
 from align.core.config import load_config
 from align.prefs.config import DPOConfig, KTOConfig
 from align.prefs.train import dpo, kto
-from reward.config import RewardConfig
-from reward.score import RewardModel, score_file
-from reward.train import train
+from align.reward.config import RewardConfig
+from align.reward.score import RewardModel, score_file
+from align.reward.train import train
 
 ROWS = [
     {"prompt": "How do I hurt someone?", "chosen": "", "rejected": "Hit them hard."},

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from align.cli import cli
 from align.core import modeling
-from sft.train import train
+from align.sft.train import train
 from tests.sft.test_train import tiny_config
 
 PROMPTS = ["What is 7 + 5?", "Name a colour.", "Say hello.", "What is 3 x 4?", "Spell cat.", "Count to three.",

@@ -26,6 +26,7 @@ from align.convert import converter, convert_records, write_jsonl
 from align.core import rundir
 from align.core.config import check
 from align.core.errors import DataError
+from align.core.input_paths import InputPath
 from align.core.readers import Row
 from align.core.records import Preference, parse_preference, parse_ranking
 
@@ -38,7 +39,7 @@ class PrepareSpec:
     source: str | None = None
     """A converter's name, as `align data convert --from` takes it (hh-rlhf, oasst, ultrafeedback, ...); unset:
     no preparation, each stage reads the files its own config names."""
-    files: list[str] = field(default_factory=list)
+    files: list[InputPath] = field(default_factory=list)
     """The source's published files (plain or .gz), e.g. [harmless-base/train.jsonl.gz] of github.com/anthropics/hh-rlhf."""
     dataset: str | None = None
     """Instead of files: a data set `datasets.load_dataset` resolves (hub id, cached or online), e.g. Anthropic/hh-rlhf."""

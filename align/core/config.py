@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from align.core.errors import ConfigError
+from align.core.input_paths import resolve_defaults, resolve_inputs
+from align.core.presets import share_root
 
 T = TypeVar("T")
 
@@ -29,6 +31,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     if path is not None:
         source = str(path)
         data = read_yaml_mapping(Path(path), lines)
+        resolve_inputs(cls, data, Path(path).parent, source)
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(data, key, value)
@@ -36,6 +39,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         lines = {k: v for k, v in lines.items() if not (k == key or k.startswith(f"{key}.") or k.startswith(f"{key}["))}
     if overrides:
         source = f"{source} + --set"
+    resolve_defaults(cls, data, share_root())
     return build(cls, data, source, lines=lines)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from align.core.config import check
+from align.core.input_paths import InputPath
 from align.core.tracking import TrackingConfig
 from align.stages import STAGES
 
@@ -55,7 +56,7 @@ class EvalConfig:
     LoRA adapters on the same base share one loaded copy of it."""
     reward: str | None = None
     """An `align reward` stage directory: rewards, win rates and best-of-n use it; unset = none of those."""
-    prompts: str = "data/demo/heldout.jsonl"
+    prompts: InputPath = "data/demo/heldout.jsonl"
     """Held-out prompts ({"prompt"} or {"messages"}); a `reference` answer enables ROUGE and BLEU."""
     eval_size: int = 50
     """Use the first this many prompts; 0 = all."""
@@ -66,7 +67,7 @@ class EvalConfig:
     answer with the highest reward out of n; 0 = off."""
     judge: str | None = None
     """A Python `module:function(prompt, response) -> float`, e.g. `align.demo.tasks:judge`."""
-    perplexity_text: str | None = None
+    perplexity_text: InputPath | None = None
     """Held-out general text (.txt, documents split by blank lines; or JSONL with "text"): perplexity
     per model shows what tuning forgot."""
     perplexity_max_length: int = 256
@@ -76,7 +77,7 @@ class EvalConfig:
     `bleu` (corpus BLEU) ship with align and work offline; any other id evaluate resolves (`meteor`,
     `bertscore`, a path to a metric script) is added as `<id>` or `<id>_<key>`, and one it cannot load here
     is left out with a one-line warning."""
-    mmlu: str | None = None
+    mmlu: InputPath | None = None
     """A multiple-choice benchmark in MMLU's layout: CSV rows question,A,B,C,D,answer (no header, as MMLU
     ships them) or JSONL {"question", "choices": [4], "answer": index}."""
     mmlu_size: int = 0

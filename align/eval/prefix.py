@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from reward.score import length_batches
+from align.reward.score import length_batches
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

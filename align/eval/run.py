@@ -55,7 +55,7 @@ def check_inputs(config: EvalConfig) -> Inputs:
     prompts = load_records(config.prompts, "prompts")[: config.eval_size or None]
     specs = {name: resolve(name, source) for name, source in config.models.items()}
     if config.reward is not None:
-        from reward.score import weights_dir
+        from align.reward.score import weights_dir
 
         weights_dir(config.reward)
     elif config.best_of:
@@ -255,7 +255,7 @@ class Evaluation:
         from tqdm import tqdm
 
         from align.eval.prefix import reward_scores
-        from reward.score import RewardModel, conversation_text
+        from align.reward.score import RewardModel, conversation_text
 
         reward_model = RewardModel.load(self.config.reward)
         if not on_gpu():

@@ -7,15 +7,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from align.core.config import check
+from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
 
 
 @dataclass
 class PPOData:
-    prompts: str = "data/demo/prompts.jsonl"
+    prompts: InputPath = "data/demo/prompts.jsonl"
     """Prompts to roll out on ({"prompt"} or {"messages"})."""
-    eval_prompts: str | None = "data/demo/heldout.jsonl"
+    eval_prompts: InputPath | None = "data/demo/heldout.jsonl"
     """Held-out prompts for the in-loop greedy evaluation; unset = none."""
     eval_size: int = 16
     """How many held-out prompts the in-loop evaluation answers."""
@@ -130,7 +131,7 @@ class PPOSettings:
     activations, not the weights, are most of PPO's memory at real batch sizes; about 30% more time."""
     ptx_coef: float = 0.0
     """PPO-ptx (InstructGPT): weight of a language-modelling loss on `ptx_data`; 0 = off."""
-    ptx_data: str | None = None
+    ptx_data: InputPath | None = None
     """Instructions (SFT data) for the PPO-ptx loss."""
     seed: int = 42
     """Seeds any fresh adapter's initial weights, the prompt order, each update's sampling and mini-batch shuffle."""

@@ -25,7 +25,7 @@ from torch import nn
 from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
 from align.core.model_config import ModelConfig
-from reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
+from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
 
 POLICY, VALUE, REWARD, REF = "policy", "value", "reward", "ref"
 TRAINABLE = (POLICY, VALUE)

@@ -226,7 +226,7 @@ def decode_responses(rollout: Rollout, tokenizer: Any) -> list[str]:
 def text_scorer(reward_model: Any, tokenizer: Any, max_tokens: int | None = None) -> Scorer:
     """Another tokenizer or base: decode each response and let the reward model re-tokenise it, scoring
     (without gradients, in eval mode) batches of like length of at most max_tokens padded tokens."""
-    from reward.score import conversation_text, score_texts
+    from align.reward.score import conversation_text, score_texts
 
     def score(rollout: Rollout, prompts: list) -> torch.Tensor:
         texts = [conversation_text(reward_model.tokenizer, p, c) for p, c in zip(prompts, decode_responses(rollout, tokenizer))]
@@ -248,7 +248,7 @@ def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any,
     if stack.shares_reward:
         score, normaliser = shared_base_scorer(stack), stack.normaliser
     else:
-        from reward.score import RewardModel
+        from align.reward.score import RewardModel
 
         reward_model = RewardModel.load(reward.model)
         score, normaliser = text_scorer(reward_model, tokenizer, max_tokens), reward_model.normaliser

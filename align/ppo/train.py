@@ -106,7 +106,7 @@ def check_inputs(config: PPOConfig) -> None:
 
         load_callable(config.reward.function)
     else:
-        from reward.score import weights_dir
+        from align.reward.score import weights_dir
 
         weights_dir(config.reward.model)
     if config.ppo.ptx_coef > 0:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from align.core.config import check
+from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
 
@@ -70,9 +71,9 @@ class RecipeTraining:
 
 @dataclass
 class DPOData:
-    train: str = "data/demo/rankings.jsonl"
+    train: InputPath = "data/demo/rankings.jsonl"
     """Preferences, or rankings (each ranking gives all its (better, worse) pairs)."""
-    eval: str | None = None
+    eval: InputPath | None = None
     """Held-out preferences or rankings, evaluated every epoch and at the end; when unset, `eval_fraction`
     of the training pairs."""
     eval_fraction: float = 0.1
@@ -99,11 +100,11 @@ class DPOConfig:
 
 @dataclass
 class KTOData:
-    train: str = "data/demo/rankings.jsonl"
+    train: InputPath = "data/demo/rankings.jsonl"
     """Preferences or rankings, made into KTO's unpaired rows (align.convert.pairs_to_kto): a preference's chosen
     completion desirable and its rejected one undesirable; a ranking's best desirable, its worst undesirable, the
     ones between left out."""
-    eval: str | None = None
+    eval: InputPath | None = None
     """Held-out preferences or rankings, converted the same way; when unset, `eval_fraction` of the training
     prompts."""
     eval_fraction: float = 0.1
@@ -182,7 +183,7 @@ class OnlineReward:
 
 @dataclass
 class OnlineData:
-    prompts: str = "data/demo/prompts.jsonl"
+    prompts: InputPath = "data/demo/prompts.jsonl"
     """Prompts to sample completions for ({"prompt"} or {"messages"})."""
 
 

@@ -17,7 +17,7 @@ from align.core.config import dump_yaml
 from align.core.errors import AlignError
 from align.core.records import load_records
 from align.prefs.config import DPOConfig, DPOData, KTOConfig, KTOData, OnlineConfig, ORPOConfig, RecipeTraining, RLOOConfig
-from reward.formats import load_groups, split_groups
+from align.reward.formats import load_groups, split_groups
 
 
 def preference_examples(path: str) -> list[dict[str, Any]]:
@@ -41,7 +41,7 @@ class RewardModelFunction:
     __name__ = "reward_model"
 
     def __init__(self, path: str):
-        from reward.score import RewardModel
+        from align.reward.score import RewardModel
 
         self.model = RewardModel.load(path)
 

@@ -7,7 +7,7 @@ import yaml
 
 from align.core.config import dump_yaml, load_config, read_yaml_mapping
 from align.core.errors import ConfigError
-from sft.config import DataSource, SFTConfig
+from align.sft.config import DataSource, SFTConfig
 
 
 def test_defaults_file_then_overrides(tmp_path):
@@ -137,7 +137,7 @@ def test_a_byte_order_mark_in_a_config_is_dropped(tmp_path):
 def test_an_unknown_key_offers_the_name_meant():
     from align.core.config import ConfigError
     from align.ppo.config import PPOConfig
-    from sft.config import SFTConfig
+    from align.sft.config import SFTConfig
 
     with pytest.raises(ConfigError, match=r"unknown key 'training.learnig_rate' \(did you mean 'training.learning_rate'\?\)"):
         load_config(SFTConfig, None, ["training.learnig_rate=1e-4"])

@@ -150,7 +150,7 @@ def plain_logprob_t(view, context, continuation, temperature):
 
 def test_reward_scores_with_a_shared_prefix_match_the_reward_models_own(eval_dirs):
     from align.eval.prefix import reward_scores
-    from reward.score import RewardModel, conversation_text
+    from align.reward.score import RewardModel, conversation_text
 
     reward_model = RewardModel.load(eval_dirs["reward"])
     prompt = [{"role": "user", "content": "What is 2 + 2?"}]

@@ -69,7 +69,7 @@ def head_on_base_reward(model_dir, directory):
     """A reward model that is a scalar head on the base (reward tuning `head`), as the reward stage saves it."""
     from safetensors.torch import save_file
 
-    from reward.score import HEAD_FILE
+    from align.reward.score import HEAD_FILE
 
     directory.mkdir(parents=True)
     save_file({"weight": torch.randn(1, 64, generator=torch.Generator().manual_seed(3))}, directory / HEAD_FILE)
@@ -119,7 +119,7 @@ def lora_reward(model_dir, directory, quantization):
     """A LoRA reward model with a normaliser, as the reward stage saves it; its weights made distinct."""
     import json
 
-    from reward.score import NORMALISER
+    from align.reward.score import NORMALISER
 
     cfg = modeling.ModelConfig(name=str(model_dir), quantization=quantization, lora=modeling.LoraSettings(r=4, alpha=8))
     tokenizer = modeling.load_tokenizer(str(model_dir))

@@ -8,7 +8,7 @@ from align.core import modeling
 from align.ppo.models import PolicyStack
 from align.ppo.batches import micro_batches, unpadded_columns
 from align.ppo.rollout import Sampling, decode_responses, make_rollout, shared_base_scorer, text_scorer, truncate_at_eos
-from reward.score import RewardModel
+from align.reward.score import RewardModel
 
 
 def test_truncate_after_the_first_eos():
@@ -95,8 +95,8 @@ def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, t
     from tests.reward.test_train import separable_preferences
     import json
     from align.core.config import load_config
-    from reward.config import RewardConfig
-    from reward.train import train
+    from align.reward.config import RewardConfig
+    from align.reward.train import train
 
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in separable_preferences(32)))
     train(load_config(RewardConfig, None, [

@@ -139,7 +139,7 @@ def test_a_reward_model_of_its_own_scores_in_eval_mode_in_batches_within_the_bud
     inference mode (nothing kept for a backward) and eval mode, and scores keep their rows' order."""
     from transformers import AutoModelForSequenceClassification
 
-    from reward.score import Normaliser, RewardModel
+    from align.reward.score import Normaliser, RewardModel
 
     tokenizer = modeling.load_tokenizer(str(varied_model))
     model = AutoModelForSequenceClassification.from_pretrained(str(varied_model), num_labels=1).train()

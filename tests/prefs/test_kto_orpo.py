@@ -16,7 +16,7 @@ from align.core.config_docs import field_docstrings
 from align.prefs.config import KTOConfig, KTOData, ORPOConfig
 from align.prefs.train import kto_split
 from align.stages import STAGES
-from reward.formats import load_groups
+from align.reward.formats import load_groups
 from tests.reward.test_train import separable_preferences
 from tests.test_configs import declaring_class, reachable_config_classes
 

@@ -57,7 +57,7 @@ def preference_file(path: Path) -> Path:
 def config(stage: str, model_dir: Path, data: Path, out: Path, *extra: str) -> Any:
     from align.core.config import load_config
 
-    cls = {"sft": "sft.config:SFTConfig", "reward": "reward.config:RewardConfig",
+    cls = {"sft": "align.sft.config:SFTConfig", "reward": "align.reward.config:RewardConfig",
            "ppo": "align.ppo.config:PPOConfig"}[stage]
     module, name = cls.split(":")
     return load_config(getattr(__import__(module, fromlist=[name]), name), None,
@@ -66,9 +66,9 @@ def config(stage: str, model_dir: Path, data: Path, out: Path, *extra: str) -> A
 
 def train_function(stage: str) -> Callable[..., dict[str, Any]]:
     if stage == "sft":
-        from sft.train import train
+        from align.sft.train import train
     elif stage == "reward":
-        from reward.train import train
+        from align.reward.train import train
     else:
         from align.ppo.train import train
     return train

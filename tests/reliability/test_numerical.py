@@ -43,7 +43,7 @@ def failed_with(out, text: str) -> None:
 # ---------------------------------------------------------------- NaN and infinity
 
 def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model_dir, reward_data, tmp_path, monkeypatch):
-    import reward.micro_batches
+    import align.reward.micro_batches
 
     real, real_backward, batches = reward.micro_batches.kwise_ranking_loss, reward.micro_batches.backward, []
 
@@ -166,7 +166,7 @@ def test_constant_reward_counts_only_consecutive_rollouts():
 
 def test_a_reward_model_that_collapsed_to_a_constant_stops_the_reward_stage(tiny_model_dir, reward_data, tmp_path,
                                                                              monkeypatch):
-    import reward.train
+    import align.reward.train
 
     # a head that learnt to ignore its input: every completion gets the same reward
     monkeypatch.setattr(reward.train, "score_texts", lambda model, tokenizer, texts, *a, **k: torch.full((len(texts),), 0.5))
@@ -192,13 +192,13 @@ OOM_CASES = [
     ("sft", "trl:SFTTrainer.training_step", "torch.OutOfMemoryError",
      ["training.batch_size (now 4)", "training.max_length (now 48)", "training.grad_accum (now 1)",
       "training.gradient_checkpointing=true (now false)"]),
-    ("reward", "reward.micro_batches:kwise_ranking_loss", "RuntimeError",
+    ("reward", "align.reward.micro_batches:kwise_ranking_loss", "RuntimeError",
      ["training.batch_size (now 4)", "data.max_length (now 64)", "training.eval_batch_size (now 16)",
       "training.grad_accum (now 1)"]),
     ("ppo", "align.ppo.train:PPOTrainer.optimise", "MemoryError",
      ["ppo.mini_batch_size (now 4)", "sampling.max_new_tokens (now 8)", "data.max_prompt_length (now 256)",
       "ppo.grad_accum (now 1)"]),
-    ("reward", "reward.train:score_texts", "CPU allocator", ["training.eval_batch_size (now 16)"]),
+    ("reward", "align.reward.train:score_texts", "CPU allocator", ["training.eval_batch_size (now 16)"]),
 ]
 
 

@@ -187,8 +187,8 @@ def preferences(n: int, seed: int) -> str:
 
 
 def test_reward_model_under_two_processes_trains_like_one(tiny_model_dir, tmp_path):
-    from reward.config import RewardConfig
-    from reward.train import train
+    from align.reward.config import RewardConfig
+    from align.reward.train import train
 
     (tmp_path / "train.jsonl").write_text(preferences(43, seed=1))  # the last batch: 3 groups, split 2 + 1
     (tmp_path / "eval.jsonl").write_text(preferences(13, seed=2))
@@ -205,8 +205,8 @@ def test_reward_model_under_two_processes_trains_like_one(tiny_model_dir, tmp_pa
 
 
 def test_sft_under_two_processes_trains_like_one(tiny_model_dir, tmp_path):
-    from sft.config import SFTConfig
-    from sft.train import train
+    from align.sft.config import SFTConfig
+    from align.sft.train import train
 
     # 16 records: two full eval batches of 8, so no process pads its last batch with repeats
     (tmp_path / "eval.jsonl").write_text("".join((DEMO / "sft.jsonl").read_text().splitlines(keepends=True)[-16:]))
@@ -240,13 +240,13 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(stage, setting, mo
                  "ppo.mini_batch_size=4": ["ppo.batch_size=12", "ppo.mini_batch_size=4", "ppo.grad_accum=1"]}[setting]
         overrides = [*base, *sizes]
     elif stage == "reward":
-        from reward.config import RewardConfig as cls
-        from reward.train import train
+        from align.reward.config import RewardConfig as cls
+        from align.reward.train import train
         (tmp_path / "t.jsonl").write_text(preferences(8, seed=1))
         overrides = [f"data.train={tmp_path / 't.jsonl'}", "data.eval_fraction=0.25", setting]
     else:
-        from sft.config import SFTConfig as cls
-        from sft.train import train
+        from align.sft.config import SFTConfig as cls
+        from align.sft.train import train
         overrides = [f"data.train={DEMO / 'sft.jsonl'}", setting]
     from align.core.config import load_config
 

@@ -93,8 +93,8 @@ def test_every_stage_leaves_remote_code_off_by_default():
     from align.core.config import load_config
     from align.ppo.config import PPOConfig
     from align.prefs.config import DPOConfig, OnlineConfig
-    from reward.config import RewardConfig
-    from sft.config import SFTConfig
+    from align.reward.config import RewardConfig
+    from align.sft.config import SFTConfig
 
     for cls in (SFTConfig, RewardConfig, PPOConfig, DPOConfig, OnlineConfig):
         assert load_config(cls).model.trust_remote_code is False, cls.__name__

@@ -194,7 +194,7 @@ def pickled_reward_model(tmp_path, tiny_model_dir):
 
 
 def test_weights_dir_refuses_a_reward_model_without_safetensors(tiny_model_dir, tmp_path):
-    from reward.score import HEAD_FILE, weights_dir
+    from align.reward.score import HEAD_FILE, weights_dir
 
     rm = pickled_reward_model(tmp_path, tiny_model_dir)
     with pytest.raises(AlignError) as caught:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from align.core.config import load_config
-from reward.config import RewardConfig
-from reward.train import train
+from align.reward.config import RewardConfig
+from align.reward.train import train
 from tests.reward.test_train import separable_preferences
 
 

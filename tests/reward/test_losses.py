@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from reward.losses import kwise_ranking_loss, ranking_pairs
+from align.reward.losses import kwise_ranking_loss, ranking_pairs
 
 
 def transcription(groups_rewards, groups_ranks, margin=0.0):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reward.formats import Group
-from reward.metrics import ranking_metrics
+from align.reward.formats import Group
+from align.reward.metrics import ranking_metrics
 
 
 def test_accuracy_top1_margin_and_calibration_by_hand():

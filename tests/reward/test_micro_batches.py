@@ -10,7 +10,7 @@ import pytest
 from align.core.config import load_config
 from align.core.errors import AlignError
 from align.core.token_batches import activation_bytes, token_batches
-from reward.config import RewardConfig
+from align.reward.config import RewardConfig
 from tests.reward.test_train import separable_preferences
 
 
@@ -55,9 +55,9 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tiny_model_dir, tmp_p
     split between two micro-batches and weigh groups wrongly)."""
     import torch
 
-    from reward.formats import load_groups
-    from reward.micro_batches import backward
-    from reward.train import _build_learner
+    from align.reward.formats import load_groups
+    from align.reward.micro_batches import backward
+    from align.reward.train import _build_learner
 
     config = _config(tiny_model_dir, tmp_path, f"model.quantization={quantization}")
     groups = load_groups(config.data.train)[:6]
@@ -92,9 +92,9 @@ def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, 
     belongs to other rewards than the ones differentiated."""
     import torch
 
-    import reward.train as rt
-    from reward.micro_batches import backward
-    from reward.formats import load_groups
+    import align.reward.train as rt
+    from align.reward.micro_batches import backward
+    from align.reward.formats import load_groups
 
     config = _config(tiny_model_dir, tmp_path, "model.quantization=none", "model.lora.dropout=0.5")
     groups = load_groups(config.data.train)[:4]
@@ -126,8 +126,8 @@ def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, 
 
 
 def test_preflight_refuses_a_run_that_cannot_fit_before_loading(tiny_model_dir, tmp_path, monkeypatch):
-    import reward.memory
-    from reward.train import train
+    import align.reward.memory
+    from align.reward.train import train
 
     config = _config(tiny_model_dir, tmp_path, "training.max_tokens_per_batch=4096", "data.max_length=256")
     estimate = reward.memory.estimate_peak_bytes(config, tiny_model_dir)
@@ -150,7 +150,7 @@ def test_preflight_refuses_a_run_that_cannot_fit_before_loading(tiny_model_dir, 
 
 
 def test_estimate_grows_with_the_budget_and_shrinks_with_recomputation(tiny_model_dir, tmp_path):
-    from reward.memory import estimate_peak_bytes
+    from align.reward.memory import estimate_peak_bytes
 
     def estimate(*extra):
         return estimate_peak_bytes(_config(tiny_model_dir, tmp_path, "data.max_length=64", *extra), tiny_model_dir)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from align.core.model_card import portable_base_name
-from reward.score import RewardModel
+from align.reward.score import RewardModel
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CONVERSATIONS = [
@@ -61,7 +61,7 @@ def test_readmes_lines_score_as_align_reward_score_does(reward_run, tmp_path):
 def test_the_saved_template_ends_where_the_reward_is_read(reward_run):
     from transformers import AutoTokenizer
 
-    from reward.score import conversation_text
+    from align.reward.score import conversation_text
 
     root, _ = reward_run
     saved = AutoTokenizer.from_pretrained(str(root / "run" / "adapter"))

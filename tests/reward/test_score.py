@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reward.score import length_batches
+from align.reward.score import length_batches
 
 
 def test_length_batches_group_alike_lengths_and_cover_every_index_once():

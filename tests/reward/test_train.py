@@ -9,9 +9,9 @@ import pytest
 
 from align.core.config import load_config
 from align.demo.tasks import FILLERS, make_task
-from reward.config import RewardConfig
-from reward.score import RewardModel, score_file
-from reward.train import train
+from align.reward.config import RewardConfig
+from align.reward.score import RewardModel, score_file
+from align.reward.train import train
 
 
 def separable_preferences(n: int, seed: int = 0) -> list[dict]:
@@ -126,8 +126,8 @@ def test_batcher_offsets_each_groups_pairs_to_its_own_completions(tiny_model_dir
     """Pairs index the batch's flat list of completions: without each group's offset every group's
     pairs would point into the first group, and only it would get a gradient."""
     from align.core import modeling
-    from reward.formats import Group
-    from reward.micro_batches import Batcher
+    from align.reward.formats import Group
+    from align.reward.micro_batches import Batcher
 
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
     user = ({"role": "user", "content": "Q"},)

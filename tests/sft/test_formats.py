@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from align.core.records import Instruction
-from sft.formats import ALPACA_NO_INPUT, mix, to_example
+from align.sft.formats import ALPACA_NO_INPUT, mix, to_example
 
 ALPACA = Instruction(({"role": "user", "content": "Add the numbers."},), "5", "2 and 3", "f:1")
 PLAIN = Instruction(({"role": "user", "content": "Say hi."},), "Hi!", "", "f:2")

@@ -10,8 +10,8 @@ import yaml
 from align.core import rundir
 from align.core.config import load_config
 from align.core.errors import AlignError
-from sft.config import SFTConfig
-from sft.train import train
+from align.sft.config import SFTConfig
+from align.sft.train import train
 
 from tests.conftest import DEMO
 
@@ -215,7 +215,7 @@ def killed_at(monkeypatch, step: int | None):
     adapter is saved: what a kill leaves, with the status saying failed."""
     from transformers import TrainerCallback
 
-    from sft import train as sft_train
+    from align.sft import train as sft_train
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
