@@ -49,7 +49,7 @@ USER_OS_ERRORS = {
 
 
 # a setting each stage has, for its --set example, and a preset of its own (tests/test_cli.py loads every one)
-SET_EXAMPLES = {"ppo": "ppo.learning_rate=1e-5", "eval": "eval_size=50"}
+SET_EXAMPLES = {"ppo": "training.learning_rate=1e-5", "eval": "eval_size=50"}
 PRESET_EXAMPLES = {"eval": "smollm2-demo"}
 
 
@@ -347,7 +347,7 @@ def convert_cmd(inputs, source, out_path, dataset, split, data_dir, show_skipped
               help="Pipeline YAML, or a pipeline preset's name (`align configs list`), e.g. --config tiny.")
 @click.option("--name", help="Run name (default: the config's name); outputs go to RUNS_DIR/NAME.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a pipeline setting (--set model=...) or a stage's (--set ppo.ppo.updates=50).")
+              help="Override a pipeline setting (--set model=...) or a stage's (--set ppo.training.updates=50).")
 @click.option("--from-stage", type=click.Choice(list(STAGES)),
               help="Rerun this stage and every later one, even if finished.")
 @click.option("--allow-changes", is_flag=True,

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from align.convert.prepare import PREPARED, PrepareSpec, prepare
 from align.core import heap, presets, rundir, tracking
-from align.core.config import build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, set_dotted, to_dict
+from align.core.config import (build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, rename_old_keys,
+                               set_dotted, to_dict)
 from align.core.dirlock import DirLock, lock_holder
 from align.core.errors import AlignError, ConfigError
 from align.core.input_paths import resolve_defaults, resolve_inputs
@@ -126,7 +127,9 @@ def resolve_file_paths(data: dict[str, Any], path: Path) -> None:
         if isinstance(spec.get("config"), str):
             spec["config"] = str(presets.config_file(spec["config"], stage, base=path.parent))
         if isinstance(spec.get("set"), dict):
-            resolve_inputs(STAGES[stage].config_class(), spec["set"], path.parent, str(path))
+            cls = STAGES[stage].config_class()
+            spec["set"] = rename_old_keys(cls, spec["set"], f"{path}: {stage}.set", dotted=True)
+            resolve_inputs(cls, spec["set"], path.parent, str(path))
 
 
 @dataclass
@@ -166,7 +169,7 @@ class Pipeline:
         data: dict[str, Any] = {}
         if spec.config:
             path = presets.config_file(spec.config, stage)
-            data = read_yaml_mapping(path, lines)
+            data = rename_old_keys(cls, read_yaml_mapping(path, lines), str(path), lines=lines)
             resolve_inputs(cls, data, path.parent, str(path))
         for key, value in self.wiring(stage).items():
             set_dotted(data, key, value)
@@ -174,7 +177,7 @@ class Pipeline:
         prefix = f"{stage}.set."
         lines.update({k[len(prefix):]: v for k, v in getattr(self.config, "key_lines", {}).items()
                       if k.startswith(prefix)})
-        for key, value in spec.set.items():
+        for key, value in rename_old_keys(cls, dict(spec.set), f"--set {stage}", dotted=True).items():
             set_dotted(data, key, value)
         resolve_defaults(cls, data, presets.share_root())
         # always the pipeline's, whatever a stage file or override said: the manifest points here

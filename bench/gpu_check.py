@@ -297,7 +297,7 @@ def child_ppo(spec: dict[str, Any]) -> dict[str, Any]:
     settings = {"lora_r": 16, "lora_alpha": 32, "batch_size": s["batch_size"], "mini_batch_size": s["mini_batch_size"],
                 "ppo_epochs": 1, "learning_rate": 1e-5, "max_new_tokens": s["max_new_tokens"]}
     config = our_config(paths, settings, Path(spec["workload_dir"]) / f"run-{layout}",
-                        f"model.quantization={quantization}", "eval_every=0", "sample_every=0",
+                        f"model.quantization={quantization}", "training.eval_steps=0", "training.sample_steps=0",
                         f"data.max_prompt_length={max(64, max(paths['query_tokens']))}")
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=True, resume=False)

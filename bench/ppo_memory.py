@@ -5,7 +5,7 @@
 
 SmolLM2-135M (or, with --workload, SmolLM2-360M's or Llama-3.2-1B's shape with random weights), full
 precision (fp32) and 4-bit (NF4, double quantisation) with the training activations kept for
-backward, and 4-bit with them recomputed (`ppo.gradient_checkpointing`, applied
+backward, and 4-bit with them recomputed (`training.gradient_checkpointing`, applied
 to every trainable model of both layouts). Each run is a process of its own, two at a time (one per
 core: a peak RSS is the child's own, whatever runs beside it), and makes the same PPO updates of our
 trainer (align.ppo.train.PPOTrainer.step) on the ppo_vs_trl workload; within a variant only the
@@ -44,7 +44,7 @@ from bench import common
 
 THREADS = 1  # as bench/ppo_vs_trl.py: robust on a shared machine; memory does not depend on it
 PARALLEL = 2  # runs side by side, one per core: memory is what is measured here, not time
-# (precision, activations): kept for backward ("plain") or recomputed there (ppo.gradient_checkpointing, "gc");
+# (precision, activations): kept for backward ("plain") or recomputed there (training.gradient_checkpointing, "gc");
 # recomputation with the 4-bit base only, as the QLoRA presets for 24 GB GPUs run (make bench stays under 20 min)
 VARIANTS = (("none", "plain"), ("nf4", "plain"), ("nf4", "gc"))
 
@@ -159,12 +159,12 @@ def child(layout: str, quantization: str, checkpointing: str, updates: int, work
     paths = workloads.paths(Path(workdir) / f"workload-{quantization}")
     config = load_config(PPOConfig, None, [
         f"out_dir={Path(workdir) / f'{layout}-{quantization}-{checkpointing}'}", f"model.name={paths['model_path']}",
-        f"ppo.gradient_checkpointing={checkpointing == 'gc'}",
+        f"training.gradient_checkpointing={checkpointing == 'gc'}",
         f"model.quantization={quantization}", f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}",
         f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
         f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
-        f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}", "ppo.ppo_epochs=1",
-        f"sampling.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false",
+        f"training.batch_size={s['batch_size']}", f"training.mini_batch_size={s['mini_batch_size']}", "training.ppo_epochs=1",
+        f"generation.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false",
     ])
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=True, resume=False)

@@ -61,7 +61,7 @@ def main() -> None:
         prompts = Path(tmp) / "varied.jsonl"
         prompts.write_text("".join(json.dumps(r) + "\n" for r in varied_prompts(s["batch_size"])))
         paths = workloads.prepare(args.workload, Path(tmp))
-        config = our_config(paths, s, f"{tmp}/run", f"data.prompts={prompts}", f"ppo.grad_accum={args.grad_accum}")
+        config = our_config(paths, s, f"{tmp}/run", f"data.prompts={prompts}", f"training.grad_accum={args.grad_accum}")
         out = rundir.StageDir(config.out_dir)
         out.prepare(overwrite=True, resume=False)
         trainer = ppo_train.PPOTrainer(config, out)

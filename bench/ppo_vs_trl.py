@@ -63,9 +63,9 @@ def our_config(paths: dict[str, Any], s: dict[str, Any], out_dir: Path | str, *e
         f"model.lora.r={s['lora_r']}", f"model.lora.alpha={s['lora_alpha']}", "model.lora.dropout=0.0",
         f"reward.model={paths['reward_dir']}", "reward.no_eos_penalty=null",
         f"data.prompts={paths['prompts']}", "data.eval_prompts=null",
-        f"ppo.batch_size={s['batch_size']}", f"ppo.mini_batch_size={s['mini_batch_size']}",
-        f"ppo.ppo_epochs={s['ppo_epochs']}", f"ppo.learning_rate={s['learning_rate']}",
-        f"sampling.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false", *extra,
+        f"training.batch_size={s['batch_size']}", f"training.mini_batch_size={s['mini_batch_size']}",
+        f"training.ppo_epochs={s['ppo_epochs']}", f"training.learning_rate={s['learning_rate']}",
+        f"generation.max_new_tokens={s['max_new_tokens']}", "tracking.wandb=false", *extra,
     ])
 
 
@@ -82,9 +82,9 @@ def ours_child(spec_path: str) -> None:
     s = spec["settings"]
     out_dir = Path(spec["workdir"]) / f"ours-{spec['seed']}"
     config = our_config(spec, s, out_dir,
-                        f"ppo.updates={s['updates']}", f"ppo.adam_eps={s['adam_eps']}", f"ppo.kl_coef={s['kl_coef']}",
-                        "ppo.lr_scheduler=linear", f"ppo.seed={spec['seed']}", f"sampling.temperature={s['temperature']}",
-                        "eval_every=0", "sample_every=0", f"save_every={s['updates']}")
+                        f"training.updates={s['updates']}", f"training.adam_eps={s['adam_eps']}", f"training.kl_coef={s['kl_coef']}",
+                        "training.lr_scheduler=linear", f"training.seed={spec['seed']}", f"generation.temperature={s['temperature']}",
+                        "training.eval_steps=0", "training.sample_steps=0", f"training.save_steps={s['updates']}")
     load_start = time.perf_counter()
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=True, resume=False)

@@ -46,7 +46,7 @@ def overrides(stage: str, data: Path, steps: int, max_length: int, reward_dir: P
                 "training.save_steps=1000", "data.eval_fraction=0"]
     if stage == "ppo":
         return [*common_keys, f"data.prompts={data}", "data.eval_prompts=null", f"data.max_prompt_length={max_length}",
-                f"ppo.updates={steps}", "save_every=1000", "eval_every=0", f"reward.model={reward_dir}", "model.adapter=null"]
+                f"training.updates={steps}", "training.save_steps=1000", "training.eval_steps=0", f"reward.model={reward_dir}", "model.adapter=null"]
     return [*common_keys, f"data.prompts={data}", f"training.max_steps={steps}", "training.save_steps=1000",
             f"reward.model={reward_dir}", "reward.function=null"]
 
@@ -56,7 +56,7 @@ def batch_size(stage: str) -> int:
     import align
 
     config = align.stage_config(stage, str(common.ROOT / "configs" / stage / "smollm2-qlora.yaml"), [])
-    return config.ppo.batch_size if stage == "ppo" else config.training.batch_size * config.training.grad_accum
+    return config.training.batch_size if stage == "ppo" else config.training.batch_size * config.training.grad_accum
 
 
 def longest(src: Path, dst: Path, n: int) -> dict[str, float]:

@@ -83,7 +83,7 @@ def test_the_wheel_ships_its_presets_and_runs_the_tiny_pipeline_from_an_empty_di
     demo_data = Path((tmp_path / "mine.yaml").read_text().split("train: ")[1].split()[0])
     assert demo_data.is_file() and str(demo_data).startswith(str(installed))
 
-    ran = run_in(installed, tmp_path, align, "run", "--config", "tiny", "--set", "ppo.ppo.updates=2",
+    ran = run_in(installed, tmp_path, align, "run", "--config", "tiny", "--set", "ppo.training.updates=2",
                  "--set", "eval.eval_size=4")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     manifest = json.loads((tmp_path / "runs" / "tiny" / "manifest.json").read_text())

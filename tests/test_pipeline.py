@@ -79,8 +79,8 @@ def test_a_rerun_skips_finished_stages_and_refuses_changed_settings(cli_run):
     Pipeline(load_config(TINY, [f"runs_dir={root.parent}"]), echo=said.append).run()
     assert {s: (root / s / "status.json").read_text() for s in FIGURES} == before
     assert sum("skipped" in line for line in said) == 4
-    with pytest.raises(ConfigError, match=r"ppo.*ppo.updates: 4 then, 5 now.*--from-stage ppo"):
-        Pipeline(load_config(TINY, [f"runs_dir={root.parent}", "ppo.ppo.updates=5"]), echo=said.append).run()
+    with pytest.raises(ConfigError, match=r"ppo.*training.updates: 4 then, 5 now.*--from-stage ppo"):
+        Pipeline(load_config(TINY, [f"runs_dir={root.parent}", "ppo.training.updates=5"]), echo=said.append).run()
 
 
 def test_killed_after_sft_resumes_there_and_matches_an_uninterrupted_run(cli_run, tmp_path):

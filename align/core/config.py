@@ -8,6 +8,7 @@ the key and where it came from, never a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -21,6 +22,7 @@ from align.core.input_paths import resolve_defaults, resolve_inputs
 from align.core.presets import share_root
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> T:
@@ -30,10 +32,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     lines: dict[str, str] = {}
     if path is not None:
         source = str(path)
-        data = read_yaml_mapping(Path(path), lines)
+        data = rename_old_keys(cls, read_yaml_mapping(Path(path), lines), source, lines=lines)
         resolve_inputs(cls, data, Path(path).parent, source)
     for item in overrides:
         key, value = parse_override(item)
+        (key, value), = rename_old_keys(cls, {key: value}, "--set", dotted=True).items()
         set_dotted(data, key, value)
         # a key the command line set is no longer the file's: its line would mislead
         lines = {k: v for k, v in lines.items() if not (k == key or k.startswith(f"{key}.") or k.startswith(f"{key}["))}
@@ -121,6 +124,34 @@ def _key_lines(node: Any, prefix: str, path: str, out: dict[str, str]) -> None:
             _key_lines(item, name, path, out)
 
 
+def rename_old_keys(cls: type, data: dict[str, Any], source: str, dotted: bool = False,
+                    lines: dict[str, str] | None = None) -> dict[str, Any]:
+    """`data` with the settings that `cls.RENAMED` lists under an old name moved to the new one, and a one-line
+    notice for each (old names are accepted for one release). `dotted`: `data` is a `set:` mapping of dotted
+    keys (`ppo.updates: 4`), which stay dotted; otherwise it is nested as a YAML file gives it. `lines` (key ->
+    FILE:LINE) learns the new names, so an error under one still points at its line."""
+    def moved(key: str, to: str) -> None:
+        log.warning("%s: %r is now %r (the old name works in this release only)", source, key, to)
+        for name, line in list((lines or {}).items()):
+            if name == key or name.startswith((f"{key}.", f"{key}[")):
+                lines[f"{to}{name[len(key):]}"] = line
+
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        head, _, rest = old.partition(".")
+        for key in [k for k in data if k == old or str(k).startswith(f"{old}.")]:
+            to = f"{new}{key[len(old):]}"
+            moved(key, to)
+            value = data.pop(key)
+            if dotted or "." not in to:
+                data[to] = {**data[to], **value} if isinstance(data.get(to), dict) and isinstance(value, dict) else value
+            else:
+                set_dotted(data, to, value)
+        if rest and isinstance(data.get(head), dict) and rest in data[head]:  # `training: {temperature: 1}`
+            moved(old, new)
+            set_dotted(data, new, data[head].pop(rest))
+    return data
+
+
 def parse_override(item: str) -> tuple[str, Any]:
     """`training.learning_rate=1e-4` -> ("training.learning_rate", 1e-4); values are YAML."""
     key, sep, raw = item.partition("=")
@@ -178,9 +209,9 @@ def build(cls: type[T], data: Any, source: str, prefix: str = "", lines: dict[st
 
 
 # what one stage calls a setting another stage names otherwise: offered when the other name is given
-OTHER_NAMES = {"training": ("ppo",), "ppo": ("training",), "generation": ("sampling",), "sampling": ("generation",),
-               "save_steps": ("save_every",), "save_every": ("save_steps",), "max_steps": ("epochs", "updates"),
-               "updates": ("max_steps", "epochs"), "eval_steps": ("eval_every",), "eval_every": ("eval_steps",)}
+OTHER_NAMES = {"ppo": ("training",), "sampling": ("generation",), "save_every": ("save_steps",),
+               "eval_every": ("eval_steps",), "sample_every": ("sample_steps",), "max_steps": ("epochs", "updates"),
+               "updates": ("max_steps", "epochs")}
 
 
 def did_you_mean(key: str, known: typing.Iterable[str], prefix: str = "") -> str:

@@ -59,9 +59,9 @@ class SamplingSettings:
     the first ratio is 1 up to that rounding; false runs the separate pass and makes it exactly 1."""
 
     def __post_init__(self):
-        check(self.max_new_tokens > 0, "sampling.max_new_tokens", "must be > 0")
-        check(self.temperature > 0, "sampling.temperature", "must be > 0 (log-probs divide by it)")
-        check(0 < self.top_p <= 1, "sampling.top_p", "must be in (0, 1]")
+        check(self.max_new_tokens > 0, "generation.max_new_tokens", "must be > 0")
+        check(self.temperature > 0, "generation.temperature", "must be > 0 (log-probs divide by it)")
+        check(0 < self.top_p <= 1, "generation.top_p", "must be in (0, 1]")
 
 
 @dataclass
@@ -82,7 +82,7 @@ class PPOSettings:
     the no-grad passes (log π_old, log π_ref, values, the reward). A micro-batch's padded tokens are its
     rows x its longest prompt + its longest response; rows are sorted by length and cut where one more
     would pass the budget, so one 900-token conversation pads only its few long neighbours. A row longer
-    than the budget goes alone (up to data.max_prompt_length + sampling.max_new_tokens). The loss is a token
+    than the budget goes alone (up to data.max_prompt_length + generation.max_new_tokens). The loss is a token
     mean over the whole mini-batch, so the budget changes memory, never the update. Activations grow with
     it: SmolLM2-135M NF4 + LoRA on the CPU kept ~2.1 MB a padded token, 0.16 MB with gradient_checkpointing.
     The stage refuses a budget its estimate says will not fit (align/ppo/memory.py)."""
@@ -135,20 +135,30 @@ class PPOSettings:
     """Instructions (SFT data) for the PPO-ptx loss."""
     seed: int = 42
     """Seeds any fresh adapter's initial weights, the prompt order, each update's sampling and mini-batch shuffle."""
+    eval_steps: int = 5
+    """Greedy evaluation on held-out prompts every this many updates; before the first and after the last
+    update in any case (0 = only those two)."""
+    sample_steps: int = 5
+    """Write sample completions with scores every this many updates (0 = never)."""
+    save_steps: int = 10
+    """Checkpoint every this many updates (and after the last)."""
 
     def __post_init__(self):
+        check(self.save_steps > 0, "training.save_steps", f"must be > 0, got {self.save_steps}")
+        for name in ("eval_steps", "sample_steps"):
+            check(getattr(self, name) >= 0, f"training.{name}", f"must be >= 0, got {getattr(self, name)}")
         for name in ("updates", "batch_size", "mini_batch_size", "grad_accum", "ppo_epochs", "max_tokens_per_batch"):
-            check(getattr(self, name) > 0, f"ppo.{name}", f"must be > 0, got {getattr(self, name)}")
-        check(self.batch_size % self.mini_batch_size == 0, "ppo.mini_batch_size", "must divide ppo.batch_size")
-        check(self.mini_batch_size % self.grad_accum == 0, "ppo.grad_accum", "must divide ppo.mini_batch_size")
-        check(self.ptx_coef == 0 or self.ptx_data is not None, "ppo.ptx_data", "needed when ptx_coef > 0")
+            check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
+        check(self.batch_size % self.mini_batch_size == 0, "training.mini_batch_size", "must divide training.batch_size")
+        check(self.mini_batch_size % self.grad_accum == 0, "training.grad_accum", "must divide training.mini_batch_size")
+        check(self.ptx_coef == 0 or self.ptx_data is not None, "training.ptx_data", "needed when ptx_coef > 0")
         for name in ("learning_rate", "adam_eps", "target_kl", "kl_horizon", "cliprange", "cliprange_value", "max_grad_norm"):
-            check(getattr(self, name) > 0, f"ppo.{name}", f"must be > 0, got {getattr(self, name)}")
+            check(getattr(self, name) > 0, f"training.{name}", f"must be > 0, got {getattr(self, name)}")
         for name in ("kl_coef", "vf_coef", "ptx_coef"):
-            check(getattr(self, name) >= 0, f"ppo.{name}", f"must be >= 0, got {getattr(self, name)}")
+            check(getattr(self, name) >= 0, f"training.{name}", f"must be >= 0, got {getattr(self, name)}")
         for name in ("gamma", "lam"):
-            check(0 <= getattr(self, name) <= 1, f"ppo.{name}", f"must be in [0, 1], got {getattr(self, name)}")
-        check(self.seed >= 0, "ppo.seed", f"must be >= 0, got {self.seed}")
+            check(0 <= getattr(self, name) <= 1, f"training.{name}", f"must be in [0, 1], got {getattr(self, name)}")
+        check(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")
 
 
 @dataclass
@@ -178,22 +188,16 @@ class PPOConfig:
     """What scores a response: the reward model (normalised unless `reward.normalise` is off) or a rule function."""
     data: PPOData = field(default_factory=PPOData)
     """Training prompts and the held-out ones of the in-loop evaluation."""
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    generation: SamplingSettings = field(default_factory=SamplingSettings)
     """How rollouts are sampled; the temperature also divides the logits of every log-prob pass."""
-    ppo: PPOSettings = field(default_factory=PPOSettings)
-    """The algorithm: batch sizes, optimiser, KL penalty, GAE and the clipped losses."""
+    training: PPOSettings = field(default_factory=PPOSettings)
+    """The algorithm and its schedule: batch sizes, optimiser, KL penalty, GAE, the clipped losses, and how
+    often to evaluate, write samples and checkpoint."""
     guards: GuardSettings = field(default_factory=GuardSettings)
     """When to stop a run that has gone wrong, with a checkpoint."""
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(logging_steps=1))
     """W&B settings. PPO logs every update to metrics.jsonl and W&B; it does not read logging_steps."""
-    eval_every: int = 5
-    """Greedy evaluation on held-out prompts every this many updates; before the first and after the last
-    update in any case (0 = only those two)."""
-    sample_every: int = 5
-    """Write sample completions with scores every this many updates."""
-    save_every: int = 10
-    """Checkpoint every this many updates."""
 
-    def __post_init__(self):
-        check(self.save_every > 0, "save_every", f"must be > 0, got {self.save_every}")
-        check(self.eval_every >= 0 and self.sample_every >= 0, "eval_every", "eval_every and sample_every must be >= 0")
+    # what this stage called otherwise before the one vocabulary of every stage (accepted with a notice)
+    RENAMED = {"ppo": "training", "sampling": "generation", "save_every": "training.save_steps",
+               "eval_every": "training.eval_steps", "sample_every": "training.sample_steps"}

@@ -31,7 +31,7 @@ def problem(stats: dict[str, float], g: GuardSettings, constant_reward: str | No
         return f"objective/kl {stats['objective/kl']:.2f} above guards.max_kl={g.max_kl}"
     if not 1 / g.max_ratio <= stats["val/ratio_min"] <= stats["val/ratio_max"] <= g.max_ratio:
         return (f"policy ratio left [1/{g.max_ratio}, {g.max_ratio}] "
-                f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower ppo.learning_rate")
+                f"(min {stats['val/ratio_min']:.3f}, max {stats['val/ratio_max']:.3f}); lower training.learning_rate")
     return constant_reward
 
 

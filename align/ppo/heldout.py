@@ -1,5 +1,5 @@
 """PPO's held-out evaluation: greedy answers (reward, KL to the reference, length, EOS) and sampled
-ones (reward), before the first update, every eval_every updates and after the last, so reward
+ones (reward), before the first update, every training.eval_steps updates and after the last, so reward
 hacking and length drift show while training runs."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the weights as loaded (4-bit linear layers at ~0.56 bytes a weight, the rest fp3
 (the two that train with gradients, AdamW's moments and the update's snapshot), plus the largest of
 three phases, one at a time:
 
-    generation   batch_size / processes rows x (data.max_prompt_length + sampling.max_new_tokens) of KV
+    generation   batch_size / processes rows x (data.max_prompt_length + generation.max_new_tokens) of KV
                  cache, the prompts' prefill, and the sampling logits (rows x max_new_tokens x vocab)
                  that log π_old is read from
     no-grad      a micro-batch of the passes over the rollout (π_old, π_ref, V, r): one layer's
@@ -14,8 +14,8 @@ three phases, one at a time:
     update       a micro-batch's activations kept for backward (core.token_batches.activation_bytes),
                  and its logits with their softmax, log-softmax and gradients
 
-A micro-batch pads at most max(ppo.max_tokens_per_batch, the longest row) tokens, a longest row being
-data.max_prompt_length + sampling.max_new_tokens; its logits cover at most its rows x (max_new_tokens + 1)
+A micro-batch pads at most max(training.max_tokens_per_batch, the longest row) tokens, a longest row being
+data.max_prompt_length + generation.max_new_tokens; its logits cover at most its rows x (max_new_tokens + 1)
 positions. """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Estimate(NamedTuple):
 
 def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
     """The phases of one of `processes` PPO processes on the CPU (fp32 compute), in bytes."""
-    p, s = config.ppo, config.sampling
+    p, s = config.training, config.generation
     H, I, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
     weights = weight_bytes(shape, config.model)
     adapters = lora_weights(shape, config.model.lora.r) * (LORA_ADAPTERS * FP32 + 2 * TRAINED_BYTES_PER_WEIGHT)
@@ -86,18 +86,18 @@ def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
 
 def advice(config, phase: str) -> str:
     """`lower SETTING (now VALUE)`: what shrinks the phase that sets the peak."""
-    p, s, d = config.ppo, config.sampling, config.data
+    p, s, d = config.training, config.generation, config.data
     if phase == "loading":
         return f"the model ({config.model.name}) is too large to load here"
     if phase == "generation":
         longer = ("data.max_prompt_length", d.max_prompt_length) if d.max_prompt_length >= s.max_new_tokens \
-            else ("sampling.max_new_tokens", s.max_new_tokens)
-        return f"lower {longer[0]} (now {longer[1]}) or ppo.batch_size (now {p.batch_size})"
+            else ("generation.max_new_tokens", s.max_new_tokens)
+        return f"lower {longer[0]} (now {longer[1]}) or training.batch_size (now {p.batch_size})"
     if d.max_prompt_length + s.max_new_tokens > p.max_tokens_per_batch:  # the longest row sets the micro-batch
         setting = f"data.max_prompt_length (now {d.max_prompt_length})"
     else:
-        setting = f"ppo.max_tokens_per_batch (now {p.max_tokens_per_batch})"
-    also = "" if p.gradient_checkpointing or phase != "update" else ", or set ppo.gradient_checkpointing=true"
+        setting = f"training.max_tokens_per_batch (now {p.max_tokens_per_batch})"
+    also = "" if p.gradient_checkpointing or phase != "update" else ", or set training.gradient_checkpointing=true"
     return f"lower {setting}{also}"
 
 

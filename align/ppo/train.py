@@ -60,7 +60,7 @@ class MiniBatchStats(NamedTuple):
     policy_entropy_avg: torch.Tensor | float  # entropy of π_θ at the sampling temperature
     loss_value_avg: torch.Tensor | float  # clipped value loss L^VF
     val_clipfrac_avg: torch.Tensor | float  # share of tokens where the clipped value was taken
-    loss_ptx_avg: torch.Tensor | float  # PPO-ptx language-modelling loss; logged only with ppo.ptx_coef > 0
+    loss_ptx_avg: torch.Tensor | float  # PPO-ptx language-modelling loss; logged only with training.ptx_coef > 0
     nonfinite_policy_loss: torch.Tensor | float  # > 0: some micro-batch's L^CLIP is not finite
     nonfinite_value_loss: torch.Tensor | float  # > 0: some micro-batch's L^VF is not finite
 
@@ -81,17 +81,17 @@ def train(config: PPOConfig, *, overwrite: bool = False, resume: bool = False,
           allow_changes: bool = False) -> dict[str, Any]:
     prompts = load_records(config.data.prompts, "prompts")
     eval_prompts = load_records(config.data.eval_prompts, "prompts")[: config.data.eval_size] if config.data.eval_prompts else []
-    if len(prompts) < config.ppo.batch_size:
-        raise DataError([f"{config.data.prompts}: {len(prompts)} prompts, fewer than ppo.batch_size={config.ppo.batch_size}"])
+    if len(prompts) < config.training.batch_size:
+        raise DataError([f"{config.data.prompts}: {len(prompts)} prompts, fewer than training.batch_size={config.training.batch_size}"])
     if config.reward.model is None and config.reward.function is None:
         raise AlignError("set reward.model (an `align reward` output directory) or reward.function (module:function)")
-    check_shards(config.ppo, distributed.world().size)
+    check_shards(config.training, distributed.world().size)
     check_inputs(config)
     memory.check_fits(config, modeling.resolve_model_path(config.model.name), distributed.world().size)
     out = rundir.StageDir(config.out_dir)
-    advice = guards.memory_advice(config, lower=("ppo.max_tokens_per_batch", "ppo.mini_batch_size", "sampling.max_new_tokens",
-                                                 "data.max_prompt_length", "ppo.batch_size"), raise_=("ppo.grad_accum",),
-                                  enable=("ppo.gradient_checkpointing",))
+    advice = guards.memory_advice(config, lower=("training.max_tokens_per_batch", "training.mini_batch_size", "generation.max_new_tokens",
+                                                 "data.max_prompt_length", "training.batch_size"), raise_=("training.grad_accum",),
+                                  enable=("training.gradient_checkpointing",))
     with distributed.stage_run(out, dump_yaml(config), overwrite=overwrite, resume=resume,
                                allow_changes=allow_changes) as world:
         with guards.explain_out_of_memory("PPO", advice):
@@ -109,15 +109,15 @@ def check_inputs(config: PPOConfig) -> None:
         from align.reward.score import weights_dir
 
         weights_dir(config.reward.model)
-    if config.ppo.ptx_coef > 0:
-        load_records(config.ppo.ptx_data, "instructions")
+    if config.training.ptx_coef > 0:
+        load_records(config.training.ptx_data, "instructions")
 
 
 def check_shards(p: PPOSettings, processes: int) -> None:
     """batch_size and mini_batch_size are global: each process takes an equal share of both, and splits
     its share of a mini-batch into grad_accum micro-batches."""
-    distributed.check_global_batch({"ppo.batch_size": p.batch_size, "ppo.mini_batch_size": p.mini_batch_size},
-                                   processes, per_process={"ppo.mini_batch_size": ("ppo.grad_accum", p.grad_accum)})
+    distributed.check_global_batch({"training.batch_size": p.batch_size, "training.mini_batch_size": p.mini_batch_size},
+                                   processes, per_process={"training.mini_batch_size": ("training.grad_accum", p.grad_accum)})
 
 
 class PPOTrainer:
@@ -126,16 +126,16 @@ class PPOTrainer:
 
     def __init__(self, config: PPOConfig, out: rundir.StageDir, world: distributed.World = distributed.World()):
         self.config, self.out, self.world = config, out, world
-        torch.manual_seed(config.ppo.seed)
+        torch.manual_seed(config.training.seed)
         path = modeling.resolve_model_path(config.model.name)
         self.tokenizer = modeling.load_tokenizer(path, config.model.trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
         self.stack = PolicyStack(config.model, self.tokenizer,
                                  config.reward.model if config.reward.function is None else None,
-                                 gradient_checkpointing=config.ppo.gradient_checkpointing)
+                                 gradient_checkpointing=config.training.gradient_checkpointing)
         if self.stack.device.type == "cpu":  # freed KV caches and activations go back to the OS (core/heap.py)
             heap.large_buffers_from_mmap()
-        p = config.ppo
+        p = config.training
         # every pass over rollouts cuts them alike: at most this many rows and max_tokens_per_batch tokens
         self.micro_rows = p.mini_batch_size // world.size // p.grad_accum
         self.score, self.normaliser = reward_scorer(config.reward, self.stack, self.tokenizer, p.max_tokens_per_batch)
@@ -151,8 +151,8 @@ class PPOTrainer:
                        else adv.FixedKLController(p.kl_coef))
         eos = self.tokenizer.eos_token_id
         self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
-        self.sampling = Sampling(config.sampling.max_new_tokens, config.sampling.temperature, config.sampling.top_p,
-                                 config.sampling.logprobs_from_sampling)
+        self.sampling = Sampling(config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p,
+                                 config.generation.logprobs_from_sampling)
         self.ptx = PtxData(p.ptx_data, self.tokenizer, config.data.max_prompt_length, world) if p.ptx_coef > 0 else None
         self.heldout = HeldOut(self.stack, self._encode_prompts, self.sampling, self.eos_ids, self.tokenizer.pad_token_id,
                                self.score, self.normaliser, world, config.data.eval_samples,
@@ -167,7 +167,7 @@ class PPOTrainer:
     def run(self, prompts: list, eval_prompts: list, *, resume: bool) -> dict[str, Any]:
         from tqdm import tqdm
 
-        c, p = self.config, self.config.ppo
+        c, p = self.config, self.config.training
         start = self._resume() if resume else 0
         if start == 0 and eval_prompts:
             self.metrics.update({f"eval_before/{k}": v for k, v in self.evaluate(eval_prompts).items()})
@@ -187,12 +187,12 @@ class PPOTrainer:
                                      f"Checkpoint of update {update} saved in {self.out.checkpoints}") from None
             self.metrics.log(update + 1, stats)
             self._guard(stats, update + 1, self.constant_reward.update(rollout.raw_scores.tolist()))
-            if c.sample_every and (update + 1) % c.sample_every == 0 and self.world.is_main:
+            if c.training.sample_steps and (update + 1) % c.training.sample_steps == 0 and self.world.is_main:
                 outputs.write_samples(self.out.file(outputs.SAMPLES), update + 1, batch, rollout, self.tokenizer)
             # the last update's evaluation is the final one, below, run once
-            if c.eval_every and (update + 1) % c.eval_every == 0 and eval_prompts and update + 1 < p.updates:
+            if c.training.eval_steps and (update + 1) % c.training.eval_steps == 0 and eval_prompts and update + 1 < p.updates:
                 self.metrics.log(update + 1, {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()})
-            if (update + 1) % c.save_every == 0 or update + 1 == p.updates:
+            if (update + 1) % c.training.save_steps == 0 or update + 1 == p.updates:
                 self._checkpoint(update + 1)
         final = {f"eval/{k}": v for k, v in self.evaluate(eval_prompts).items()} if eval_prompts else {}
         if final:
@@ -209,7 +209,7 @@ class PPOTrainer:
     def step(self, prompts: list, update: int = 0) -> tuple[dict[str, float], Rollout]:
         """One PPO update of the global batch `prompts`: rollout, advantages, optimisation; returns its
         logged figures and the (global) rollout."""
-        p = self.config.ppo
+        p = self.config.training
         started, timings = time.perf_counter(), {}
         rollout = self._rollout(prompts, timings)
         health.check_scores(rollout.raw_scores)
@@ -250,14 +250,14 @@ class PPOTrainer:
         rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
                                self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
                                self.config.reward.no_eos_penalty, timings,
-                               max_tokens=self.config.ppo.max_tokens_per_batch, max_rows=self.micro_rows)
+                               max_tokens=self.config.training.max_tokens_per_batch, max_rows=self.micro_rows)
         return gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def _advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per token (B, T): the KL to the reference, and the whitened GAE advantages and the returns of
         the rewards it shapes with the controller's β (advantages.py)."""
-        p, mask = self.config.ppo, rollout.response_mask.float()
+        p, mask = self.config.training, rollout.response_mask.float()
         kl = adv.kl_per_token(rollout.logprobs, rollout.ref_logprobs, p.kl_estimator) * mask  # (B, T)
         rewards = adv.shaped_rewards(rollout.scores, kl, mask, self.kl_ctl.value)
         if p.whiten_rewards:
@@ -275,7 +275,7 @@ class PPOTrainer:
         the token budget): no collective step runs inside the micro-batch loop, only the one sum per
         optimiser step after it, which every process reaches once per mini-batch.
         """
-        p, world = self.config.ppo, self.world
+        p, world = self.config.training, self.world
         mask = rollout.response_mask.float()
         per_process = p.mini_batch_size // world.size
         params = self.stack.trainable_parameters()
@@ -331,7 +331,7 @@ class PPOTrainer:
 
         The micro-batch runs at its own width (unpadded_columns), not the rollout's: prompts and
         responses of real data differ in length far more than the demo's."""
-        p, temperature = self.config.ppo, self.sampling.temperature
+        p, temperature = self.config.training, self.sampling.temperature
         seq, resp = unpadded_columns(*lengths, i, rollout.query_ids.shape[1])
         ids, attn, mask = rollout.input_ids[i, seq], rollout.attention_mask[i, seq], rollout.response_mask[i, resp].float()
         T = mask.shape[1]
@@ -391,7 +391,7 @@ class PPOTrainer:
         if self.ptx is not None:
             self.ptx.cursor = state.get("ptx_cursor", 0)
         self.scheduler.load_state_dict(state["scheduler"])
-        checkpoint.apply_settings(self.optimizer, self.scheduler, self.config.ppo.learning_rate, 0.0)
+        checkpoint.apply_settings(self.optimizer, self.scheduler, self.config.training.learning_rate, 0.0)
         self.kl_ctl.value = state["kl_coef"]
         self.metrics.final = self.out.metrics()
         self.metrics.truncate_after(state["step"])

@@ -188,22 +188,25 @@ class OnlineData:
 
 
 @dataclass
-class OnlineTraining(RecipeTraining):
+class OnlineGeneration:
     num_generations: int = 4
     """Completions per prompt: GRPO's group, RLOO's k (the leave-one-out baseline needs >= 2)."""
     max_new_tokens: int = 32
     """Completion length cap in tokens (TRL's max_completion_length)."""
     temperature: float = 0.7
     """Sampling temperature of the completions (as PPO's, after the N+ details; TRL's default is 1.0)."""
+
+    def __post_init__(self):
+        check(self.num_generations >= 2, "generation.num_generations", "needs >= 2 for a group baseline")
+        check(self.max_new_tokens > 0, "generation.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        check(self.temperature > 0, "generation.temperature", f"must be > 0, got {self.temperature}")
+
+
+@dataclass
+class OnlineTraining(RecipeTraining):
     beta: float = 0.05
     """KL coefficient towards the reference: 0.05 as TRL's RLOOConfig (TRL's GRPOConfig defaults to 0, no
     reference model)."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        check(self.num_generations >= 2, "training.num_generations", "needs >= 2 for a group baseline")
-        check(self.max_new_tokens > 0, "training.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
-        check(self.temperature > 0, "training.temperature", f"must be > 0, got {self.temperature}")
 
 
 @dataclass
@@ -218,10 +221,15 @@ class OnlineConfig:
     """What scores each completion: a reward model (normalised) or a rule function."""
     data: OnlineData = field(default_factory=OnlineData)
     """The prompts to train on."""
+    generation: OnlineGeneration = field(default_factory=OnlineGeneration)
+    """How the completions are sampled."""
     training: OnlineTraining = field(default_factory=OnlineTraining)
-    """Optimisation, sampling and checkpointing, passed to TRL's GRPOTrainer or RLOOTrainer."""
+    """Optimisation and checkpointing, passed to TRL's GRPOTrainer or RLOOTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B and how often training figures are logged."""
+
+    # what this stage called otherwise before the one vocabulary of every stage (accepted with a notice)
+    RENAMED = {f"training.{name}": f"generation.{name}" for name in ("num_generations", "max_new_tokens", "temperature")}
 
 
 @dataclass

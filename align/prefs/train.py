@@ -295,16 +295,17 @@ def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume
     prompts = [{"prompt": list(r.messages)} for r in load_records(config.data.prompts, "prompts")]
     reward_fn = RuleFunction(config.reward.function) if config.reward.function else RewardModelFunction(config.reward.model)
     trainer_cls, args_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[method]
-    t = config.training
+    t, g = config.training, config.generation
 
     def build(model, tokenizer, out, callbacks, micro):
-        args = args_cls(**common_args(t, out, config.tracking, method, micro), num_generations=t.num_generations,
-                        max_completion_length=t.max_new_tokens, temperature=t.temperature)
+        args = args_cls(**common_args(t, out, config.tracking, method, micro), num_generations=g.num_generations,
+                        max_completion_length=g.max_new_tokens, temperature=g.temperature)
         return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=datasets.Dataset.from_list(prompts),
                            processing_class=tokenizer, callbacks=callbacks)
 
     # TRL 1.16 does not cut prompts: a completion's row holds the longest prompt (left-padded) and its tokens
-    completion = Passes(lambda tokenizer: longest_prompt(tokenizer, prompts) + t.max_new_tokens, "training.max_new_tokens")
+    completion = Passes(lambda tokenizer: longest_prompt(tokenizer, prompts) + config.generation.max_new_tokens,
+                        "generation.max_new_tokens")
     return run_recipe(config, method, build, overwrite, resume, allow_changes, completion)
 
 

@@ -136,15 +136,56 @@ def test_a_byte_order_mark_in_a_config_is_dropped(tmp_path):
 
 def test_an_unknown_key_offers_the_name_meant():
     from align.core.config import ConfigError
-    from align.ppo.config import PPOConfig
     from align.sft.config import SFTConfig
 
     with pytest.raises(ConfigError, match=r"unknown key 'training.learnig_rate' \(did you mean 'training.learning_rate'\?\)"):
         load_config(SFTConfig, None, ["training.learnig_rate=1e-4"])
-    # another stage's name for the same idea
-    with pytest.raises(ConfigError, match=r"unknown key 'training' \(did you mean 'ppo'\?\)"):
-        load_config(PPOConfig, None, ["training.learning_rate=1e-5"])
+    # an old name of the same idea
+    with pytest.raises(ConfigError, match=r"unknown key 'ppo' \(did you mean 'training'\?\)"):
+        load_config(SFTConfig, None, ["ppo.learning_rate=1e-5"])
     with pytest.raises(ConfigError, match=r"unknown key 'training.save_every' \(did you mean 'training.save_steps'\?\)"):
         load_config(SFTConfig, None, ["training.save_every=10"])
     with pytest.raises(ConfigError, match=r"unknown key 'zzz' \(known here"):  # nothing close: nothing offered
         load_config(SFTConfig, None, ["zzz=1"])
+
+
+def test_every_stage_names_optimiser_sampling_and_checkpoints_alike():
+    """One vocabulary: training.* (optimiser and schedule), generation.* (sampling), training.save_steps."""
+    from align.stages import STAGES
+
+    for name, entry in STAGES.items():
+        config = entry.config_class()()
+        if name != "eval":
+            assert hasattr(config.training, "learning_rate") and hasattr(config.training, "save_steps"), name
+        if name in ("ppo", "grpo", "rloo", "eval"):
+            assert hasattr(config.generation, "max_new_tokens") and hasattr(config.generation, "temperature"), name
+
+
+def test_old_names_still_load_with_one_notice_each(tmp_path, caplog):
+    from align.core.config import ConfigError
+    from align.pipeline import Pipeline, load_config as load_pipeline
+    from align.ppo.config import PPOConfig
+    from align.prefs.config import OnlineConfig
+
+    path = tmp_path / "old.yaml"
+    path.write_text("ppo:\n  updates: 7\n  learning_rate: 2.0e-5\nsampling:\n  temperature: 0.9\nsave_every: 3\n"
+                    "eval_every: 2\n")
+    config = load_config(PPOConfig, path, ["ppo.kl_coef=0.1", "sample_every=4"])
+    t = config.training
+    assert (t.updates, t.learning_rate, t.kl_coef, t.save_steps, t.eval_steps, t.sample_steps) == (7, 2e-5, 0.1, 3, 2, 4)
+    assert config.generation.temperature == 0.9
+    notices = [r.getMessage() for r in caplog.records if "the old name works in this release only" in r.getMessage()]
+    assert len(notices) == 6 and any("'ppo' is now 'training'" in n and str(path) in n for n in notices)
+
+    path.write_text("ppo:\n  updates: 7\n  lr: 1\n")
+    with pytest.raises(ConfigError, match=r"old.yaml:3: unknown key 'training.lr'"):  # still its line
+        load_config(PPOConfig, path)
+
+    grpo = load_config(OnlineConfig, None, ["training.num_generations=6", "training.max_new_tokens=9"])
+    assert (grpo.generation.num_generations, grpo.generation.max_new_tokens) == (6, 9)
+
+    # a pipeline's `set:` and its --set reach the stage under the old names too
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("stages: [ppo]\nppo:\n  set:\n    ppo.updates: 5\n    sampling.max_new_tokens: 11\n")
+    stage = Pipeline(load_pipeline(pipeline, ["ppo.save_every=2"])).stage_config("ppo")
+    assert (stage.training.updates, stage.generation.max_new_tokens, stage.training.save_steps) == (5, 11, 2)

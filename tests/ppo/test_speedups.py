@@ -36,7 +36,7 @@ def run(model_dir, out, reward_dir):
     from align.ppo.train import train
 
     # the reward model is a head on the base, so the reward-from-the-reference-pass path runs too
-    train(toy_config(model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "eval_every=0", "sample_every=0",
+    train(toy_config(model_dir, out, "training.updates=3", "training.batch_size=8", "training.eval_steps=0", "training.sample_steps=0",
                      "data.eval_prompts=null", "reward.function=null", f"reward.model={reward_dir}"))
     return figures(out)
 
@@ -114,9 +114,9 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_model_dir, tmp_path,
 
     def run(name, checkpointing):
         out = tmp_path / name
-        train(toy_config(tiny_model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=4",
-                         "eval_every=0", "sample_every=0", "data.eval_prompts=null", f"model.quantization={quantization}",
-                         f"ppo.gradient_checkpointing={checkpointing}"))
+        train(toy_config(tiny_model_dir, out, "training.updates=3", "training.batch_size=8", "training.mini_batch_size=4",
+                         "training.eval_steps=0", "training.sample_steps=0", "data.eval_prompts=null", f"model.quantization={quantization}",
+                         f"training.gradient_checkpointing={checkpointing}"))
         return figures(out)
 
     plain = run("plain", False)
@@ -150,9 +150,9 @@ def test_micro_batches_of_like_length_at_their_own_width_give_the_figures_of_the
 
     def run(name):
         out = tmp_path / name
-        ppo_train.train(toy_config(model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=4",
-                                   "ppo.grad_accum=2", "ppo.learning_rate=1e-4",
-                                   "eval_every=0", "sample_every=0", "data.eval_prompts=null"))
+        ppo_train.train(toy_config(model_dir, out, "training.updates=3", "training.batch_size=8", "training.mini_batch_size=4",
+                                   "training.grad_accum=2", "training.learning_rate=1e-4",
+                                   "training.eval_steps=0", "training.sample_steps=0", "data.eval_prompts=null"))
         return figures(out)
 
     monkeypatch.setattr(ppo_train, "unpadded_columns", recorded)

@@ -1,4 +1,4 @@
-"""PPO by a token budget (ppo.max_tokens_per_batch): the update's gradient does not depend on how its
+"""PPO by a token budget (training.max_tokens_per_batch): the update's gradient does not depend on how its
 micro-batches are cut; the no-grad passes run in micro-batches within the budget, give the whole batch's
 figures and keep nothing for a backward; processes that cut their shares into different numbers of
 micro-batches train like one; and the pre-flight estimate refuses a run that cannot fit, in one line."""
@@ -42,7 +42,7 @@ def trainer_of(model_dir, out, *extra):
     from align.ppo.train import PPOTrainer
 
     out.mkdir()
-    return PPOTrainer(toy_config(model_dir, out, "data.eval_prompts=null", "eval_every=0", *extra), StageDir(out))
+    return PPOTrainer(toy_config(model_dir, out, "data.eval_prompts=null", "training.eval_steps=0", *extra), StageDir(out))
 
 
 def padded(lengths, rows):
@@ -56,8 +56,8 @@ def test_the_update_is_the_same_however_the_token_budget_cuts_it(varied_model, t
     weighting each micro-batch's mean equally (as TRL and N+ do) would not."""
     import align.ppo.train as ppo_train
 
-    trainer = trainer_of(varied_model, tmp_path / "run", "ppo.batch_size=8", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1",
-                         "ppo.max_grad_norm=1e9")  # no clipping: the raw gradient is compared
+    trainer = trainer_of(varied_model, tmp_path / "run", "training.batch_size=8", "training.mini_batch_size=8", "training.ppo_epochs=1",
+                         "training.max_grad_norm=1e9")  # no clipping: the raw gradient is compared
     move_off_the_start(trainer)
     torch.manual_seed(0)
     rollout = trainer._rollout(demo_prompts(8), {})
@@ -72,7 +72,7 @@ def test_the_update_is_the_same_however_the_token_budget_cuts_it(varied_model, t
     names = list(trainer.stack.named_trainable())
     monkeypatch.setattr(trainer.optimizer, "step", lambda *a, **k: gradients.append(
         [trainer.stack.named_trainable()[n].grad.clone() for n in names]))
-    figures = [trainer.optimise(rollout, advantages, returns, 0) for trainer.config.ppo.max_tokens_per_batch in
+    figures = [trainer.optimise(rollout, advantages, returns, 0) for trainer.config.training.max_tokens_per_batch in
                (100_000, 2 * widest, 1)]
 
     assert [len(c) for c in (cuts[0], cuts[2])] == [1, 8] and 1 < len(cuts[1]) < 8
@@ -167,7 +167,7 @@ def test_held_out_answers_generated_a_few_at_a_time_give_the_figures_of_all_at_o
     from align.core.records import load_records
     from tests.conftest import DEMO
 
-    trainer = trainer_of(varied_model, tmp_path / "run", "ppo.batch_size=8", "ppo.mini_batch_size=4", "data.eval_samples=0")
+    trainer = trainer_of(varied_model, tmp_path / "run", "training.batch_size=8", "training.mini_batch_size=4", "data.eval_samples=0")
     move_off_the_start(trainer)
     prompts = load_records(DEMO / "heldout.jsonl", "prompts")[:6]
     generated = []
@@ -203,8 +203,8 @@ def test_the_estimate_grows_with_the_budget_the_rollout_and_shrinks_with_recompu
     def phases(*extra):
         return memory.estimate(ppo_config(tiny_model_dir, tmp_path, "data.max_prompt_length=64", *extra), shape)
 
-    small, large = phases("ppo.max_tokens_per_batch=512"), phases("ppo.max_tokens_per_batch=8192")
-    recomputed = phases("ppo.max_tokens_per_batch=8192", "ppo.gradient_checkpointing=true")
+    small, large = phases("training.max_tokens_per_batch=512"), phases("training.max_tokens_per_batch=8192")
+    recomputed = phases("training.max_tokens_per_batch=8192", "training.gradient_checkpointing=true")
     assert small.update < recomputed.update < large.update and small.no_grad < large.no_grad
     assert small.generation == large.generation
     # the KV cache: batch_size x (max_prompt_length + max_new_tokens) x 2 x layers x K/V width x 4 bytes
@@ -215,13 +215,13 @@ def test_the_estimate_grows_with_the_budget_the_rollout_and_shrinks_with_recompu
 
 
 @pytest.mark.parametrize(("extra", "named"), [
-    (["ppo.max_tokens_per_batch=200000"], r"\(update\) and .* available: lower ppo\.max_tokens_per_batch \(now 200000\), "
-                                          r"or set ppo\.gradient_checkpointing=true$"),
+    (["training.max_tokens_per_batch=200000"], r"\(update\) and .* available: lower training\.max_tokens_per_batch \(now 200000\), "
+                                          r"or set training\.gradient_checkpointing=true$"),
     # a row longer than the budget goes alone: the longest prompt sets the largest micro-batch
-    (["data.max_prompt_length=300000", "ppo.max_tokens_per_batch=64", "ppo.batch_size=2", "ppo.mini_batch_size=2"],
-     r"\(update\) .*lower data\.max_prompt_length \(now 300000\), or set ppo\.gradient_checkpointing=true$"),
-    (["data.max_prompt_length=60000", "ppo.batch_size=128", "ppo.mini_batch_size=2"],
-     r"\(generation\) .*lower data\.max_prompt_length \(now 60000\) or ppo\.batch_size \(now 128\)$"),
+    (["data.max_prompt_length=300000", "training.max_tokens_per_batch=64", "training.batch_size=2", "training.mini_batch_size=2"],
+     r"\(update\) .*lower data\.max_prompt_length \(now 300000\), or set training\.gradient_checkpointing=true$"),
+    (["data.max_prompt_length=60000", "training.batch_size=128", "training.mini_batch_size=2"],
+     r"\(generation\) .*lower data\.max_prompt_length \(now 60000\) or training\.batch_size \(now 128\)$"),
 ])
 def test_a_run_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch,
                                                                               extra, named):
@@ -268,8 +268,8 @@ def test_processes_that_cut_their_shares_into_different_numbers_of_micro_batches
     seen, real = [], ppo_train.micro_batches
     monkeypatch.setattr(ppo_train, "micro_batches", lambda rows, lengths, *rest: seen.append((rows, lengths)) or
                         real(rows, lengths, *rest))
-    settings = [f"model.name={tiny_model_dir}", *(s for s in PPO if not s.startswith("ppo.grad_accum")),
-                "ppo.grad_accum=1", "ppo.max_tokens_per_batch=64"]
+    settings = [f"model.name={tiny_model_dir}", *(s for s in PPO if not s.startswith("training.grad_accum")),
+                "training.grad_accum=1", "training.max_tokens_per_batch=64"]
     one, two = run_one_and_two("ppo", ppo_train.train, PPOConfig, settings, tmp_path)
     # the shares of the same mini-batches (the rollouts are alike: top_p -> 0 samples the likeliest token)
     counts = [(len(real(rows[:2], lengths, 2, 64)), len(real(rows[2:], lengths, 2, 64))) for rows, lengths in seen]
@@ -282,8 +282,8 @@ def test_approxkl_and_ratio_are_also_logged_averaged_over_padding_as_trl_does(va
     (rows x columns) responses, where log r = 0 and r = 1; computed here from the update's own log-probs."""
     from align.ppo.losses import logprobs_of
 
-    trainer = trainer_of(varied_model, tmp_path / "run", "ppo.batch_size=8", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1",
-                         "ppo.learning_rate=1e-12")  # the update barely moves: new log-probs are the ones read here
+    trainer = trainer_of(varied_model, tmp_path / "run", "training.batch_size=8", "training.mini_batch_size=8", "training.ppo_epochs=1",
+                         "training.learning_rate=1e-12")  # the update barely moves: new log-probs are the ones read here
     move_off_the_start(trainer)
     torch.manual_seed(0)
     rollout = trainer._rollout(demo_prompts(8), {})

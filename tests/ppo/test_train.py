@@ -19,8 +19,8 @@ def toy_config(model_dir, out, *extra):
         f"out_dir={out}", f"model.name={model_dir}", "model.quantization=none", "model.lora.r=8",
         "reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count", "reward.no_eos_penalty=null",
         f"data.prompts={DEMO / 'prompts.jsonl'}", f"data.eval_prompts={DEMO / 'heldout.jsonl'}", "data.eval_size=8",
-        "ppo.batch_size=16", "ppo.mini_batch_size=8", "ppo.learning_rate=1e-3", "sampling.max_new_tokens=12",
-        "tracking.wandb=false", "eval_every=10", "sample_every=20", "save_every=20", *extra,
+        "training.batch_size=16", "training.mini_batch_size=8", "training.learning_rate=1e-3", "generation.max_new_tokens=12",
+        "tracking.wandb=false", "training.eval_steps=10", "training.sample_steps=20", "training.save_steps=20", *extra,
     ])
 
 
@@ -31,7 +31,7 @@ def step_logs(out):
 @pytest.fixture(scope="module")
 def toy_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo") / "run"
-    return out, train(toy_config(tiny_model_dir, out, "ppo.updates=60"))
+    return out, train(toy_config(tiny_model_dir, out, "training.updates=60"))
 
 
 def test_known_reward_rises_and_kl_stays_bounded(toy_run):
@@ -100,8 +100,8 @@ def test_outputs_the_aligned_adapter_loadable_by_peft(toy_run, tiny_model_dir):
 
 def test_nan_reward_stops_the_run_with_the_last_healthy_checkpoint(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    config = toy_config(tiny_model_dir, out, "ppo.updates=4", "reward.function=tests.ppo.toy_reward:nan_after_first_call",
-                        "ppo.batch_size=8", "eval_every=0", "data.eval_prompts=null")
+    config = toy_config(tiny_model_dir, out, "training.updates=4", "reward.function=tests.ppo.toy_reward:nan_after_first_call",
+                        "training.batch_size=8", "training.eval_steps=0", "data.eval_prompts=null")
     with pytest.raises(TrainingHalted, match=r"update 2: the reward is not finite for 8 responses.*Checkpoint of update 1"):
         train(config)
     status = json.loads((out / "status.json").read_text())
@@ -113,10 +113,10 @@ def test_nan_reward_stops_the_run_with_the_last_healthy_checkpoint(tiny_model_di
 
 
 def test_resume_gives_the_same_next_update(tiny_model_dir, tmp_path):
-    extra = ("ppo.updates=4", "save_every=2", "ppo.batch_size=8", "eval_every=0", "sample_every=0",
-             "data.eval_prompts=null", "ppo.lr_scheduler=constant")
+    extra = ("training.updates=4", "training.save_steps=2", "training.batch_size=8", "training.eval_steps=0", "training.sample_steps=0",
+             "data.eval_prompts=null", "training.lr_scheduler=constant")
     train(toy_config(tiny_model_dir, tmp_path / "whole", *extra))
-    train(toy_config(tiny_model_dir, tmp_path / "cut", *extra[1:], "ppo.updates=2"))
+    train(toy_config(tiny_model_dir, tmp_path / "cut", *extra[1:], "training.updates=2"))
     (tmp_path / "cut" / "status.json").write_text('{"state": "failed"}')
     train(toy_config(tiny_model_dir, tmp_path / "cut", *extra), resume=True, allow_changes=True)  # 2 -> 4 updates
     whole, cut = step_logs(tmp_path / "whole"), step_logs(tmp_path / "cut")
@@ -128,8 +128,8 @@ def test_resume_gives_the_same_next_update(tiny_model_dir, tmp_path):
 
 def test_ppo_ptx_adds_a_language_modelling_loss(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    train(toy_config(tiny_model_dir, out, "ppo.updates=2", "ppo.batch_size=8", "eval_every=0", "data.eval_prompts=null",
-                     "ppo.ptx_coef=0.5", f"ppo.ptx_data={DEMO / 'sft.jsonl'}"))
+    train(toy_config(tiny_model_dir, out, "training.updates=2", "training.batch_size=8", "training.eval_steps=0", "data.eval_prompts=null",
+                     "training.ptx_coef=0.5", f"training.ptx_data={DEMO / 'sft.jsonl'}"))
     logs = step_logs(out)
     assert all(r["loss/ptx_avg"] > 0 for r in logs)
     # the tiny random model is far from the SFT text: cross-entropy near log(vocab)
@@ -142,8 +142,8 @@ def test_checkpoints_hold_both_adapters_after_an_eval_with_the_base_as_reference
     from safetensors.torch import load_file
 
     out = tmp_path / "run"
-    train(toy_config(tiny_model_dir, out, "ppo.updates=2", "ppo.batch_size=8", "eval_every=2", "save_every=2",
-                     "sample_every=0"))
+    train(toy_config(tiny_model_dir, out, "training.updates=2", "training.batch_size=8", "training.eval_steps=2", "training.save_steps=2",
+                     "training.sample_steps=0"))
     names = set(load_file(out / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
     assert any(".lora_A.policy." in n for n in names) and any(".lora_A.value." in n for n in names)
     assert {"value_head.weight", "value_head.bias"} <= names
@@ -153,9 +153,9 @@ def test_a_guard_trip_is_kept_apart_from_the_resume_point(tiny_model_dir, tmp_pa
     from align.core.rundir import StageDir
 
     out = tmp_path / "run"
-    config = toy_config(tiny_model_dir, out, "ppo.updates=3", "ppo.batch_size=8", "eval_every=0",
+    config = toy_config(tiny_model_dir, out, "training.updates=3", "training.batch_size=8", "training.eval_steps=0",
                         "data.eval_prompts=null", "guards.max_ratio=1.0000001")
-    with pytest.raises(TrainingHalted, match=r"update 1: policy ratio left .*lower ppo.learning_rate"):
+    with pytest.raises(TrainingHalted, match=r"update 1: policy ratio left .*lower training.learning_rate"):
         train(config)
     assert (out / "checkpoints" / "halted-update-1" / "trainable.safetensors").exists()
     assert StageDir(out).newest_checkpoint() is None
@@ -173,10 +173,10 @@ def trainer(tiny_model_dir, tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    config = toy_config(tiny_model_dir, out, "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=1",
-                        "ppo.grad_accum=1", "ppo.updates=4", "ppo.lr_scheduler=linear", "ppo.kl_estimator=k1",
-                        "ppo.adaptive_kl=false", "ppo.kl_coef=0.05", "ppo.whiten_rewards=false",
-                        "sampling.temperature=0.7", "data.eval_prompts=null", "eval_every=0")
+    config = toy_config(tiny_model_dir, out, "training.batch_size=8", "training.mini_batch_size=4", "training.ppo_epochs=1",
+                        "training.grad_accum=1", "training.updates=4", "training.lr_scheduler=linear", "training.kl_estimator=k1",
+                        "training.adaptive_kl=false", "training.kl_coef=0.05", "training.whiten_rewards=false",
+                        "generation.temperature=0.7", "data.eval_prompts=null", "training.eval_steps=0")
     return PPOTrainer(config, StageDir(out))
 
 
@@ -219,7 +219,7 @@ def test_the_update_trains_on_whitened_gae_of_kl_shaped_rewards(trainer, monkeyp
     stats, rollout = trainer.step(demo_prompts(), 0)
     (_, advantages, returns, _), _ = optimised[0]
     mask = rollout.response_mask.float()
-    p, beta = trainer.config.ppo, 0.05
+    p, beta = trainer.config.training, 0.05
 
     # whitened: mean 0 and (Bessel-corrected, as TRL) variance 1 over the real tokens, 0 on padding
     n = mask.sum()
@@ -282,7 +282,7 @@ def test_each_mini_batch_clips_against_the_old_policy_and_fits_the_returns_from_
 
 
 def test_the_learning_rate_decays_linearly_update_by_update(trainer):
-    # ppo.learning_rate 1e-3, 4 updates, linear: update u steps at 1e-3 · (1 − u/4) on both of its mini-batches;
+    # training.learning_rate 1e-3, 4 updates, linear: update u steps at 1e-3 · (1 − u/4) on both of its mini-batches;
     # `lr` is logged after the scheduler's step, so it is the rate the next update will use
     used = []
     trainer.optimizer.register_step_pre_hook(lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))

@@ -43,7 +43,7 @@ def test_online_recipes_run_with_a_rule_reward(method, tiny_model_dir, tmp_path,
     figures = online(load_config(OnlineConfig, None, [
         f"out_dir={tmp_path / method}", f"model.name={tiny_model_dir}", f"data.prompts={DEMO / 'prompts.jsonl'}",
         "reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count", "model.quantization=none",
-        "training.max_steps=3", "training.batch_size=8", "training.num_generations=4", "training.max_new_tokens=8",
+        "training.max_steps=3", "training.batch_size=8", "generation.num_generations=4", "generation.max_new_tokens=8",
         "tracking.wandb=false", "tracking.logging_steps=1"]), method)
     assert figures["train/steps"] == 3
     rewards = [json.loads(line) for line in (tmp_path / method / "metrics.jsonl").read_text().splitlines()]
@@ -172,7 +172,7 @@ def test_grpo_samples_the_whole_batch_at_once_in_micro_batches(tiny_model_dir, t
     from align.prefs.train import common_args
 
     config = load_config(OnlineConfig, None, [f"model.name={tiny_model_dir}", "training.batch_size=8",
-                                              "training.grad_accum=2", "training.num_generations=4",
+                                              "training.grad_accum=2", "generation.num_generations=4",
                                               "tracking.wandb=false"])
     micro = micro_batches(8, 2, 1, 100, 50)  # 2 completions a pass, 8 passes a step
     args = trl.GRPOConfig(**common_args(config.training, StageDir(tmp_path / "run"), config.tracking, "grpo", micro),
@@ -188,7 +188,7 @@ def test_grpo_samples_the_whole_batch_at_once_in_micro_batches(tiny_model_dir, t
     ("kto", ["training.max_length=64", "training.gradient_checkpointing=false"],
      "lower training.max_tokens_per_batch (now 4096), or set training.gradient_checkpointing=true"),
     ("grpo", ["reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count", "training.max_tokens_per_batch=8"],
-     "lower training.max_new_tokens (now 32)"),
+     "lower generation.max_new_tokens (now 32)"),
 ])
 def test_a_budget_that_cannot_fit_is_refused_through_the_cli(method, extra, advice, tiny_model_dir, tmp_path, monkeypatch):
     from click.testing import CliRunner

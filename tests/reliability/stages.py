@@ -37,9 +37,9 @@ def stage_overrides(stage: str, model_dir: Path, data: Path) -> list[str]:
     if stage == "ppo":
         return [*common, "reward.model=null", "reward.function=tests.ppo.toy_reward:digit_count",
                 "reward.no_eos_penalty=null", f"data.prompts={DEMO / 'prompts.jsonl'}", "data.eval_prompts=null",
-                "ppo.updates=12", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.ppo_epochs=2",
-                "ppo.learning_rate=1e-3", "ppo.lr_scheduler=constant", "sampling.max_new_tokens=8",
-                "eval_every=0", "sample_every=1", "save_every=3"]
+                "training.updates=12", "training.batch_size=8", "training.mini_batch_size=4", "training.ppo_epochs=2",
+                "training.learning_rate=1e-3", "training.lr_scheduler=constant", "generation.max_new_tokens=8",
+                "training.eval_steps=0", "training.sample_steps=1", "training.save_steps=3"]
     raise ValueError(stage)
 
 

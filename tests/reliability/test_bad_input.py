@@ -71,7 +71,7 @@ COMMANDS = [
     Command("dpo/preferences", "preferences", stage("dpo", "data.train")),
     Command("dpo/rankings", "rankings", stage("dpo", "data.train")),
     Command("ppo", "prompts", stage("ppo", "data.prompts", "--set", "data.eval_prompts=null", "--set", "reward.model=null",
-                                    *RULE, "--set", "ppo.batch_size=1", "--set", "ppo.mini_batch_size=1")),
+                                    *RULE, "--set", "training.batch_size=1", "--set", "training.mini_batch_size=1")),
     Command("grpo", "prompts", stage("grpo", "data.prompts", *RULE)),
     Command("rloo", "prompts", stage("rloo", "data.prompts", *RULE)),
     Command("reward score", "scored", lambda d, o, m: ["reward", "score", "--model", str(m), "--data", str(d), "-o", str(o)]),
@@ -323,7 +323,7 @@ def test_a_converter_keeps_the_good_records_and_lists_the_bad(tmp_path):
 STAGE_KEYS = {
     "sft": ("training", "training.batch_size", "training.learning_rate"),
     "reward": ("training", "training.batch_size", "training.learning_rate"),
-    "ppo": ("ppo", "ppo.batch_size", "ppo.learning_rate"),
+    "ppo": ("training", "training.batch_size", "training.learning_rate"),
     "dpo": ("training", "training.batch_size", "training.learning_rate"),
     "grpo": ("training", "training.batch_size", "training.learning_rate"),
     "rloo": ("training", "training.batch_size", "training.learning_rate"),
@@ -331,9 +331,9 @@ STAGE_KEYS = {
 STAGE_ONLY = {  # one more bad value each stage alone has
     "sft": ("training:\n  warmup_ratio: -0.1\n", "c.yaml:2: training.warmup_ratio: must be in [0, 1)"),
     "reward": ("training:\n  max_grad_norm: 0\n", "c.yaml:2: training.max_grad_norm: must be > 0"),
-    "ppo": ("ppo:\n  gamma: 2\n", "c.yaml:2: ppo.gamma: must be in [0, 1]"),
+    "ppo": ("training:\n  gamma: 2\n", "c.yaml:2: training.gamma: must be in [0, 1]"),
     "dpo": ("data:\n  eval_fraction: 1.5\n", "c.yaml:2: data.eval_fraction: must be in [0, 1)"),
-    "grpo": ("training:\n  num_generations: 1\n", "c.yaml:2: training.num_generations: needs >= 2"),
+    "grpo": ("generation:\n  num_generations: 1\n", "c.yaml:2: generation.num_generations: needs >= 2"),
     "rloo": ("training:\n  lr_scheduler: cosin\n", "c.yaml:2: training.lr_scheduler: 'cosin' is not one of"),
 }
 
@@ -460,10 +460,10 @@ REWARD_INPUT_FAULTS = [
     ("ppo reward function malformed", ["ppo", "--set", "reward.model=null", "--set", "reward.function=nocolon"],
      "expected module:function"),
     ("ppo neither reward", ["ppo", "--set", "reward.model=null"], "set reward.model"),
-    ("ppo ptx data missing", ["ppo", *RULE, "--set", "reward.model=null", "--set", "ppo.ptx_coef=0.5", "--set",
-                              "ppo.ptx_data=/nowhere/sft.jsonl"], "/nowhere/sft.jsonl: no such file"),
-    ("ppo fewer prompts than a batch", ["ppo", *RULE, "--set", "reward.model=null", "--set", "ppo.batch_size=16",
-                                        "--set", "ppo.mini_batch_size=16"], "8 prompts, fewer than ppo.batch_size=16"),
+    ("ppo ptx data missing", ["ppo", *RULE, "--set", "reward.model=null", "--set", "training.ptx_coef=0.5", "--set",
+                              "training.ptx_data=/nowhere/sft.jsonl"], "/nowhere/sft.jsonl: no such file"),
+    ("ppo fewer prompts than a batch", ["ppo", *RULE, "--set", "reward.model=null", "--set", "training.batch_size=16",
+                                        "--set", "training.mini_batch_size=16"], "8 prompts, fewer than training.batch_size=16"),
     ("grpo reward model missing", ["grpo", "--set", "reward.model=/nowhere/rm"], "/nowhere/rm: not a reward model"),
     ("grpo reward function missing", ["grpo", "--set", "reward.function=tests.ppo.toy_reward:nope"], "has no function 'nope'"),
 ]

@@ -29,7 +29,7 @@ def test_the_same_seed_gives_the_same_run(stage, tiny_model_dir, tmp_path):
 def test_another_seed_gives_another_run(tiny_model_dir, tmp_path):
     """The check above would pass if the seed were ignored and every run were alike: it is not."""
     data = stages.preference_file(tmp_path / "prefs.jsonl")
-    stages.run_in_process("ppo", tiny_model_dir, data, tmp_path / "a", "ppo.updates=2")
-    stages.run_in_process("ppo", tiny_model_dir, data, tmp_path / "b", "ppo.updates=2", "ppo.seed=7")
+    stages.run_in_process("ppo", tiny_model_dir, data, tmp_path / "a", "training.updates=2")
+    stages.run_in_process("ppo", tiny_model_dir, data, tmp_path / "b", "training.updates=2", "training.seed=7")
     a, b = (stages.comparable(stages.step_records(tmp_path / name)) for name in ("a", "b"))
     assert a[0]["objective/scores"] != b[0]["objective/scores"] or a[0]["objective/kl"] != b[0]["objective/kl"]

@@ -45,7 +45,7 @@ def failed_with(out, text: str) -> None:
 def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model_dir, reward_data, tmp_path, monkeypatch):
     import align.reward.micro_batches
 
-    real, real_backward, batches = reward.micro_batches.kwise_ranking_loss, reward.micro_batches.backward, []
+    real, real_backward, batches = align.reward.micro_batches.kwise_ranking_loss, align.reward.micro_batches.backward, []
 
     def counted(*args, **kwargs):  # one batch a step here (grad_accum 1), however many micro-batches
         batches.append(1)
@@ -55,8 +55,8 @@ def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(batches) >= 5 else loss
 
-    monkeypatch.setattr(reward.micro_batches, "backward", counted)
-    monkeypatch.setattr(reward.micro_batches, "kwise_ranking_loss", nan_from_the_fifth)
+    monkeypatch.setattr(align.reward.micro_batches, "backward", counted)
+    monkeypatch.setattr(align.reward.micro_batches, "kwise_ranking_loss", nan_from_the_fifth)
     out = tmp_path / "run"
     with pytest.raises(TrainingHalted, match=r"stopped at step 5: the loss or its gradient is not finite.*"
                                              r"state after step 4 is in .*checkpoint-4"):
@@ -65,7 +65,7 @@ def test_reward_model_nan_loss_stops_with_the_last_healthy_step_saved(tiny_model
     checkpoint = StageDir(out).newest_checkpoint()
     assert checkpoint.name == "checkpoint-4" and finite_weights(checkpoint)
     # the saved state is the one before the bad step: with the fault gone, --resume finishes the run
-    monkeypatch.setattr(reward.micro_batches, "kwise_ranking_loss", real)
+    monkeypatch.setattr(align.reward.micro_batches, "kwise_ranking_loss", real)
     figures = run("reward", tiny_model_dir, reward_data, out, resume=True)
     assert figures["train/steps"] == stages.STEPS["reward"] and math.isfinite(figures["eval/margin"])
 
@@ -135,7 +135,7 @@ def test_ppo_kl_runaway_stops_with_its_state_kept_apart(tiny_model_dir, reward_d
     # the policy starts as the reference (LoRA B = 0), so update 1 has KL 0 and the first update moves it;
     # exactly 0 with log π_old from a pass like the reference's (the sampling logits differ by rounding)
     with pytest.raises(TrainingHalted, match=r"PPO stopped at update 2: objective/kl .* above guards.max_kl=1e-06"):
-        run("ppo", tiny_model_dir, reward_data, out, "guards.max_kl=1e-6", "sampling.logprobs_from_sampling=false")
+        run("ppo", tiny_model_dir, reward_data, out, "guards.max_kl=1e-6", "generation.logprobs_from_sampling=false")
     failed_with(out, "guards.max_kl")
     assert (out / "checkpoints" / "halted-update-2" / "trainable.safetensors").exists()
     kl = [r["objective/kl"] for r in stages.step_records(out)]
@@ -151,7 +151,7 @@ def test_ppo_constant_reward_stops_after_the_set_number_of_updates(tiny_model_di
     assert (out / "checkpoints" / "halted-update-3" / "trainable.safetensors").exists()
     # and a varying reward is not stopped: guards.constant_reward_updates=0 turns the check off
     run("ppo", tiny_model_dir, reward_data, tmp_path / "off", "reward.function=tests.reliability.faulty_rewards:constant",
-        "guards.constant_reward_updates=0", "ppo.updates=4")
+        "guards.constant_reward_updates=0", "training.updates=4")
     assert StageDir(tmp_path / "off").state() == "done"
 
 
@@ -169,7 +169,7 @@ def test_a_reward_model_that_collapsed_to_a_constant_stops_the_reward_stage(tiny
     import align.reward.train
 
     # a head that learnt to ignore its input: every completion gets the same reward
-    monkeypatch.setattr(reward.train, "score_texts", lambda model, tokenizer, texts, *a, **k: torch.full((len(texts),), 0.5))
+    monkeypatch.setattr(align.reward.train, "score_texts", lambda model, tokenizer, texts, *a, **k: torch.full((len(texts),), 0.5))
     out = tmp_path / "run"
     with pytest.raises(TrainingHalted, match=r"gives every reference completion the same reward \(0.5\) after 14 steps"):
         run("reward", tiny_model_dir, reward_data, out)
@@ -196,8 +196,8 @@ OOM_CASES = [
      ["training.batch_size (now 4)", "data.max_length (now 64)", "training.eval_batch_size (now 16)",
       "training.grad_accum (now 1)"]),
     ("ppo", "align.ppo.train:PPOTrainer.optimise", "MemoryError",
-     ["ppo.mini_batch_size (now 4)", "sampling.max_new_tokens (now 8)", "data.max_prompt_length (now 256)",
-      "ppo.grad_accum (now 1)"]),
+     ["training.mini_batch_size (now 4)", "generation.max_new_tokens (now 8)", "data.max_prompt_length (now 256)",
+      "training.grad_accum (now 1)"]),
     ("reward", "align.reward.train:score_texts", "CPU allocator", ["training.eval_batch_size (now 16)"]),
 ]
 

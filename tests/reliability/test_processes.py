@@ -127,15 +127,15 @@ PPO = [
     "data.eval_size=5", "data.eval_samples=0",
     # 2 mini-batches of 4 (2 per process), 2 micro-batches of a mini-batch on one process;
     # the KL controller and reward whitening on, so global statistics matter
-    "ppo.updates=3", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.grad_accum=2", "ppo.learning_rate=1e-3",
-    "ppo.adaptive_kl=true", "ppo.target_kl=0.5", "ppo.kl_horizon=50", "ppo.whiten_rewards=true",
+    "training.updates=3", "training.batch_size=8", "training.mini_batch_size=4", "training.grad_accum=2", "training.learning_rate=1e-3",
+    "training.adaptive_kl=true", "training.target_kl=0.5", "training.kl_horizon=50", "training.whiten_rewards=true",
     # top_p -> 0 samples the most likely token (log-probs stay those of the whole tempered
     # distribution): one process generating 8 responses and two generating 4 each draw the same
-    "sampling.max_new_tokens=8", "sampling.top_p=1e-9",
+    "generation.max_new_tokens=8", "generation.top_p=1e-9",
     # log π_old from a forward pass: the sampling logits of a batch of 8 and of two of 4 differ by rounding
     # (1e-7), which the first update's KL of about 1e-6 magnifies past the tolerance
-    "sampling.logprobs_from_sampling=false",
-    "tracking.wandb=false", "eval_every=2", "sample_every=1", "save_every=2",
+    "generation.logprobs_from_sampling=false",
+    "tracking.wandb=false", "training.eval_steps=2", "training.sample_steps=1", "training.save_steps=2",
 ]
 
 
@@ -163,17 +163,17 @@ def test_ppo_under_two_processes_trains_like_one(tiny_model_dir, tmp_path):
 @pytest.mark.slow  # three more launches, about 60 s here
 def test_ppo_resumed_under_two_processes_matches_the_uninterrupted_run(tiny_model_dir, tmp_path):
     """Only the main process writes checkpoints; every process resumes from them alike."""
-    settings = [f"model.name={tiny_model_dir}", *PPO, "ppo.lr_scheduler=constant"]
+    settings = [f"model.name={tiny_model_dir}", *PPO, "training.lr_scheduler=constant"]
     sets = [f"--set={s}" for s in settings]
-    assert launch("ppo", "--out", str(tmp_path / "whole"), *sets, "--set=ppo.updates=4").returncode == 0
-    assert launch("ppo", "--out", str(tmp_path / "cut"), *sets, "--set=ppo.updates=2").returncode == 0
+    assert launch("ppo", "--out", str(tmp_path / "whole"), *sets, "--set=training.updates=4").returncode == 0
+    assert launch("ppo", "--out", str(tmp_path / "cut"), *sets, "--set=training.updates=2").returncode == 0
     (tmp_path / "cut" / "status.json").write_text('{"state": "failed"}')  # as if killed after its checkpoint
-    resumed = launch("ppo", "--out", str(tmp_path / "cut"), "--resume", "--allow-changes", *sets, "--set=ppo.updates=4")
+    resumed = launch("ppo", "--out", str(tmp_path / "cut"), "--resume", "--allow-changes", *sets, "--set=training.updates=4")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     whole = logged(tmp_path / "whole")
     cut = [r for r in logged(tmp_path / "cut") if "resumed_with_changes" not in r]
     assert [r["resumed_with_changes"] for r in logged(tmp_path / "cut") if "resumed_with_changes" in r] == [
-        {"ppo.updates": {"before": 2, "after": 4}}]
+        {"training.updates": {"before": 2, "after": 4}}]
     assert [r["step"] for r in cut] == [r["step"] for r in whole] == [1, 2, 2, 3, 4, 4]
     for x, y in zip(whole, cut):
         differences(x, y, {})
@@ -224,7 +224,7 @@ def test_sft_under_two_processes_trains_like_one(tiny_model_dir, tmp_path):
     assert sorted(p.name for p in (two / "checkpoints").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
 
 
-@pytest.mark.parametrize("stage, setting", [("ppo", "ppo.batch_size=8"), ("ppo", "ppo.mini_batch_size=4"),
+@pytest.mark.parametrize("stage, setting", [("ppo", "training.batch_size=8"), ("ppo", "training.mini_batch_size=4"),
                                             ("reward", "training.batch_size=8"), ("sft", "training.batch_size=8")])
 def test_a_global_batch_that_does_not_split_evenly_is_refused(stage, setting, monkeypatch, tiny_model_dir, tmp_path):
     """Checked before anything is written: the batch sizes are global, and 3 processes cannot share 8."""
@@ -235,9 +235,9 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(stage, setting, mo
     if stage == "ppo":
         from align.ppo.config import PPOConfig as cls
         from align.ppo.train import train
-        base = [s for s in PPO if not s.startswith(("ppo.batch_size", "ppo.mini_batch_size", "ppo.grad_accum"))]
-        sizes = {"ppo.batch_size=8": ["ppo.batch_size=8", "ppo.mini_batch_size=8", "ppo.grad_accum=1"],
-                 "ppo.mini_batch_size=4": ["ppo.batch_size=12", "ppo.mini_batch_size=4", "ppo.grad_accum=1"]}[setting]
+        base = [s for s in PPO if not s.startswith(("training.batch_size", "training.mini_batch_size", "training.grad_accum"))]
+        sizes = {"training.batch_size=8": ["training.batch_size=8", "training.mini_batch_size=8", "training.grad_accum=1"],
+                 "training.mini_batch_size=4": ["training.batch_size=12", "training.mini_batch_size=4", "training.grad_accum=1"]}[setting]
         overrides = [*base, *sizes]
     elif stage == "reward":
         from align.reward.config import RewardConfig as cls
@@ -260,8 +260,8 @@ def test_a_share_that_gradient_accumulation_cannot_split_names_both_settings():
     from align.core.distributed import check_global_batch
     from align.core.errors import AlignError
 
-    check_global_batch({"ppo.batch_size": 8, "ppo.mini_batch_size": 8}, 2, {"ppo.mini_batch_size": ("ppo.grad_accum", 4)})
-    with pytest.raises(AlignError, match=r"^ppo.mini_batch_size=4 is the global batch: its share under 2 processes, 2, "
-                                         r"must divide by ppo.grad_accum=4$"):
-        check_global_batch({"ppo.batch_size": 8, "ppo.mini_batch_size": 4}, 2,
-                           {"ppo.mini_batch_size": ("ppo.grad_accum", 4)})
+    check_global_batch({"training.batch_size": 8, "training.mini_batch_size": 8}, 2, {"training.mini_batch_size": ("training.grad_accum", 4)})
+    with pytest.raises(AlignError, match=r"^training.mini_batch_size=4 is the global batch: its share under 2 processes, 2, "
+                                         r"must divide by training.grad_accum=4$"):
+        check_global_batch({"training.batch_size": 8, "training.mini_batch_size": 4}, 2,
+                           {"training.mini_batch_size": ("training.grad_accum", 4)})

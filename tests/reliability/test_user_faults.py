@@ -90,7 +90,7 @@ def test_grpo_and_rloo_reward_functions_are_checked_too():
 
 
 def ppo(tiny_model_dir, out, *extra: str, resume: bool = False):
-    settings = ["ppo.updates=2", "save_every=1", "sample_every=0", "ppo.ppo_epochs=1", *extra]
+    settings = ["training.updates=2", "training.save_steps=1", "training.sample_steps=0", "training.ppo_epochs=1", *extra]
     argv = stages.argv("ppo", tiny_model_dir, out, out, *settings)[3:]  # [python, -m, align] dropped
     with stages.one_thread():
         return CliRunner().invoke(cli, argv + (["--resume"] if resume else []))

@@ -130,9 +130,9 @@ def test_preflight_refuses_a_run_that_cannot_fit_before_loading(tiny_model_dir, 
     from align.reward.train import train
 
     config = _config(tiny_model_dir, tmp_path, "training.max_tokens_per_batch=4096", "data.max_length=256")
-    estimate = reward.memory.estimate_peak_bytes(config, tiny_model_dir)
+    estimate = align.reward.memory.estimate_peak_bytes(config, tiny_model_dir)
     assert estimate is not None
-    monkeypatch.setattr(reward.memory, "available_bytes", lambda: estimate - 1)
+    monkeypatch.setattr(align.reward.memory, "available_bytes", lambda: estimate - 1)
     loaded = []
     monkeypatch.setattr("align.core.modeling.load_base", lambda *a, **k: loaded.append(1))
     with pytest.raises(AlignError) as refused:
@@ -144,7 +144,7 @@ def test_preflight_refuses_a_run_that_cannot_fit_before_loading(tiny_model_dir, 
     assert not loaded and not (tmp_path / "run").exists()
     # a max_length above the budget is what sets the largest micro-batch: it is the setting named
     long = _config(tiny_model_dir, tmp_path, "training.max_tokens_per_batch=128", "data.max_length=8192")
-    monkeypatch.setattr(reward.memory, "available_bytes", lambda: 1)
+    monkeypatch.setattr(align.reward.memory, "available_bytes", lambda: 1)
     with pytest.raises(AlignError, match=r"lower data\.max_length \(now 8192\)"):
         train(long)
 
