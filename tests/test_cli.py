@@ -118,11 +118,13 @@ def test_validate_infers_the_kind_and_says_when_another_fits(write_jsonl):
 
 
 def test_a_stage_without_config_says_which_defaults_it_runs(tiny_model_dir, tmp_path):
+    from align.core.presets import demo_data
+
     result = run("sft", "--set", f"model.name={tiny_model_dir}", "--set", "training.max_steps=1",
                  "--set", "data.max_records=16", "--set", "tracking.wandb=false", "--out", str(tmp_path / "s"))
     assert result.exit_code == 0, result.output
     assert (f"align sft: no --config, so the built-in defaults: model.name={tiny_model_dir}, "
-            f"data.train=data/demo/sft.jsonl, out_dir={tmp_path / 's'}") in result.output
+            f"data.train={demo_data() / 'sft.jsonl'}, out_dir={tmp_path / 's'}") in result.output  # the shipped file
 
 
 def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
@@ -137,7 +139,7 @@ def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
 
     def stderr(*flags):
         out = tmp_path / f"r{len(flags)}"
-        result = subprocess.run([sys.executable, "-m", "align.cli", *flags, "reward", "--out", str(out),
+        result = subprocess.run([sys.executable, "-m", "align", *flags, "reward", "--out", str(out),
                                  *(f"--set={s}" for s in [f"model.name={tiny_model_dir}", f"data.train={tmp_path / 'p.jsonl'}",
                                                           "data.eval_fraction=0", "training.epochs=1",
                                                           "tracking.wandb=false"])],
@@ -154,17 +156,23 @@ def test_library_warnings_show_only_with_verbose(tiny_model_dir, tmp_path):
     assert "align reward: no --config" in quiet  # align's own notes stay
 
 
-def test_every_stages_set_example_names_a_setting_it_has():
+def test_every_stages_help_examples_load():
+    """The --config preset and the --set setting each stage's help shows, together (an unknown key raises)."""
     import re
 
-    from align.core.config import load_config
-    from align.stages import STAGES
+    from align.stages import STAGES, stage_config
 
-    for name, entry in STAGES.items():
-        help_text = run(name, "--help").output
-        example = re.search(r"--set (\S+=\S+) \(repeatable\)", " ".join(help_text.split()))
-        assert example, name
-        load_config(entry.config_class(), None, [example.group(1)])  # an unknown key would raise
+    for name in STAGES:
+        help_text = " ".join(run(name, "--help").output.split())
+        setting = re.search(r"--set (\S+=\S+) \(repeatable\)", help_text)
+        preset = re.search(r"e\.g\. --config (\S+)\.", help_text)
+        assert setting and preset, name
+        stage_config(name, preset.group(1), [setting.group(1)])
+    pipeline = " ".join(run("run", "--help").output.split())
+    from align.pipeline import Pipeline, load_config as load_pipeline
+
+    preset, setting = re.search(r"e\.g\. --config (\S+)\.", pipeline), re.search(r"--set (ppo\.\S+=\d+)", pipeline)
+    Pipeline(load_pipeline(preset.group(1), [setting.group(1)])).stage_config("ppo")
 
 
 def test_print_config_round_trips_for_every_stage(tmp_path):

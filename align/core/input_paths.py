@@ -92,21 +92,16 @@ def _from_file(base: Path, value: str, source: str, name: str) -> str:
         # configs written before paths were the file's: read as before, for this release, and say so once
         log.warning("%s: %s: %s is relative to the config file now (%s), which does not exist; read from the "
                     "current directory for this release only: write it relative to the file", source, name, value, path)
-        return value
+        return os.path.abspath(value)
     return path
 
 
 def _from(base: Path, value: str) -> str:
-    """`value` read from directory `base`: as given when absolute or empty; otherwise joined, and shown from the
-    current directory when it lies below it (data/demo/sft.jsonl, not /home/.../data/demo/sft.jsonl)."""
+    """`value` read from directory `base`, as an absolute path: the config that holds it (config.yaml, a
+    `--print-config` output) then names the same file from anywhere. Empty and URL-like values are kept."""
     if not value or "://" in value:
         return value
-    expanded = os.path.expanduser(value)
-    if os.path.isabs(expanded):
-        return expanded
-    joined = os.path.normpath(os.path.join(os.path.abspath(base), expanded))
-    relative = os.path.relpath(joined)
-    return joined if relative.startswith("..") else relative
+    return os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(value)))
 
 
 def _unoptional(hint: Any) -> Any:

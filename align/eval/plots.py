@@ -11,21 +11,24 @@ from typing import Any
 from align.core import rundir
 
 PLOTS = "plots"
-# stage -> panels, each (title, [(metrics.jsonl key, label)])
+# stage -> panels, each (title, y-axis label, [(metrics.jsonl key, label)])
 CURVES = {
-    "sft": [("SFT loss", [("train/loss", "train"), ("eval/loss", "held-out")])],
-    "reward": [("reward model pair accuracy", [("train/accuracy", "train"), ("eval/accuracy", "held-out")])],
-    "ppo": [("PPO reward", [("objective/scores", "rollout score"), ("eval/reward_mean", "held-out greedy"),
-                            ("eval/reward_mean_sampled", "held-out sampled")]),
-            ("PPO KL to the reference", [("objective/kl", "rollout"), ("eval/kl", "held-out greedy")])],
+    "sft": [("SFT loss", "loss (nats per token)", [("train/loss", "train"), ("eval/loss", "held-out")])],
+    "reward": [("reward model pair accuracy", "pair accuracy",
+                [("train/accuracy", "train"), ("eval/accuracy", "held-out")])],
+    "ppo": [("PPO reward", "normalised reward", [("objective/scores", "rollout score"), ("eval/reward_mean", "held-out greedy"),
+                                                 ("eval/reward_mean_sampled", "held-out sampled")]),
+            ("PPO KL to the reference", "KL (nats per answer)", [("objective/kl", "rollout"), ("eval/kl", "held-out greedy")])],
     # TRL's log names, as transformers' callback mirrors them into metrics.jsonl
-    "dpo": [("DPO loss", [("train/loss", "train"), ("eval/loss", "held-out")]),
-            ("DPO reward accuracy", [("train/rewards/accuracies", "train"), ("eval/rewards/accuracies", "held-out")])],
-    "grpo": [("GRPO reward", [("train/reward", "train")]), ("GRPO KL", [("train/kl", "train")])],
-    "rloo": [("RLOO reward", [("train/reward", "train")]), ("RLOO KL", [("train/kl", "train")])],
+    "dpo": [("DPO loss", "loss", [("train/loss", "train"), ("eval/loss", "held-out")]),
+            ("DPO reward accuracy", "implicit-reward accuracy",
+             [("train/rewards/accuracies", "train"), ("eval/rewards/accuracies", "held-out")])],
+    "grpo": [("GRPO reward", "reward", [("train/reward", "train")]), ("GRPO KL", "KL", [("train/kl", "train")])],
+    "rloo": [("RLOO reward", "reward", [("train/reward", "train")]), ("RLOO KL", "KL", [("train/kl", "train")])],
 }
 # a stage without panels of its own: its loss, as transformers' callback logs it for every TRL trainer
-LOSS_PANEL = [("training loss", [("train/loss", "train"), ("eval/loss", "held-out")])]
+LOSS_PANEL = [("training loss", "loss", [("train/loss", "train"), ("eval/loss", "held-out")])]
+X_LABEL = {"ppo": "PPO update"}
 
 
 def _pyplot():
@@ -138,21 +141,68 @@ def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[f
     return steps, values
 
 
+def held_out_series(records: list[dict[str, Any]], final: dict[str, Any], key: str) -> tuple[list[float], list[float]]:
+    """A held-out figure's (steps, values), from its value before training at step 0 (`eval_before/x` or
+    `eval/x_before` in the stage's metrics.json) to its final value at the last step: a stage that evaluates
+    only before and after draws a line, not one dot."""
+    steps, values = series(records, key)
+    name = key.split("/", 1)[1]
+    before = next((final[k] for k in (f"eval_before/{name}", f"{key}_before") if _finite(final.get(k))), None)
+    if before is not None and (not steps or steps[0] > 0):
+        steps, values = [0, *steps], [before, *values]
+    last = max([r["step"] for r in records if isinstance(r.get("step"), (int, float))] +
+               [final[k] for k in ("train/steps", "train/updates") if _finite(final.get(k))], default=None)
+    if _finite(final.get(key)) and last and (not steps or steps[-1] < last):
+        steps, values = [*steps, last], [*values, float(final[key])]
+    return steps, values
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def training_curves(stage: str, stage_dir: str | Path, path: Path) -> Path | None:
     """The stage's curves as one PNG; None when its log holds none of the figures."""
     plt = _pyplot()
     records = read_log(stage_dir)
-    panels = [(title, [(label, *series(records, key)) for key, label in lines]) for title, lines in CURVES.get(stage, LOSS_PANEL)]
-    panels = [(title, [line for line in lines if line[1]]) for title, lines in panels]
-    panels = [p for p in panels if p[1]]
+    try:
+        final = json.loads((Path(stage_dir) / rundir.METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        final = {}
+    panels = []
+    for title, y_label, lines in CURVES.get(stage, LOSS_PANEL):
+        drawn = [(label, *(held_out_series(records, final, key) if key.startswith("eval/") else series(records, key)))
+                 for key, label in lines]
+        drawn = [line for line in drawn if line[1]]
+        if drawn:
+            panels.append((title, y_label, drawn))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], panels):
+    for ax, (title, y_label, lines) in zip(axes[0], panels):
         for label, steps, values in lines:
             ax.plot(steps, values, marker="o" if len(steps) < 12 else None, ms=3, label=label)
         ax.set_title(f"{title} ({Path(stage_dir).name})")
-        ax.set_xlabel("step")
+        ax.set_xlabel(f"{X_LABEL.get(stage, 'optimiser step')} (0: before training)")
+        ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
         ax.legend()
+    return _save(fig, path)
+
+
+def judge(per_row: dict[str, dict[str, float]], path: Path) -> Path:
+    """The gold judge's mean score per row, with its 95% interval."""
+    plt = _pyplot()
+    names = [n for n in per_row if "judge_mean" in per_row[n]]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(names) + 2), 4))
+    means = [per_row[n]["judge_mean"] for n in names]
+    errs = [[m - per_row[n].get("judge_mean_ci_low", m) for n, m in zip(names, means)],
+            [per_row[n].get("judge_mean_ci_high", m) - m for n, m in zip(names, means)]]
+    ax.bar(range(len(names)), means, yerr=errs, capsize=3, color="#4c72b0")
+    for i, m in enumerate(means):
+        ax.annotate(f"{m:.2f}", (i, m), textcoords="offset points", xytext=(0, 4), ha="center")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("gold judge, mean score per answer")
+    ax.set_title("the gold judge (independent of the reward model), 95% CI")
+    ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)

@@ -81,12 +81,32 @@ def summary_table(metrics: dict[str, float]) -> str:
     return text_table(per_row, compare.headline_metrics(per_row))
 
 
+# the figures a reader looks for first, in this order, where the evaluation has them: the gold judge when one is
+# given (the reward model is what training optimised, the judge is not), then the reward model's view, the cost
+HEADLINE = ("judge_mean", "reward_mean", "win_rate_vs_", "kl_to_base", "response_length")
+
+
+def headline_columns(columns: list[str]) -> list[str]:
+    return [c for prefix in HEADLINE for c in columns if c == prefix or (prefix.endswith("_") and c.startswith(prefix))]
+
+
+def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Metrics down, models across (a handful of columns fits any page): the header, then one row per figure."""
+    names = list(report.per_row)
+    rows = [[metric] + [number(report.per_row[n].get(metric)) for n in names] for metric in headline_columns(report.columns)]
+    return ["metric", *names], rows
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 def markdown(report: Report, out_dir: Path) -> str:
     lines = [f"# {report.title}", ""]
+    header, rows = headline_rows(report)
+    if rows:
+        lines += ["## Headline", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows] + [""]
     lines += [f"- {what}: {_md_escape(value)}" for what, value in report.setup] + ["", "## Comparison", ""]
     lines.append("| model | " + " | ".join(report.columns) + " |")
     lines.append("|---" * (len(report.columns) + 1) + "|")
@@ -104,9 +124,14 @@ def markdown(report: Report, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:80em}
+# a wide table scrolls inside its own box (.wide), never the page; long paths and answers wrap
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}img{max-width:100%;margin:.5em 0}"""
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap;overflow-wrap:normal}img{max-width:100%;margin:.5em 0}
+.wide{overflow-x:auto;max-width:100%}.wide th{white-space:nowrap;overflow-wrap:normal}
+td:first-child{white-space:nowrap;overflow-wrap:normal}#examples td:first-child{white-space:normal;min-width:12em}
+.wide td:first-child,.wide th:first-child{position:sticky;left:0;background:#fff}.wide th:first-child{background:#f3f3f3}
+#headline td.num{font-size:1.15em}figure{margin:1em 0}"""
 
 
 def _html_table(table_id: str, header: list[str], rows: list[list[str]], numeric_from: int) -> str:
@@ -123,10 +148,14 @@ def _html_table(table_id: str, header: list[str], rows: list[list[str]], numeric
 def to_html(report: Report) -> str:
     esc = html.escape
     parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(report.title)}</title>",
-             f"<style>{STYLE}</style></head><body>", f"<h1>{esc(report.title)}</h1>", "<ul>"]
-    parts += [f"<li>{esc(what)}: {esc(value)}</li>" for what, value in report.setup] + ["</ul>", "<h2>Comparison</h2>"]
+             f"<style>{STYLE}</style></head><body>", f"<h1>{esc(report.title)}</h1>"]
+    header, rows = headline_rows(report)
+    if rows:
+        parts += ["<h2>Headline</h2>", _html_table("headline", header, rows, numeric_from=1)]
+    parts += ["<ul>"] + [f"<li>{esc(what)}: {esc(value)}</li>" for what, value in report.setup] + ["</ul>"]
+    parts.append("<h2>Comparison: every figure, with 95% intervals</h2>")
     rows = [[name] + [cell(figures, m) for m in report.columns] for name, figures in report.per_row.items()]
-    parts.append(_html_table("comparison", ["model"] + report.columns, rows, numeric_from=1))
+    parts.append(f'<div class="wide">{_html_table("comparison", ["model"] + report.columns, rows, numeric_from=1)}</div>')
     parts.append("<h2>Charts</h2>")
     for caption, path in report.charts:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
@@ -135,8 +164,8 @@ def to_html(report: Report) -> str:
     if report.examples:
         keys = list(report.examples[0])
         parts += ["<h2>Answers side by side</h2>",
-                  _html_table("examples", keys, [[ex.get(k, "") for k in keys] for ex in report.examples],
-                              numeric_from=len(keys))]
+                  '<div class="wide">' + _html_table("examples", keys, [[ex.get(k, "") for k in keys] for ex in report.examples],
+                                                     numeric_from=len(keys)) + "</div>"]
     parts += ["<h2>How to read it</h2>", "<ul>"] + [f"<li>{esc(n)}</li>" for n in report.notes] + ["</ul>"]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

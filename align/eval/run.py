@@ -322,6 +322,8 @@ class Evaluation:
     def charts(self, per_row: dict[str, dict[str, float]], rows: list[compare.Row]) -> list[tuple[str, Path]]:
         where = self.out.path / plots.PLOTS
         out = []
+        if any("judge_mean" in f for f in per_row.values()):
+            out.append(("The gold judge per model", plots.judge(per_row, where / "judge.png")))
         with_rewards = {row.name: row.rewards for row in rows if row.rewards is not None}
         if with_rewards:
             out.append(("Reward distribution per model", plots.reward_distribution(with_rewards, where / "rewards.png")))
