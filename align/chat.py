@@ -57,6 +57,10 @@ class Chat:
         self.messages.append({"role": "user", "content": text})
         ids = self.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True, return_tensors="pt",
                                                  return_dict=True)
+        if self.view.prefix:  # a prompt-tuned model's soft prompt, as its virtual tokens (align.core.soft_prompt)
+            prefix = torch.tensor([self.view.prefix])
+            ids = {"input_ids": torch.cat([prefix, ids["input_ids"]], 1),
+                   "attention_mask": torch.cat([torch.ones_like(prefix), ids["attention_mask"]], 1)}
         sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
                     if self.temperature > 0 else {"do_sample": False})
         with self.view.active() as model, torch.inference_mode():

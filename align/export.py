@@ -81,7 +81,7 @@ def export(source: str | Path, out: str | Path, *, dtype: str = "float32", overw
     record = modeling.recorded_base(weights.directory)
     if record["tuning"] == "prompt_tuning":
         raise AlignError(f"{weights.directory}: a soft prompt is not weights to merge; load it with peft's "
-                         f"AutoPeftModelForCausalLM instead")
+                         f"AutoPeftModelForCausalLM and generate from its embeddings (its README.md shows how)")
     tokenizer = modeling.load_tokenizer(str(weights.directory))
     model = _merged(weights, record, tokenizer)
     model = model.to(getattr(torch, dtype))

@@ -205,6 +205,8 @@ class Pipeline:
             # without a reward stage in the run there is no reward model of the run's to score with: a
             # reward model from elsewhere is named in the stage's `set:`, which comes after the wiring
             wired: dict[str, Any] = {"models": models, "stages": curves, "reward": reward_dir, **self.data_wiring(stage)}
+            if "sft" in runs:  # the in-context baseline's demonstrations come from what SFT trained on
+                wired["few_shot_data"] = self.stage_config("sft").data.train[0].path
             if not reward_dir:
                 wired["best_of"] = 0
             return wired

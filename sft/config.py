@@ -61,7 +61,8 @@ class SFTTraining:
     grad_accum: int = 1
     """Forward passes per optimiser step; the batch of one step is batch_size x grad_accum."""
     learning_rate: float = 2e-4
-    """AdamW peak learning rate; 2e-4 is QLoRA's for 7B-13B models with LoRA."""
+    """AdamW peak learning rate of LoRA or full tuning; 2e-4 is QLoRA's for 7B-13B models with LoRA. A soft
+    prompt trains at its own, `model.prompt_tuning.learning_rate`."""
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     """Learning-rate schedule after warmup (transformers' scheduler of that name); cosine decays to zero."""
     warmup_ratio: float = 0.03
@@ -118,3 +119,10 @@ class SFTConfig:
     """Optimisation and checkpointing, passed to TRL's SFTTrainer."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B and how often training figures are logged."""
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate of what trains: the soft prompt's own with `model.tuning: prompt_tuning`."""
+        if self.model.tuning == "prompt_tuning":
+            return self.model.prompt_tuning.learning_rate
+        return self.training.learning_rate

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from align.core import distributed, guards, heap, memory, model_card, modeling, resumable, rundir, tracking
+from align.core import (distributed, guards, heap, memory, model_card, modeling, resumable, rundir, soft_prompt,
+                        tracking)
 from align.core.checkpoint import resumed_settings_callback
 from align.core.config import dump_yaml
 from align.sft.config import SFTConfig
@@ -37,6 +38,7 @@ def train(config: SFTConfig, *, overwrite: bool = False, resume: bool = False,
 
 
 # what to change when a step does not fit in memory
+PROMPT_TOKENS = "prompt_tokens.json"
 MEMORY_SETTINGS = {"lower": ("training.max_tokens_per_batch", "training.batch_size", "training.max_length"),
                    "raise_": ("training.grad_accum",), "enable": ("training.gradient_checkpointing",)}
 
@@ -79,7 +81,9 @@ def _train(config: SFTConfig, out: rundir.StageDir, train_examples, eval_example
     runtime = time.time() - started
     figures.update(_final_figures(trainer, bool(eval_examples), runtime))
     if world.is_main:
-        save_weights(trainer.model, tokenizer, config, out)
+        saved = save_weights(trainer.model, tokenizer, config, out)
+        if config.model.tuning == "prompt_tuning":
+            write_prompt_tokens(saved, trainer.model, tokenizer, out)
     metrics.update(figures)
     if world.is_main:
         model_card.describe_outputs(out.path, "sft", config, metrics.final)
@@ -106,7 +110,7 @@ def _build_trainer(config: SFTConfig, out: rundir.StageDir, tokenizer: Any, trai
         eval_dataset=datasets.Dataset.from_list(eval_examples) if eval_examples else None,
         processing_class=tokenizer,
         callbacks=[tracking.trainer_callback(metrics), guards.nonfinite_callback(),
-                   resumed_settings_callback(t.learning_rate, t.weight_decay)],
+                   resumed_settings_callback(config.learning_rate, t.weight_decay)],
     )
     modeling.undo_trl_bf16_adapters(trainer.model)
     trainer.add_callback(resumable.end_callback())
@@ -128,7 +132,7 @@ def _trainer_args(config: SFTConfig, out: rundir.StageDir, has_eval: bool, world
         per_device_train_batch_size=micro.size,
         per_device_eval_batch_size=micro.size,
         gradient_accumulation_steps=micro.accumulation,
-        learning_rate=t.learning_rate,
+        learning_rate=config.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
         weight_decay=t.weight_decay,
@@ -203,6 +207,17 @@ def save_weights(model: Any, tokenizer: Any, config: SFTConfig, out: rundir.Stag
     """adapter/ (LoRA, prompt tuning) or model/ (full), each loadable by peft/transformers alone."""
     target = out.file(rundir.MODEL if config.model.tuning == "full" else rundir.ADAPTER)
     return modeling.save_loadable(model, tokenizer, target, config.model)
+
+
+def write_prompt_tokens(adapter_dir: Path, model: Any, tokenizer: Any, out: rundir.StageDir) -> Path:
+    """prompt_tokens.json: each virtual token of the trained soft prompt as its 5 nearest vocabulary tokens
+    (cosine similarity to the input embeddings); the first few are printed."""
+    nearest = soft_prompt.nearest_tokens(soft_prompt.load_soft_prompt(adapter_dir),
+                                         model.get_input_embeddings().weight, tokenizer)
+    path = out.file(PROMPT_TOKENS)
+    rundir.write_json_atomic(path, [{"position": i, "nearest": row} for i, row in enumerate(nearest)])
+    print(f"soft prompt, as its nearest tokens ({path}): {soft_prompt.readable(nearest)}")
+    return path
 
 
 def _check_trl_kept_all(trainer: Any, train_examples: list, eval_examples: list) -> None:

@@ -8,17 +8,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# package -> top-level names it must not import
+# package -> modules it must not import (reward/ and sft/ install as align.reward and align.sft)
 FORBIDDEN = {
-    "align/core": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
+    "align/core": ("align.sft", "align.reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
                    "align.stages", "align.convert"),
     # the converters turn public data into ours for any stage, so they import no stage either
-    "align/convert": ("sft", "reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
+    "align/convert": ("align.sft", "align.reward", "align.ppo", "align.eval", "align.pipeline", "align.cli", "align.prefs",
                       "align.stages"),
-    "sft": ("reward", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
-    "reward": ("sft", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
+    "sft": ("align.reward", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
+    "reward": ("align.sft", "align.ppo", "align.eval", "align.pipeline", "align.cli"),
     # the evaluation reads stages' outputs (reward.score loads a reward model), never their training code
-    "align/eval": ("sft", "align.ppo", "align.prefs", "align.demo", "align.pipeline", "align.cli", "reward.train"),
+    "align/eval": ("align.sft", "align.ppo", "align.prefs", "align.demo", "align.pipeline", "align.cli", "align.reward.train"),
 }
 
 

@@ -60,6 +60,8 @@ def _quiet_libraries(verbose: int = 0) -> None:
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"(transformers|peft|trl|accelerate|torch)\b")
     warnings.filterwarnings("ignore", message=r".*pin_memory.*no accelerator is found")
+    # an adapter names its base portably (the hub id) and loads onto align's local copy of it: by design
+    warnings.filterwarnings("ignore", message=r".*base_model_name_or_path.* was renamed from")
 
 
 @click.group(cls=AlignGroup, context_settings={"help_option_names": ["-h", "--help"]})

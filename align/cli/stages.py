@@ -124,11 +124,14 @@ for _name in STAGES:
 @click.option("--size", type=int, help="Use the first N prompts (eval_size; 0 = all).")
 @click.option("--best-of", type=int, help="Add a best-of-N row per model, picked by the reward model.")
 @click.option("--judge", metavar="MODULE:FUNCTION", help="Score (prompt, response) -> float, e.g. align.demo.tasks:judge.")
-def eval_(models, reward_dir, prompts, size, best_of, judge, **options):
+@click.option("--few-shot", type=int, metavar="K",
+              help="Add a row base_<K>shot: the base with K demonstrations from few_shot_data in its prompt.")
+def eval_(models, reward_dir, prompts, size, best_of, judge, few_shot, **options):
     from align.eval.report import summary_table
     from align.eval.run import evaluate
 
-    flags = {"reward": reward_dir, "prompts": prompts, "eval_size": size, "best_of": best_of, "judge": judge}
+    flags = {"reward": reward_dir, "prompts": prompts, "eval_size": size, "best_of": best_of, "judge": judge,
+             "few_shot": few_shot}
     overrides = [*options["overrides"], *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     if models:
         overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged

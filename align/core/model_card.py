@@ -127,6 +127,8 @@ def write_card(directory: Path, *, stage: str, model: ModelConfig, data: Any, fi
                   "rm = AutoPeftModelForSequenceClassification.from_pretrained(DIR, num_labels=1, pad_token_id=tok.pad_token_id)",
                   "reward = rm(**tok.apply_chat_template(messages, return_dict=True, return_tensors='pt')).logits[0, 0]",
                   "# normalised as PPO reads it: (reward - mean) / std from normaliser.json"]
+    elif adapter and model.tuning == "prompt_tuning":
+        lines += SOFT_PROMPT_LOADING.splitlines()
     elif adapter:
         lines += ["from peft import AutoPeftModelForCausalLM",
                   "model = AutoPeftModelForCausalLM.from_pretrained(DIR)"]
@@ -137,6 +139,20 @@ def write_card(directory: Path, *, stage: str, model: ModelConfig, data: Any, fi
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
+
+
+# a soft prompt with peft alone: peft 0.21's generate of a prompt-tuned model miscounts the virtual tokens' cache
+# positions under transformers 5.x (align.core.soft_prompt), so generate from the embeddings, soft prompt first
+SOFT_PROMPT_LOADING = """import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+tok, model = AutoTokenizer.from_pretrained(DIR), AutoPeftModelForCausalLM.from_pretrained(DIR)
+# not model.generate(...): with transformers 5.x, peft's generate of a soft prompt returns noise
+ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+embeds = torch.cat([model.get_prompt(batch_size=1), model.get_input_embeddings()(ids)], 1)
+mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+out = model.base_model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=64, do_sample=False)
+answer = tok.decode(out[0], skip_special_tokens=True)"""
 
 
 def describe_outputs(out_dir: Path, stage: str, config: Any, figures: dict[str, Any], *, reward: bool = False) -> None:

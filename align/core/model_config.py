@@ -44,11 +44,17 @@ class PromptTuningSettings:
     num_virtual_tokens: int = 20
     """Soft prompt length in tokens; 20-100 is the usual range (Lester et al. 2021: gains flatten past 20)."""
     init_text: str | None = None
-    """Initialise the soft prompt from this text's token embeddings; random when unset. Lester et al. found
-    real-token initialisations beat random ones, most on small models."""
+    """Initialise the soft prompt from this text's token embeddings; unset: from the embeddings of tokens drawn
+    from the vocabulary (peft's SAMPLE_VOCAB), not N(0, 1) vectors. Lester et al. found real-token
+    initialisations beat random ones, most on small models."""
+    learning_rate: float = 3e-2
+    """AdamW peak learning rate of the soft prompt (in place of training.learning_rate, which is LoRA's): a few
+    input vectors need rates two orders above LoRA's. peft's prompt-tuning example trains at 3e-2 with AdamW;
+    Lester et al. 2021 at 0.3 with Adafactor."""
 
     def __post_init__(self):
         check(self.num_virtual_tokens >= 1, "prompt_tuning.num_virtual_tokens", "must be >= 1")
+        check(self.learning_rate > 0, "prompt_tuning.learning_rate", f"must be > 0, got {self.learning_rate}")
 
 
 @dataclass

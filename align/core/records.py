@@ -74,6 +74,7 @@ class Prompt:
     messages: Messages
     reference: str | None
     source: str
+    task: str | None = None  # which task of a multi-task set it belongs to: the evaluation's figures per task
 
 
 def parse_instruction(row: Row) -> Instruction:
@@ -168,6 +169,10 @@ def parse_ranking(row: Row) -> Ranking:
 
 def parse_prompt(row: Row) -> Prompt:
     d = row.data
+    task = d.get("task")
+    if task is not None and not (isinstance(task, str) and task.strip()):
+        raise Bad("task", f"expected a task name, got {task!r}")
+    task = task.strip() if task else None
     if "messages" in d:
         messages = messages_field(d, "messages")
         if messages[-1]["role"] == "assistant" and "reference" not in d:
@@ -175,17 +180,17 @@ def parse_prompt(row: Row) -> Prompt:
             messages, reference = messages[:-1], messages[-1]["content"]
             if not any(m["role"] == "user" and m["content"].strip() for m in messages):
                 raise Bad("messages", "no non-empty user message before the final assistant turn")
-            return Prompt(messages, reference, row.source)
+            return Prompt(messages, reference, row.source, task)
         if not any(m["content"].strip() for m in messages):
             raise Bad("messages", "empty: every message has empty content")
     elif "prompt" in d:
         messages = prompt_field(d)
     else:
-        raise Bad(None, _no_shape(d, 'prompts: "prompt" or "messages", optional "reference"'))
+        raise Bad(None, _no_shape(d, 'prompts: "prompt" or "messages", optional "reference" and "task"'))
     reference = d.get("reference")
     if reference is not None and not isinstance(reference, str):
         raise Bad("reference", f"expected a string, got {type(reference).__name__}")
-    return Prompt(messages, reference, row.source)
+    return Prompt(messages, reference, row.source, task)
 
 
 PARSERS: dict[str, Callable[[Row], Any]] = {

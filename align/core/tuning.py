@@ -137,7 +137,8 @@ def new_soft_prompt(model: "PreTrainedModel", settings: PromptTuningSettings, ta
         PromptTuningConfig(
             task_type=task_type,
             num_virtual_tokens=settings.num_virtual_tokens,
-            prompt_tuning_init=PromptTuningInit.TEXT if settings.init_text else PromptTuningInit.RANDOM,
+            # not RANDOM: N(0, 1) vectors lie far from every token's embedding (Lester et al. 2021, section 3.2)
+            prompt_tuning_init=PromptTuningInit.TEXT if settings.init_text else PromptTuningInit.SAMPLE_VOCAB,
             prompt_tuning_init_text=settings.init_text,
             tokenizer_name_or_path=model.config._name_or_path if settings.init_text else None,
         ),

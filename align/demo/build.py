@@ -6,7 +6,7 @@ Files (one JSON record a line; prompts never repeat across files):
     sft.jsonl        400 instructions, messages shape, right answers, 60% padded with a stock sentence
     rankings.jsonl   300 prompts, 2-4 responses each ranked by the demo rule
     prompts.jsonl    200 prompts for PPO rollouts
-    heldout.jsonl     60 prompts with a reference answer, for evaluation
+    heldout.jsonl     60 prompts with a reference answer and their task, for evaluation
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def build(out_dir: Path) -> dict[str, int]:
                 for t in parts["sft"]],
         "rankings": [ranking_record(t, rng) for t in parts["rankings"]],
         "prompts": [{"prompt": t.prompt} for t in parts["prompts"]],
-        "heldout": [{"prompt": t.prompt, "reference": t.response} for t in parts["heldout"]],
+        "heldout": [{"prompt": t.prompt, "reference": t.response, "task": t.family} for t in parts["heldout"]],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in records.items():

@@ -1,5 +1,5 @@
-"""Scores beside the held-out prompts: perplexity on general text (what tuning forgot) and accuracy on
-a multiple-choice benchmark in MMLU's layout (Hendrycks et al. 2021), each read from the user's file."""
+"""Inputs beside the held-out prompts: general text for perplexity (what tuning forgot), and a multiple-choice
+file in MMLU's layout (Hendrycks et al. 2021), read and checked here and run through lm-eval (harness.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from align.eval.models import View
 
 LETTERS = ("A", "B", "C", "D")
 CSV_HEADER = ["question", "a", "b", "c", "d", "answer"]
-# Hendrycks et al.'s zero-shot prompt (their `format_example`), with the subject left out
+# Hendrycks et al.'s zero-shot prompt (their `format_example`) with the subject left out, as harness.py asks it
 MC_HEADER = "The following are multiple choice questions (with answers).\n\n"
 
 
@@ -118,28 +118,3 @@ def _question(question: object, choices: object, answer: object, source: str) ->
     else:
         raise ValueError(f'field "answer": expected A-D or 0-3, got {answer!r}')
     return Question(question.strip(), tuple(c.strip() for c in choices), index, source)  # type: ignore[arg-type]
-
-
-def format_question(q: Question) -> str:
-    lines = [q.question] + [f"{letter}. {choice}" for letter, choice in zip(LETTERS, q.choices)]
-    return MC_HEADER + "\n".join(lines) + "\nAnswer:"
-
-
-def choose(view: View, questions: list[Question], batch_size: int = 16) -> list[int]:
-    """The choice each question's letter log-likelihood prefers: log p(" A" | question) and so on,
-    as MMLU's own evaluation scores it; one forward per question when every letter is one token."""
-    tokenizer = view.tokenizer
-    contexts = [tokenizer(format_question(q), add_special_tokens=True)["input_ids"] for q in questions]
-    letters = [tokenizer(" " + letter, add_special_tokens=False)["input_ids"] for letter in LETTERS]
-    if all(len(ids) == 1 for ids in letters):
-        scores = likelihood.next_token_logprobs(view, contexts, [ids[0] for ids in letters], batch_size)
-    else:
-        flat = likelihood.continuation_logprobs(view, [c for c in contexts for _ in LETTERS], letters * len(contexts),
-                                                batch_size=batch_size)
-        scores = [flat[i:i + len(LETTERS)] for i in range(0, len(flat), len(LETTERS))]
-    return [max(range(len(LETTERS)), key=lambda k: s[k]) for s in scores]
-
-
-def correct(questions: list[Question], picked: list[int]) -> list[float]:
-    """1.0 for each question answered right, else 0.0."""
-    return [1.0 if q.answer == p else 0.0 for q, p in zip(questions, picked)]

@@ -88,6 +88,24 @@ def length_matched_win_rate(row: Row, other: Row, name: str, boot: dict[str, int
             f"length_matched_prompts_vs_{name}": float(len(matched))}
 
 
+TASK_SEP = "@"  # `reward_mean@add`: a figure over one task's prompts
+
+
+def task_rows(rows: list[Row], tasks: list[str | None], kl: dict[str, list[float]], boot: dict[str, int]
+              ) -> dict[str, list[Row]]:
+    """task -> the rows cut to that task's prompts, for prompts that name their task (`task` field). Of the
+    model-level figures only kl_to_base is kept (it is per prompt, `kl`); perplexity and benchmarks are not."""
+    out = {}
+    for task in sorted({t for t in tasks if t is not None}):
+        keep = [i for i, t in enumerate(tasks) if t == task]
+        out[task] = [Row(row.name, row.model, [row.answers[i] for i in keep],
+                         [row.rewards[i] for i in keep] if row.rewards is not None else None,
+                         [row.judged[i] for i in keep] if row.judged is not None else None,
+                         scores.with_ci("kl_to_base", [kl[row.name][i] for i in keep], **boot) if row.name in kl else {})
+                     for row in rows]
+    return out
+
+
 def flat(per_row: dict[str, dict[str, float]]) -> dict[str, float]:
     """{row: {metric: v}} -> {"row/metric": v}, with NaN kept out (JSON has none)."""
     return {f"{row}/{metric}": value for row, figures in per_row.items() for metric, value in figures.items()
@@ -112,7 +130,8 @@ def headline_metrics(per_row: dict[str, dict[str, float]]) -> list[str]:
              "kl_to_base", "judge_mean", "judge_errors",
              "response_length", "no_eos_frac", "distinct_1", "distinct_2", "rouge1", "rouge2", "rougeL", "bleu",
              "perplexity", "mmlu_accuracy"]
-    names = {m for figures in per_row.values() for m in figures if not m.endswith(("_ci_low", "_ci_high"))}
+    names = {m for figures in per_row.values() for m in figures
+             if not m.endswith(("_ci_low", "_ci_high")) and TASK_SEP not in m}
 
     def rank(metric: str) -> tuple[int, str]:
         for i, prefix in enumerate(order):

@@ -77,9 +77,21 @@ class EvalConfig:
     `bleu` (corpus BLEU) ship with align and work offline; any other id evaluate resolves (`meteor`,
     `bertscore`, a path to a metric script) is added as `<id>` or `<id>_<key>`, and one it cannot load here
     is left out with a one-line warning."""
+    few_shot: int = 0
+    """The in-context baseline: a row `base_<K>shot`, the reference base model with K demonstrations from
+    `few_shot_data` as earlier turns of every prompt (the same K for all, none an evaluated prompt); 0 = off."""
+    few_shot_data: InputPath | None = None
+    """Instructions to draw the demonstrations from: the SFT data (`align run` wires the SFT stage's)."""
     mmlu: InputPath | None = None
     """A multiple-choice benchmark in MMLU's layout: CSV rows question,A,B,C,D,answer (no header, as MMLU
-    ships them) or JSONL {"question", "choices": [4], "answer": index}."""
+    ships them) or JSONL {"question", "choices": [4], "answer": index}. It runs through lm-eval as a local task
+    with MMLU's zero-shot prompt: `mmlu_accuracy`."""
+    benchmarks: list[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks every model runs, zero-shot (e.g. [mmlu, hellaswag, arc_easy]): `bench_<task>`
+    per model and the report's forgetting table. Their data come from the hub or lm-eval's cache; a task that
+    cannot be loaded here is reported unavailable and left out."""
+    benchmarks_limit: int = 0
+    """Documents per benchmark task (lm-eval's `limit`), for a quick look on a CPU; 0 = all."""
     mmlu_size: int = 0
     """Use the first this many questions; 0 = all."""
     stages: dict[str, str] = field(default_factory=dict)
@@ -113,9 +125,15 @@ class EvalConfig:
         check(self.best_of == 0 or self.best_of >= 2, "best_of", f"must be 0 (off) or >= 2, got {self.best_of}")
         check(self.perplexity_max_length >= 2, "perplexity_max_length", "must be >= 2")
         check(self.mmlu_size >= 0, "mmlu_size", "must be >= 0 (0 = all questions)")
+        check(self.benchmarks_limit >= 0, "benchmarks_limit", "must be >= 0 (0 = all documents)")
         unknown = sorted(set(self.stages) - set(CURVE_STAGES))
         check(not unknown, "stages", f"unknown {unknown}; known: {', '.join(CURVE_STAGES)}")
         check(self.bootstrap_samples >= 100, "bootstrap_samples", "must be >= 100 for a 95% interval")
+        check(self.few_shot >= 0, "few_shot", f"must be >= 0 (0 = off), got {self.few_shot}")
+        check(self.few_shot == 0 or self.few_shot_data is not None, "few_shot_data",
+              "needed with few_shot: the instructions (SFT data) to draw the demonstrations from")
+        check(self.few_shot == 0 or self.reference in self.models, "few_shot",
+              f"the in-context row is the reference model {self.reference!r} prompted; models has no such name")
 
     @property
     def samples_per_seed(self) -> int:

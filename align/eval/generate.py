@@ -48,10 +48,13 @@ def prompt_text(tokenizer: Any, messages: tuple | list) -> str:
     return messages[-1]["content"]
 
 
-def encode_prompts(tokenizer: Any, prompts: list, max_length: int) -> list[list[int]]:
-    """Token ids of each prompt; over-long prompts lose their start, so the question survives."""
+def encode_prompts(view: View, prompts: list, max_length: int) -> list[list[int]]:
+    """Token ids of each prompt as `view`'s model is asked it: its demonstrations as earlier turns, then the prompt;
+    over-long ones lose their start, so the question survives. (A soft prompt's virtual tokens are the model's,
+    not the prompt's: what runs the model puts them first.)"""
+    tokenizer = view.tokenizer
     tokenizer.truncation_side = "left"
-    texts = [prompt_text(tokenizer, p.messages) for p in prompts]
+    texts = [prompt_text(tokenizer, [*view.demonstrations, *p.messages]) for p in prompts]
     return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
 
 
@@ -74,7 +77,7 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
     """Per batch of prompts: the greedy answers, then one sampled pass per seed with `samples_per_seed`
     answers per prompt. Each answer carries log π_T of its tokens (T = the sampling temperature)."""
     tokenizer = view.tokenizer
-    prompt_ids = encode_prompts(tokenizer, prompts, settings.max_prompt_length)
+    prompt_ids = [[*view.prefix, *ids] for ids in encode_prompts(view, prompts, settings.max_prompt_length)]
     greedy: list[Answer] = []
     sampled: list[list[Answer]] = [[] for _ in prompts]
     with view.active() as model:

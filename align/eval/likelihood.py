@@ -1,5 +1,5 @@
-"""Log-likelihoods under a model: of its answers (KL to the base), of general text (perplexity),
-of the choices of a multiple-choice question. B sequences, Q context tokens, T scored tokens, V vocab."""
+"""Log-likelihoods under a model: of its answers (KL to the base), of general text (perplexity).
+B sequences, Q context tokens, T scored tokens, V vocab."""
 
 from __future__ import annotations
 
@@ -23,6 +23,12 @@ def continuation_logprobs(view: View, contexts: list[list[int]], continuations: 
                           temperature: float = 1.0, batch_size: int = 16) -> list[float]:
     """Σ_t log p_T(c_t | context, c_<t) of each continuation: the log-likelihood of an answer after its
     prompt at the sampling temperature T (KL estimates), or of a choice after its question (T = 1)."""
+    return _continuation_logprobs(view, [[*view.prefix, *c] for c in contexts], continuations, temperature, batch_size)
+
+
+def _continuation_logprobs(view: View, contexts: list[list[int]], continuations: list[list[int]],
+                           temperature: float, batch_size: int) -> list[float]:
+    """continuation_logprobs of contexts that already hold the view's prefix."""
     pad = view.tokenizer.pad_token_id
     # batches of similar lengths waste less compute on padding; results go back in the caller's order
     order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), len(continuations[i])))
@@ -54,6 +60,7 @@ def answers_logprobs(view: View, prompts: list[list[int]], answers: list[list[li
     if n == 0 or any(len(a) != n for a in answers):
         raise ValueError("answers_logprobs needs the same number of answers for every prompt")
     pad = view.tokenizer.pad_token_id
+    prompts = [[*view.prefix, *p] for p in prompts]
     per_chunk = max(1, batch_size // n)  # prompts per forward: about batch_size sequences each time
     out: list[list[float]] = []
     with view.active() as model:
@@ -62,8 +69,8 @@ def answers_logprobs(view: View, prompts: list[list[int]], answers: list[list[li
             rows, groups = prompts[start:start + per_chunk], answers[start:start + per_chunk]
             ids, mask, cache = prefill(model, rows, pad).expanded(n)  # (B·n, Q), cache of ids[:, :-1]
             if cache is None:
-                flat = continuation_logprobs(view, [r for r in rows for _ in range(n)], [a for g in groups for a in g],
-                                             temperature, batch_size)
+                flat = _continuation_logprobs(view, [r for r in rows for _ in range(n)], [a for g in groups for a in g],
+                                              temperature, batch_size)
                 out += [flat[i * n:(i + 1) * n] for i in range(len(rows))]
                 continue
             a_ids, a_mask = (t.to(device) for t in right_pad([a for g in groups for a in g], pad))  # (B·n, T)
@@ -74,26 +81,6 @@ def answers_logprobs(view: View, prompts: list[list[int]], answers: list[list[li
                            position_ids=position_ids(full)[:, -(T + 1):], **{cache_name(model): cache}).logits[:, :-1]
             sums = (token_logprobs(logits, a_ids, temperature) * a_mask).sum(1).tolist()  # (B·n,)
             out += [sums[i * n:(i + 1) * n] for i in range(len(rows))]
-    return out
-
-
-@torch.inference_mode()
-def next_token_logprobs(view: View, contexts: list[list[int]], candidates: list[int], batch_size: int = 16) -> list[list[float]]:
-    """log p(candidate | context) for each context and each single-token candidate: one forward per context."""
-    pad = view.tokenizer.pad_token_id
-    out: list[list[float]] = []
-    with view.active() as model:
-        index = torch.tensor(candidates, device=next(model.parameters()).device)
-        for start in range(0, len(contexts), batch_size):
-            pre = prefill(model, contexts[start:start + batch_size], pad)  # the MMLU header runs once
-            if pre.cache is None:
-                logits = model(input_ids=pre.ids, attention_mask=pre.mask, position_ids=position_ids(pre.mask),
-                               logits_to_keep=1).logits[:, -1]
-            else:
-                logits = model(input_ids=pre.ids[:, -1:], attention_mask=pre.mask,
-                               position_ids=position_ids(pre.mask)[:, -1:], logits_to_keep=1,
-                               **{cache_name(model): pre.cache}).logits[:, -1]  # (B, V)
-            out += torch.log_softmax(logits.float(), -1)[:, index].tolist()
     return out
 
 
@@ -118,12 +105,13 @@ def windows(tokenizer: Any, documents: list[str], max_length: int) -> list[list[
 def perplexity(view: View, documents: list[str], max_length: int, batch_size: int = 8) -> float:
     """exp(mean negative log-likelihood per predicted token) over all windows of all documents."""
     rows = windows(view.tokenizer, documents, max_length)
-    total, count = 0.0, 0
+    total, count, P = 0.0, 0, len(view.prefix)
     with view.active() as model:
         device = next(model.parameters()).device
         for start in range(0, len(rows), batch_size):
-            ids, mask = (t.to(device) for t in right_pad(rows[start:start + batch_size], view.tokenizer.pad_token_id))
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, L, V)
-            nll, n = nll_sum(logits, ids, mask)
+            ids, mask = (t.to(device) for t in right_pad([[*view.prefix, *r] for r in rows[start:start + batch_size]],
+                                                         view.tokenizer.pad_token_id))
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits  # (B, P + L, V)
+            nll, n = nll_sum(logits[:, P:], ids[:, P:], mask[:, P:])  # the document's tokens, after the soft prompt
             total, count = total + nll, count + n
     return math.exp(total / count) if count else math.nan

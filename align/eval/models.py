@@ -19,6 +19,7 @@ from typing import Any
 from align.core import modeling, rundir
 from align.core.errors import AlignError
 from align.core.saved_models import is_sequence_classifier
+from align.core.soft_prompt import add_virtual_tokens, is_soft_prompt, load_soft_prompt
 
 ADAPTER_CONFIG = "adapter_config.json"
 # org/name: what a hub id looks like; anything else that is not a directory is a wrong path
@@ -126,6 +127,8 @@ class Network:
     model: Any
     tokenizer: Any
     adapters: list[str] = field(default_factory=list)
+    soft_prompt: list[int] = field(default_factory=list)
+    """Token ids of a prompt-tuned model's virtual tokens (align.core.soft_prompt), put before its prompts."""
 
 
 @dataclass
@@ -135,6 +138,8 @@ class View:
     label: str
     network: Network
     adapter: str | None  # None: the base alone
+    prefix: tuple[int, ...] = ()  # a soft prompt's virtual tokens, before every context this model reads
+    demonstrations: tuple[dict, ...] = ()  # chat turns before every prompt (the in-context row, few_shot.py)
 
     @property
     def tokenizer(self) -> Any:
@@ -220,15 +225,19 @@ class ModelPool:
             network = self.networks.get(spec.group)
             if network is None:
                 network = self.networks[spec.group] = self._load_base(spec, self.quantization[spec.group])
-            if spec.adapter is not None:
+            if spec.adapter is not None and is_soft_prompt(spec.adapter):
+                network.soft_prompt = add_virtual_tokens(network.model, load_soft_prompt(spec.adapter))
+            elif spec.adapter is not None:
                 self._load_adapter(network, spec)
 
     def quantization_of(self, name: str) -> str:
         return self.quantization[self.specs[name].group]
 
     def view(self, name: str) -> View:
-        spec = self.specs[name]
-        return View(name, self.networks[spec.group], spec.name if spec.adapter is not None else None)
+        spec, network = self.specs[name], self.networks[self.specs[name].group]
+        if network.soft_prompt:  # the base itself, its soft prompt before every context
+            return View(name, network, None, tuple(network.soft_prompt))
+        return View(name, network, spec.name if spec.adapter is not None else None)
 
     def base_view(self, name: str) -> View | None:
         """An adapter model's own base with its adapters off; None for a model that is a base."""

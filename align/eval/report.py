@@ -26,8 +26,9 @@ NOTES = [
     "response_length counts tokens up to and including EOS; no_eos_frac is the share of answers cut at "
     "max_new_tokens. distinct-n counts whitespace n-grams over all of a row's answers.",
     "ROUGE-1/2/L are F1 (rouge_score, stemmed) and BLEU is SacreBLEU's corpus BLEU, against the prompts' references.",
-    "mmlu_accuracy: the choice whose letter (' A' ... ' D') is likeliest after the question (zero-shot, MMLU's own "
-    "prompt layout). perplexity: per token on the held-out general text.",
+    "mmlu_accuracy: the multiple-choice file through lm-evaluation-harness, the choice whose letter (' A' ... ' D') "
+    "is likeliest after the question (zero-shot, MMLU's own prompt layout); bench_<task>: lm-eval's task, zero-shot, "
+    "acc_norm where the task has it, else acc. perplexity: per token on the held-out general text.",
 ]
 
 
@@ -40,6 +41,7 @@ class Report:
     charts: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG path)
     examples: list[dict[str, str]] = field(default_factory=list)  # one dict per prompt: column -> text
     resamples: int = 1000  # behind each interval, for the notes
+    reference: str = "base"  # the row the forgetting table measures changes from
 
     @property
     def notes(self) -> list[str]:
@@ -97,6 +99,38 @@ def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return ["metric", *names], rows
 
 
+def forgetting_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Each benchmark (lm-eval's, the multiple-choice file, perplexity on general text) down, models across:
+    the figure and its change from the reference model, the measure of what tuning forgot."""
+    names = [n for n in report.per_row if any(m in report.per_row[n] for m in report.columns if _is_benchmark(m))]
+    ref = report.per_row.get(report.reference, {})
+    rows = []
+    for metric in (m for m in report.columns if _is_benchmark(m)):
+        cells = []
+        for name in names:
+            value, before = report.per_row[name].get(metric), ref.get(metric)
+            change = f" ({value - before:+.3f})" if value is not None and before is not None and name != report.reference else ""
+            cells.append(number(value) + change)
+        rows.append([metric.removeprefix("bench_"), *cells])
+    return ["benchmark", *names], rows
+
+
+def per_task_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """For prompts that name their task: each task's headline figures (`<metric>@<task>`), models across."""
+    names = list(report.per_row)
+    figures = {m for f in report.per_row.values() for m in f if "@" in m and not m.endswith(("_ci_low", "_ci_high"))}
+    tasks = sorted({m.split("@", 1)[1] for m in figures})
+    rows = []
+    for task in tasks:
+        for metric in headline_columns(sorted({m.split("@", 1)[0] for m in figures if m.endswith(f"@{task}")})):
+            rows.append([task, metric, *(cell(report.per_row[n], f"{metric}@{task}") for n in names)])
+    return ["task", "metric", *names], rows
+
+
+def _is_benchmark(metric: str) -> bool:
+    return metric.startswith("bench_") or metric in ("mmlu_accuracy", "perplexity")
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
@@ -112,6 +146,15 @@ def markdown(report: Report, out_dir: Path) -> str:
     lines.append("|---" * (len(report.columns) + 1) + "|")
     for name, figures in report.per_row.items():
         lines.append(f"| {name} | " + " | ".join(cell(figures, m) for m in report.columns) + " |")
+    header, rows = forgetting_rows(report)
+    if rows:
+        lines += ["", f"## Forgetting: benchmarks (change from {report.reference})", "",
+                  "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    header, rows = per_task_rows(report)
+    if rows:
+        lines += ["", "## Per task", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", "## Charts", ""]
     for caption, path in report.charts:
         lines += [f"**{caption}**", "", f"![{caption}]({path.relative_to(out_dir).as_posix()})", ""]
@@ -156,6 +199,13 @@ def to_html(report: Report) -> str:
     parts.append("<h2>Comparison: every figure, with 95% intervals</h2>")
     rows = [[name] + [cell(figures, m) for m in report.columns] for name, figures in report.per_row.items()]
     parts.append(f'<div class="wide">{_html_table("comparison", ["model"] + report.columns, rows, numeric_from=1)}</div>')
+    header, rows = forgetting_rows(report)
+    if rows:
+        parts += [f"<h2>Forgetting: benchmarks (change from {esc(report.reference)})</h2>",
+                  f'<div class="wide">{_html_table("forgetting", header, rows, numeric_from=1)}</div>']
+    header, rows = per_task_rows(report)
+    if rows:
+        parts += ["<h2>Per task</h2>", f'<div class="wide">{_html_table("per-task", header, rows, numeric_from=2)}</div>']
     parts.append("<h2>Charts</h2>")
     for caption, path in report.charts:
         data = base64.b64encode(path.read_bytes()).decode("ascii")

@@ -17,7 +17,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,10 @@ from align.core.callables import load_callable
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, ConfigError
 from align.core.records import Prompt, load_records
-from align.eval import benchmarks, compare, plots, report, scores
+from align.eval import benchmarks, compare, few_shot, harness, plots, report, scores
 from align.eval.config import META, EvalConfig
 from align.eval.generate import Answers, answer, encode_prompts
-from align.eval.models import ModelPool, ModelSpec, dequantize_4bit, on_gpu, resolve
+from align.eval.models import ModelPool, ModelSpec, View, dequantize_4bit, on_gpu, resolve
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,18 @@ class Inputs:
     judge: Callable[[str, str], float] | None
     documents: list[str] | None
     questions: list[benchmarks.Question] | None
+    demonstrations: tuple[dict, ...] = ()  # of the in-context row (few_shot.py), whose spec is the reference's
 
 
 def check_inputs(config: EvalConfig) -> Inputs:
     """Everything the user named, read and checked, so a mistake stops the run before any model loads."""
     prompts = load_records(config.prompts, "prompts")[: config.eval_size or None]
     specs = {name: resolve(name, source) for name, source in config.models.items()}
+    demonstrations: tuple[dict, ...] = ()
+    if config.few_shot:
+        demonstrations = few_shot.demonstrations(config.few_shot_data, config.few_shot, prompts, config.seed)
+        specs[few_shot.row_name(config.few_shot)] = resolve(few_shot.row_name(config.few_shot),
+                                                            config.models[config.reference])
     if config.reward is not None:
         from align.reward.score import weights_dir
 
@@ -66,7 +72,9 @@ def check_inputs(config: EvalConfig) -> Inputs:
     judge = load_callable(config.judge) if config.judge else None
     documents = benchmarks.read_documents(config.perplexity_text) if config.perplexity_text else None
     questions = benchmarks.read_questions(config.mmlu)[: config.mmlu_size or None] if config.mmlu else None
-    return Inputs(prompts, specs, judge, documents, questions)
+    if config.benchmarks:
+        harness.check_names(config.benchmarks, harness.task_manager())
+    return Inputs(prompts, specs, judge, documents, questions, demonstrations)
 
 
 def evaluate(config: EvalConfig, *, overwrite: bool = False, resume: bool = False,
@@ -84,6 +92,7 @@ class Evaluation:
         self.prompts = inputs.prompts
         self.boot = {"samples": config.bootstrap_samples, "seed": config.seed}
         self.timings: dict[str, float] = {}
+        self.kl_per_prompt: dict[str, list[float]] = {}  # model -> its kl_to_base per prompt, for the per-task figures
         self._judged: dict[tuple[int, str], tuple[float | None, str | None]] = {}
 
     def run(self, *, resume: bool) -> dict[str, float]:
@@ -91,6 +100,7 @@ class Evaluation:
         pool = ModelPool(self.inputs.specs, self.config.quantization)
         self.quantization = {name: pool.quantization_of(name) for name in self.inputs.specs}
         self.timings["load_s"] = time.perf_counter() - started
+        self.tasks, self.unavailable = self.benchmark_tasks()
         answers = self.answer_all(pool, resume)
         extra = {name: self.model_figures(pool, name, answers[name]) for name in self.inputs.specs}
         del pool
@@ -103,6 +113,7 @@ class Evaluation:
         per_row = {row.name: compare.row_metrics(row, by_name, self.config.compare_to, self.references, self.boot,
                                                     self.config.text_metrics)
                    for row in rows}
+        self.add_task_figures(per_row, rows)
         self.timings["runtime_s"] = time.perf_counter() - started
         metrics = compare.flat(per_row)
         metrics.update({f"{META}/prompts": len(self.prompts), f"{META}/models": len(self.inputs.specs),
@@ -112,7 +123,7 @@ class Evaluation:
         charts = self.charts(per_row, rows)
         columns = compare.headline_metrics(per_row)
         report.write(report.Report(self.title(), self.setup(), per_row, columns, charts, self.examples(rows),
-                                   self.config.bootstrap_samples), self.out.path)
+                                   self.config.bootstrap_samples, self.config.reference), self.out.path)
         self.publish(metrics, per_row, columns, charts, rows)
         return metrics
 
@@ -127,7 +138,16 @@ class Evaluation:
         c = self.config
         return {"source": spec.source, "base": spec.base, "adapter": str(spec.adapter), "prompts": c.prompts,
                 "eval_size": c.eval_size, "generation": asdict(c.generation), "samples_per_seed": c.samples_per_seed,
-                "quantization": self.quantization[spec.name]}
+                "quantization": self.quantization[spec.name],
+                **({"demonstrations": list(self.inputs.demonstrations)} if self.in_context(spec.name) else {})}
+
+    def in_context(self, name: str) -> bool:
+        return bool(self.config.few_shot) and name == few_shot.row_name(self.config.few_shot)
+
+    def view(self, pool: ModelPool, name: str) -> View:
+        """The model as it answers: the in-context row is the reference base with its demonstrations."""
+        view = pool.view(name)
+        return replace(view, demonstrations=self.inputs.demonstrations) if self.in_context(name) else view
 
     def answer_all(self, pool: ModelPool, resume: bool) -> dict[str, Answers]:
         from tqdm import tqdm
@@ -140,7 +160,7 @@ class Evaluation:
         with tqdm(total=per_model * len(todo), desc="answers", unit="answer") as progress:
             for name in todo:
                 progress.set_postfix_str(name)
-                answers[name] = answer(pool.view(name), self.prompts, self.config.generation,
+                answers[name] = answer(self.view(pool, name), self.prompts, self.config.generation,
                                        self.config.samples_per_seed, progress)
                 self.save_checkpoint(answers)
                 self.judge_row(name, answers[name].greedy)
@@ -207,14 +227,43 @@ class Evaluation:
         view = pool.view(name)
         with self.timed("kl_s"):
             out.update(self.kl_to_base(pool, name, answers))
+        if self.in_context(name):
+            return out  # the reference's own weights: its perplexity and multiple choice are the reference's row
         if self.inputs.documents is not None:
             with self.timed("perplexity_s"):
                 out["perplexity"] = benchmarks.perplexity(view, self.inputs.documents, self.config.perplexity_max_length)
-        if self.inputs.questions is not None:
-            with self.timed("mmlu_s"):
-                picked = benchmarks.choose(view, self.inputs.questions, self.config.generation.batch_size)
-            out.update(scores.with_ci("mmlu_accuracy", benchmarks.correct(self.inputs.questions, picked), **self.boot))
+        if self.tasks and view.prefix:
+            log.warning("no benchmarks for %r: lm-eval runs the model without its soft prompt", name)
+        elif self.tasks:
+            with self.timed("benchmarks_s"):
+                done = harness.per_document(view, self.tasks, self.manager, limit=self.config.benchmarks_limit,
+                                            batch_size=self.config.generation.batch_size)
+            for task, correct in done.items():
+                out.update(scores.with_ci(harness.metric_name(task), correct, **self.boot))
         return out
+
+    def add_task_figures(self, per_row: dict[str, dict[str, float]], rows: list[compare.Row]) -> None:
+        """Every per-prompt figure again over each task's prompts, as `<metric>@<task>`, where prompts name a task."""
+        tasks = [p.task for p in self.prompts]
+        for task, cut in compare.task_rows(rows, tasks, self.kl_per_prompt, self.boot).items():
+            keep = [i for i, t in enumerate(tasks) if t == task]
+            by_name = {row.name: row for row in cut}
+            for row in cut:
+                figures = compare.row_metrics(row, by_name, self.config.compare_to, [self.references[i] for i in keep],
+                                              self.boot, self.config.text_metrics)
+                per_row[row.name].update({f"{m}{compare.TASK_SEP}{task}": v for m, v in figures.items()})
+
+    def benchmark_tasks(self) -> tuple[list[str], dict[str, str]]:
+        """The lm-eval tasks to run (the local multiple-choice file first), and the unavailable ones with why."""
+        tasks, include = [], None
+        if self.inputs.questions is not None:
+            include = harness.write_local_task(self.inputs.questions, self.out.path / "lm_eval_tasks")
+            tasks.append(harness.LOCAL_TASK)
+        if not tasks and not self.config.benchmarks:
+            return [], {}
+        self.manager = harness.task_manager(include)
+        ok, missing = harness.available(self.config.benchmarks, self.manager)
+        return tasks + ok, missing
 
     @contextlib.contextmanager
     def timed(self, key: str) -> Iterator[None]:
@@ -229,8 +278,9 @@ class Evaluation:
 
         reference = self.config.reference
         if name == reference:
-            return scores.with_ci("kl_to_base", [0.0] * len(self.prompts), **self.boot)
-        view = pool.view(name)
+            self.kl_per_prompt[name] = [0.0] * len(self.prompts)
+            return scores.with_ci("kl_to_base", self.kl_per_prompt[name], **self.boot)
+        view = self.view(pool, name)
         ref = pool.view(reference) if reference in self.inputs.specs else pool.base_view(name)
         if ref is None:
             return {}
@@ -238,14 +288,17 @@ class Evaluation:
             log.warning("no kl_to_base for %r: its tokenizer differs from %r's", name, ref.label)
             return {}
         per_prompt = answers.sampled if answers.sampled and answers.sampled[0] else [[a] for a in answers.greedy]
-        prompt_ids = encode_prompts(view.tokenizer, self.prompts, self.config.generation.max_prompt_length)
-        tokens = [[a.token_ids for a in row] for row in per_prompt]
         g = self.config.generation
+        tokens = [[a.token_ids for a in row] for row in per_prompt]
         logp = [[a.logprob for a in row] for row in per_prompt]  # recorded while generating
         if not all(math.isfinite(x) for row in logp for x in row):  # answers from an older checkpoint
-            logp = answers_logprobs(view, prompt_ids, tokens, g.temperature, g.batch_size)
-        logp_ref = answers_logprobs(ref, prompt_ids, tokens, g.temperature, g.batch_size)
+            logp = answers_logprobs(view, encode_prompts(view, self.prompts, g.max_prompt_length), tokens,
+                                    g.temperature, g.batch_size)
+        # the reference reads the prompt alone: π_ref(a | x), whatever the row was shown before x
+        logp_ref = answers_logprobs(ref, encode_prompts(ref, self.prompts, g.max_prompt_length), tokens,
+                                    g.temperature, g.batch_size)
         kl = [sum(m - r for m, r in zip(lm, lr)) / len(lm) for lm, lr in zip(logp, logp_ref)]  # (P,) mean over answers
+        self.kl_per_prompt[name] = kl
         return scores.with_ci("kl_to_base", kl, **self.boot)
 
     # ---------------------------------------------------------------- rewards and rows
@@ -354,6 +407,8 @@ class Evaluation:
                   ("precision of the bases", ", ".join(f"{n} {q}" for n, q in self.quantization.items())),
                   ("reward model", c.reward or "none"), ("judge", c.judge or "none"),
                   ("perplexity text", c.perplexity_text or "none"), ("multiple choice", c.mmlu or "none"),
+                  ("benchmarks (lm-eval, zero-shot)", ", ".join(c.benchmarks) or "none"),
+                  *((f"benchmark {task}", f"unavailable: {why}") for task, why in self.unavailable.items()),
                   ("time", ", ".join(f"{k} {v:.0f}" for k, v in self.timings.items()))]
         return lines
 

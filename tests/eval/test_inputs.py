@@ -142,7 +142,7 @@ def test_cached_prompts_give_the_plain_greedy_answers_and_their_logprobs(eval_di
     view = pool.view("sft")
     settings = GenerationSettings(max_new_tokens=6, samples_per_prompt=2, batch_size=3, temperature=0.7)
     answers = generate.answer(view, prompts, settings, 2)
-    ids = generate.encode_prompts(view.tokenizer, prompts, settings.max_prompt_length)
+    ids = generate.encode_prompts(view, prompts, settings.max_prompt_length)
     with view.active() as model, torch.no_grad():
         for row, a in zip(ids, answers.greedy):  # one prompt at a time: no padding, no cache
             out = model.generate(input_ids=torch.tensor([row]), max_new_tokens=6, do_sample=False,

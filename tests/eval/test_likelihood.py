@@ -53,13 +53,6 @@ def test_batched_padded_logprobs_match_one_sequence_at_a_time(tiny_view):
         assert got == pytest.approx(plain_logprob(tiny_view, context, continuation), abs=1e-4)
 
 
-def test_next_token_path_agrees_with_the_general_one(tiny_view):
-    contexts = [[5, 6, 7], [8, 9, 10, 11, 12]]
-    fast = likelihood.next_token_logprobs(tiny_view, contexts, [30, 31])
-    slow = likelihood.continuation_logprobs(tiny_view, [c for c in contexts for _ in (30, 31)], [[30], [31]] * 2)
-    assert [x for row in fast for x in row] == pytest.approx(slow, abs=1e-4)
-
-
 def test_perplexity_is_exp_of_the_models_own_loss(tiny_view):
     text = "Rivers carry water to the sea, and the sea gives it back as rain."
     ids = tiny_view.tokenizer(text)["input_ids"]
@@ -78,9 +71,6 @@ def test_multiple_choice_files(tmp_path, write_jsonl):
     assert len(benchmarks.read_questions(headed)) == 1
     jsonl = write_jsonl("mmlu.jsonl", [{"question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 2, "subject": "x"}])
     assert benchmarks.read_questions(jsonl)[0].answer == 2
-    assert benchmarks.format_question(questions[0]) == (
-        "The following are multiple choice questions (with answers).\n\nWhat is 2 + 2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:")
-    assert benchmarks.correct(questions, [1, 0]) == [1.0, 0.0]
 
 
 def test_bad_multiple_choice_rows_are_named(tmp_path, write_jsonl):
@@ -94,13 +84,27 @@ def test_bad_multiple_choice_rows_are_named(tmp_path, write_jsonl):
         benchmarks.read_questions(jsonl)
 
 
-def test_choose_picks_the_likeliest_letter(tiny_view):
-    q = benchmarks.Question("What is 2 + 2?", ("3", "4", "5", "6"), 1, "x")
+def test_the_multiple_choice_file_through_lm_eval_scores_as_a_hand_count(tiny_view, tmp_path):
+    """The local lm-eval task: MMLU's zero-shot prompt, then " A" ... " D"; the likeliest letter is the pick.
+    Half the answers are set to the pick a plain forward pass makes, so the hand count is 0.5."""
+    from align.eval import harness
+
+    questions = [benchmarks.Question(f"What is {i} + {i}?", (str(i), str(2 * i), str(i + 1), str(3 * i)), 0, "x")
+                 for i in range(1, 7)]
     tokenizer = tiny_view.tokenizer
-    context = tokenizer(benchmarks.format_question(q))["input_ids"]
     letters = [tokenizer(" " + letter, add_special_tokens=False)["input_ids"] for letter in benchmarks.LETTERS]
-    want = max(range(4), key=lambda k: plain_logprob(tiny_view, context, letters[k]))
-    assert benchmarks.choose(tiny_view, [q]) == [want]
+    picks = []
+    for q in questions:
+        text = benchmarks.MC_HEADER + "\n".join([q.question] + [f"{l}. {c}" for l, c in zip(benchmarks.LETTERS, q.choices)])
+        context = tokenizer(text + "\nAnswer:", add_special_tokens=False)["input_ids"]
+        picks.append(max(range(4), key=lambda k: plain_logprob(tiny_view, context, letters[k])))
+    questions = [q if i % 2 else benchmarks.Question(q.question, q.choices, picks[i], q.source)
+                 for i, q in enumerate(questions)]
+    hand = [1.0 if q.answer == p else 0.0 for q, p in zip(questions, picks)]
+    assert sum(hand) >= 3  # the even ones; the odd ones may be right by chance
+    manager = harness.task_manager(harness.write_local_task(questions, tmp_path / "tasks"))
+    got = harness.per_document(tiny_view, [harness.LOCAL_TASK], manager, limit=0, batch_size=4)
+    assert got == {harness.LOCAL_TASK: hand}
 
 
 def test_documents(tmp_path, write_jsonl):
@@ -136,9 +140,6 @@ def test_a_prefix_shared_by_every_row_runs_once_and_changes_nothing(tiny_view):
     shared = likelihood.answers_logprobs(tiny_view, prompts, answers, temperature=0.7, batch_size=6)
     plain = [[plain_logprob_t(tiny_view, p, a, 0.7) for a in group] for p, group in zip(prompts, answers)]
     assert sum(shared, []) == pytest.approx(sum(plain, []), abs=1e-4)
-    fast = likelihood.next_token_logprobs(tiny_view, prompts, [30, 31])
-    want = [plain_logprob_t(tiny_view, p, [c], 1.0) for p in prompts for c in (30, 31)]
-    assert sum(fast, []) == pytest.approx(want, abs=1e-4)
 
 
 def plain_logprob_t(view, context, continuation, temperature):

@@ -46,6 +46,9 @@ def test_the_headline_comes_first_and_the_wide_tables_scroll_in_their_own_box(tm
     assert '<div class="wide"><table id="comparison">' in page and '<div class="wide"><table id="examples">' in page
     md = (tmp_path / "report.md").read_text()
     assert md.index("## Headline") < md.index("## Comparison")
+    # what tuning forgot: each benchmark down, the change from base beside every other model's figure
+    assert "| mmlu_accuracy | 0.190 | 0.290 (+0.100) | 0.390 (+0.200) |" in md
+    assert '<table id="forgetting">' in page
 
 
 def test_held_out_curves_run_from_before_training_to_the_final_value(tmp_path):

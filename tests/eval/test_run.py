@@ -154,7 +154,7 @@ def test_kl_to_base_is_the_mean_log_ratio_of_the_sampled_answers(finished, eval_
     pool = ModelPool({"base": resolve("base", str(eval_dirs["base"])), "sft": resolve("sft", str(eval_dirs["sft"]))},
                      "none")
     prompts = load_records(config.prompts, "prompts")
-    ids = encode_prompts(pool.view("sft").tokenizer, prompts, config.generation.max_prompt_length)
+    ids = encode_prompts(pool.view("sft"), prompts, config.generation.max_prompt_length)
 
     def logprob(view, context, answer):
         with view.active() as model, torch.no_grad():

@@ -1,0 +1,31 @@
+"""Standard benchmarks through lm-evaluation-harness (align/eval/harness.py) in an evaluation run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from align.core.errors import ConfigError
+
+
+def test_benchmarks_name_lm_eval_tasks_and_one_that_cannot_load_here_is_left_out_in_one_line(
+        eval_dirs, heldout, tmp_path, monkeypatch, caplog):
+    """Offline and uncached (HF_HUB_OFFLINE), hellaswag cannot load: one line, and the evaluation finishes."""
+    from align.core.config import load_config
+    from align.eval.config import EvalConfig
+    from align.eval.run import evaluate
+    from tests.conftest import DEMO
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    common = [f"models={{base: {eval_dirs['base']}}}", f"prompts={heldout}", "eval_size=2", "bootstrap_samples=100",
+              "generation.max_new_tokens=4", "generation.samples_per_prompt=0", "tracking.wandb=false"]
+    with pytest.raises(ConfigError, match=r"benchmarks: 'helaswag' is not an lm-eval task \(did you mean 'hellaswag'"):
+        evaluate(load_config(EvalConfig, None, [*common, f"out_dir={tmp_path / 'a'}", "benchmarks=[helaswag]"]))
+    config = load_config(EvalConfig, None, [*common, f"out_dir={tmp_path / 'b'}", "benchmarks=[hellaswag]",
+                                            f"mmlu={DEMO / 'multiple_choice.csv'}", "mmlu_size=8"])
+    metrics = evaluate(config)
+    assert "base/mmlu_accuracy" in metrics and not any("hellaswag" in k for k in metrics)
+    said = [r.getMessage() for r in caplog.records if "hellaswag" in r.getMessage()]
+    assert len(said) == 1 and "unavailable here" in said[0] and "\n" not in said[0]
+    assert "benchmark hellaswag: unavailable" in Path(config.out_dir, "report.md").read_text()
