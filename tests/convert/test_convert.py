@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from align.convert import convert
-from align.core.errors import AlignError, DataError
+from align.core.errors import AlignError
 from align.core.records import load_records
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -304,7 +304,7 @@ def test_converters_refuse_a_file_with_nothing_to_convert(source, record, expect
     result = invoke(["data", "convert", "--from", source, str(data), "-o", str(out), "--lang", "en"]
                     if source == "oasst" and "inf" in json.dumps(record) else
                     ["data", "convert", "--from", source, str(data), "-o", str(out)])
-    assert_refused(result, ["nothing converted", f"d.jsonl:1", expected], out)
+    assert_refused(result, ["nothing converted", "d.jsonl:1", expected], out)
 
 
 def test_a_converter_keeps_the_good_records_and_lists_the_bad(tmp_path):
