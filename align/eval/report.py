@@ -93,8 +93,8 @@ def headline_columns(columns: list[str]) -> list[str]:
 
 
 def headline_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Metrics down, models across (a handful of columns fits any page): the header, then one row per figure."""
-    names = list(report.per_row)
+    """Metrics down, the models across (best-of-n rows are in the full table): the header, then one row per figure."""
+    names = [n for n in report.per_row if not compare.BEST_OF.search(n)]
     rows = [[metric] + [number(report.per_row[n].get(metric)) for n in names] for metric in headline_columns(report.columns)]
     return ["metric", *names], rows
 
@@ -170,8 +170,8 @@ def markdown(report: Report, out_dir: Path) -> str:
 # a wide table scrolls inside its own box (.wide), never the page; long paths and answers wrap
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:80em;overflow-wrap:anywhere}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;vertical-align:top}
-th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap;overflow-wrap:normal}img{max-width:100%;margin:.5em 0}
-.wide{overflow-x:auto;max-width:100%}.wide th{white-space:nowrap;overflow-wrap:normal}
+th{background:#f3f3f3;white-space:nowrap;overflow-wrap:normal}td.num{text-align:right;white-space:nowrap;overflow-wrap:normal}
+img{max-width:100%;margin:.5em 0}.wide{overflow-x:auto;max-width:100%}
 td:first-child{white-space:nowrap;overflow-wrap:normal}#examples td:first-child{white-space:normal;min-width:12em}
 .wide td:first-child,.wide th:first-child{position:sticky;left:0;background:#fff}.wide th:first-child{background:#f3f3f3}
 #headline td.num{font-size:1.15em}figure{margin:1em 0}"""
@@ -194,7 +194,7 @@ def to_html(report: Report) -> str:
              f"<style>{STYLE}</style></head><body>", f"<h1>{esc(report.title)}</h1>"]
     header, rows = headline_rows(report)
     if rows:
-        parts += ["<h2>Headline</h2>", _html_table("headline", header, rows, numeric_from=1)]
+        parts += ["<h2>Headline</h2>", f'<div class="wide">{_html_table("headline", header, rows, numeric_from=1)}</div>']
     parts += ["<ul>"] + [f"<li>{esc(what)}: {esc(value)}</li>" for what, value in report.setup] + ["</ul>"]
     parts.append("<h2>Comparison: every figure, with 95% intervals</h2>")
     rows = [[name] + [cell(figures, m) for m in report.columns] for name, figures in report.per_row.items()]

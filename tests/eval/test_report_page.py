@@ -83,7 +83,7 @@ def test_a_1280_px_window_shows_the_report_without_sideways_scrolling(tmp_path):
     page = wide_report(tmp_path)
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", (
-        "<script>const box = document.querySelector('.wide');"
+        "<script>const box = document.getElementById('comparison').parentElement;"
         "document.body.dataset.widths = [document.documentElement.scrollWidth, box.scrollWidth, box.clientWidth].join(',');"
         "</script></body>")))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,900"]
