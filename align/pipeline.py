@@ -374,7 +374,7 @@ class Pipeline:
 def check_same_config(out: rundir.StageDir, config: Any, stage: str) -> None:
     """A finished stage is reused only for the settings it ran with: reusing it under changed
     settings would report figures of a run that was never made."""
-    changed = out.changed_settings(dump_yaml(config))
+    changed = out.changed_settings(dump_yaml(config), type(config))
     if changed:
         raise ConfigError(f"{out.path} finished with different settings ({describe_changes(changed)}); "
                           f"rerun it with --from-stage {stage}, or give the run a new --name")

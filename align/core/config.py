@@ -125,13 +125,14 @@ def _key_lines(node: Any, prefix: str, path: str, out: dict[str, str]) -> None:
 
 
 def rename_old_keys(cls: type, data: dict[str, Any], source: str, dotted: bool = False,
-                    lines: dict[str, str] | None = None) -> dict[str, Any]:
+                    lines: dict[str, str] | None = None, notify: bool = True) -> dict[str, Any]:
     """`data` with the settings that `cls.RENAMED` lists under an old name moved to the new one, and a one-line
     notice for each (old names are accepted for one release). `dotted`: `data` is a `set:` mapping of dotted
     keys (`ppo.updates: 4`), which stay dotted; otherwise it is nested as a YAML file gives it. `lines` (key ->
     FILE:LINE) learns the new names, so an error under one still points at its line."""
     def moved(key: str, to: str) -> None:
-        log.warning("%s: %r is now %r (the old name works in this release only)", source, key, to)
+        if notify:
+            log.warning("%s: %r is now %r (the old name works in this release only)", source, key, to)
         for name, line in list((lines or {}).items()):
             if name == key or name.startswith((f"{key}.", f"{key}[")):
                 lines[f"{to}{name[len(key):]}"] = line
@@ -339,6 +340,19 @@ def check(condition: bool, field: str, message: str) -> None:
         error = ConfigError(f"{field}: {message}")
         error.field, error.reason = field, message  # build() prefixes the field with where it sits
         raise error
+
+
+def as_of_now(cls: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml written by an earlier release, in this release's terms: old names moved (RENAMED),
+    relative input paths made absolute from the current directory (as they were read then), and settings
+    added since at their defaults (which is what that run did). A finished run is then compared with a new
+    config by what it ran with, not by how that was spelled."""
+    data = rename_old_keys(cls, dict(saved), "config.yaml", notify=False)
+    resolve_inputs(cls, data, Path.cwd(), "config.yaml")
+    try:
+        return to_dict(build(cls, data, "config.yaml"))
+    except ConfigError:  # not a config of this class (or of a later release): compared as written
+        return data
 
 
 def changed_settings(before: Any, now: Any) -> dict[str, tuple[Any, Any]]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from align.core.checkpoint import checkpoint_complete
-from align.core.config import changed_settings, describe_changes
+from align.core.config import as_of_now, changed_settings, describe_changes
 from align.core.dirlock import LOCK, DirLock, lock_holder
 from align.core.errors import AlignError, Terminated, option
 
@@ -259,14 +259,17 @@ class StageDir:
             f.write(json.dumps({"step": int(checkpoint.name.split("-")[-1]), "resumed_with_changes":
                                 {k: {"before": a, "after": b} for k, (a, b) in changes.items()}}, default=str) + "\n")
 
-    def changed_settings(self, config_yaml: str) -> dict[str, tuple[Any, Any]]:
-        """The settings of `config_yaml` that differ from those this directory's run wrote."""
+    def changed_settings(self, config_yaml: str, config_class: type | None = None) -> dict[str, tuple[Any, Any]]:
+        """The settings of `config_yaml` that differ from those this directory's run wrote (read in this
+        release's terms when `config_class` is given: config.as_of_now)."""
         import yaml
 
         try:
             before = yaml.safe_load(self.file(CONFIG).read_text(encoding="utf-8"))
         except (FileNotFoundError, yaml.YAMLError):
             return {}
+        if config_class is not None and isinstance(before, dict):
+            before = as_of_now(config_class, before)
         return changed_settings(before, yaml.safe_load(config_yaml))
 
     def release(self) -> None:

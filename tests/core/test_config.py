@@ -189,3 +189,29 @@ def test_old_names_still_load_with_one_notice_each(tmp_path, caplog):
     pipeline.write_text("stages: [ppo]\nppo:\n  set:\n    ppo.updates: 5\n    sampling.max_new_tokens: 11\n")
     stage = Pipeline(load_pipeline(pipeline, ["ppo.save_every=2"])).stage_config("ppo")
     assert (stage.training.updates, stage.generation.max_new_tokens, stage.training.save_steps) == (5, 11, 2)
+
+
+def test_a_finished_run_of_the_last_release_reads_as_the_same_settings(tmp_path, monkeypatch):
+    """Its config.yaml spells PPO's settings the old way, names data relative to where it ran, and lacks a
+    setting added since: none of that is a change of what it ran with."""
+    import yaml
+
+    from align.core import rundir
+    from align.core.config import dump_yaml, to_dict
+    from align.ppo.config import PPOConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "Q?"}\n')
+    now = load_config(PPOConfig, None, [f"data.prompts={tmp_path / 'prompts.jsonl'}", "training.updates=7"])
+    old = to_dict(now)
+    old["ppo"], old["sampling"] = old.pop("training"), old.pop("generation")
+    for name in ("save_steps", "eval_steps", "sample_steps"):
+        old[name.replace("_steps", "_every")] = old["ppo"].pop(name)
+    old["data"]["prompts"] = "prompts.jsonl"  # as the cwd read it then
+    del old["ppo"]["max_grad_norm"]  # as if added since: the run had its default
+    out = rundir.StageDir(tmp_path / "run")
+    out.path.mkdir()
+    (out.path / rundir.CONFIG).write_text(yaml.safe_dump(old))
+    assert out.changed_settings(dump_yaml(now), PPOConfig) == {}
+    assert "training.updates" in out.changed_settings(dump_yaml(load_config(PPOConfig, None, ["training.updates=8",
+                                                      f"data.prompts={tmp_path / 'prompts.jsonl'}"])), PPOConfig)
