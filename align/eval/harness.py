@@ -19,6 +19,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +133,24 @@ def _subtasks(result: dict[str, Any], task: str) -> set[str]:
 
 @contextlib.contextmanager
 def quiet():
-    """lm-eval's logs below warnings and its progress bars off: align's own progress says what runs."""
+    """lm-eval's logs below warnings and its progress bars off: align's own progress says what runs. Its
+    `git describe` (for the results' record) writes "fatal: not a git repository" to the process's own
+    stderr outside a checkout, so file descriptor 2 itself points at /dev/null meanwhile; failures still
+    arrive as exceptions."""
     loggers = [logging.getLogger(name) for name in QUIET]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)

@@ -29,3 +29,16 @@ def test_benchmarks_name_lm_eval_tasks_and_one_that_cannot_load_here_is_left_out
     said = [r.getMessage() for r in caplog.records if "hellaswag" in r.getMessage()]
     assert len(said) == 1 and "unavailable here" in said[0] and "\n" not in said[0]
     assert "benchmark hellaswag: unavailable" in Path(config.out_dir, "report.md").read_text()
+
+
+def test_lm_evals_git_lookup_prints_nothing_outside_a_checkout(tmp_path, monkeypatch, capfd):
+    """lm-eval runs `git describe` for its record; outside a repository git says "fatal: not a git repository"
+    on the process's stderr, which a user would read as align failing."""
+    import subprocess
+
+    from align.eval.harness import quiet
+
+    monkeypatch.chdir(tmp_path)
+    with quiet():
+        subprocess.run(["git", "describe", "--always"], check=False)
+    assert "fatal" not in capfd.readouterr().err
