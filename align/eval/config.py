@@ -90,6 +90,9 @@ class EvalConfig:
     """lm-evaluation-harness tasks every model runs, zero-shot (e.g. [mmlu, hellaswag, arc_easy]): `bench_<task>`
     per model and the report's forgetting table. Their data come from the hub or lm-eval's cache; a task that
     cannot be loaded here is reported unavailable and left out."""
+    benchmark_tasks: InputPath | None = None
+    """A folder of lm-eval task YAML files (lm-eval's include_path): tasks of your own, or standard ones pointed
+    at a local copy of their data; name them in `benchmarks`."""
     benchmarks_limit: int = 0
     """Documents per benchmark task (lm-eval's `limit`), for a quick look on a CPU; 0 = all."""
     mmlu_size: int = 0

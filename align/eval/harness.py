@@ -65,11 +65,13 @@ def write_local_task(questions: list[Question], folder: Path) -> Path:
     return folder
 
 
-def task_manager(include: Path | None = None) -> Any:
+def task_manager(*include: str | Path | None) -> Any:
+    """lm-eval's task index, with the task folders given (ours, the user's) beside its own tasks."""
     from lm_eval.tasks import TaskManager
 
+    folders = [str(f) for f in include if f is not None]
     with quiet():
-        return TaskManager(include_path=str(include) if include else None)
+        return TaskManager(include_path=folders or None)
 
 
 def check_names(names: list[str], manager: Any) -> None:

@@ -73,7 +73,7 @@ def check_inputs(config: EvalConfig) -> Inputs:
     documents = benchmarks.read_documents(config.perplexity_text) if config.perplexity_text else None
     questions = benchmarks.read_questions(config.mmlu)[: config.mmlu_size or None] if config.mmlu else None
     if config.benchmarks:
-        harness.check_names(config.benchmarks, harness.task_manager())
+        harness.check_names(config.benchmarks, harness.task_manager(config.benchmark_tasks))
     return Inputs(prompts, specs, judge, documents, questions, demonstrations)
 
 
@@ -261,7 +261,7 @@ class Evaluation:
             tasks.append(harness.LOCAL_TASK)
         if not tasks and not self.config.benchmarks:
             return [], {}
-        self.manager = harness.task_manager(include)
+        self.manager = harness.task_manager(include, self.config.benchmark_tasks)
         ok, missing = harness.available(self.config.benchmarks, self.manager)
         return tasks + ok, missing
 

@@ -42,3 +42,25 @@ def test_lm_evals_git_lookup_prints_nothing_outside_a_checkout(tmp_path, monkeyp
     with quiet():
         subprocess.run(["git", "describe", "--always"], check=False)
     assert "fatal" not in capfd.readouterr().err
+
+
+def test_a_task_folder_of_the_users_runs_as_a_benchmark(eval_dirs, heldout, tmp_path):
+    """`benchmark_tasks`: lm-eval task YAMLs of the user's own (here one on a local JSONL copy of its data)."""
+    from align.core.config import load_config
+    from align.eval import harness
+    from align.eval.benchmarks import Question
+    from align.eval.config import EvalConfig
+    from align.eval.run import evaluate
+
+    folder = harness.write_local_task([Question("Q?", ("a", "b", "c", "d"), 0, "x")] * 3, tmp_path / "mine")
+    (folder / f"{harness.LOCAL_TASK}.yaml").rename(folder / "my_mc.yaml")
+    text = (folder / "my_mc.yaml").read_text().replace(f"task: {harness.LOCAL_TASK}", "task: my_mc")
+    (folder / "my_mc.yaml").write_text(text)
+    config = load_config(EvalConfig, None, [
+        f"out_dir={tmp_path / 'eval'}", f"models={{base: {eval_dirs['base']}, sft: {eval_dirs['sft']}}}",
+        f"prompts={heldout}", "eval_size=2", "bootstrap_samples=100", "generation.max_new_tokens=4",
+        "generation.samples_per_prompt=0", "tracking.wandb=false", "benchmarks=[my_mc]", f"benchmark_tasks={folder}"])
+    metrics = evaluate(config)
+    assert {"base/bench_my_mc", "sft/bench_my_mc"} <= set(metrics)
+    assert metrics["base/bench_my_mc"] in (0.0, 1.0)  # three copies of one question: all right or all wrong
+    assert "| my_mc |" in Path(config.out_dir, "report.md").read_text()  # the forgetting table
