@@ -36,23 +36,23 @@ def copy_preset(name: str, dest: str | Path) -> tuple[Preset, Path]:
 
 
 def _repointed(preset: Preset, text: str) -> str:
-    """The preset's text with each relative input path replaced by the absolute path it names."""
+    """The preset's text with each relative input path replaced by the absolute path it names, read as the
+    stage or `align run` reads them; a stage config named by its preset's name keeps the name."""
     if preset.group not in STAGES and preset.group != "pipeline":
         return text  # accelerate's launch configs name no files of ours
     lines: dict[str, str] = {}
     data = read_yaml_mapping(preset.path, lines)
     resolved = copy.deepcopy(data)
     if preset.group == "pipeline":
-        from align.pipeline import PipelineSettings
+        from align.pipeline import resolve_file_paths
 
-        resolve_inputs(PipelineSettings, resolved, preset.path.parent, str(preset.path))
-        for stage in STAGES:
-            if isinstance(resolved.get(stage), dict) and isinstance(resolved[stage].get("set"), dict):
-                resolve_inputs(STAGES[stage].config_class(), resolved[stage]["set"], preset.path.parent, str(preset.path))
+        resolve_file_paths(resolved, preset.path)
     else:
         resolve_inputs(STAGES[preset.group].config_class(), resolved, preset.path.parent, str(preset.path))
     out = text.splitlines(keepends=True)
     for key, old, new in _changed(data, resolved):
+        if key.endswith(".config") and not (preset.path.parent / old).exists():
+            continue  # a preset's name, which works from anywhere
         line = int(lines[key].rpartition(":")[2]) - 1
         out[line] = out[line].replace(old, str(Path(new).resolve()), 1)
     return "".join(out)

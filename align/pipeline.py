@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from align.convert.prepare import PREPARED, PrepareSpec, prepare
 from align.core import heap, presets, rundir, tracking
-from align.core.config import (build, describe_changes, dump_yaml, parse_override, read_yaml_mapping, rename_old_keys,
-                               set_dotted, to_dict)
+from align.core.config import (build, describe_changes, dump_yaml, parse_override, read_config_file, read_yaml_mapping,
+                               rename_old_keys, set_dotted, to_dict)
 from align.core.dirlock import DirLock, lock_holder
 from align.core.errors import AlignError, ConfigError
 from align.core.input_paths import resolve_defaults, resolve_inputs
@@ -105,8 +105,10 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
             spec = data.setdefault(stage, {})
             if not isinstance(spec, dict):
                 spec = data[stage] = {"config": spec}
-            spec.setdefault("set", {})[rest] = value
             lines.pop(f"{stage}.set.{rest}", None)  # now the command line's, not the file's
+            (rest, value), = rename_old_keys(STAGES[stage].config_class(), {rest: value}, "--set", dotted=True).items()
+            spec.setdefault("set", {})[rest] = value
+            lines.pop(f"{stage}.set.{rest}", None)
         else:
             set_dotted(data, key, value)
     source = f"{path if path is not None else 'defaults'}{' + --set' if overrides else ''}"
@@ -168,16 +170,14 @@ class Pipeline:
         lines: dict[str, str] = {}
         data: dict[str, Any] = {}
         if spec.config:
-            path = presets.config_file(spec.config, stage)
-            data = rename_old_keys(cls, read_yaml_mapping(path, lines), str(path), lines=lines)
-            resolve_inputs(cls, data, path.parent, str(path))
+            data = read_config_file(cls, presets.config_file(spec.config, stage), lines)
         for key, value in self.wiring(stage).items():
             set_dotted(data, key, value)
         # a key the pipeline file sets is blamed on its line there, not on the stage's file
         prefix = f"{stage}.set."
         lines.update({k[len(prefix):]: v for k, v in getattr(self.config, "key_lines", {}).items()
                       if k.startswith(prefix)})
-        for key, value in rename_old_keys(cls, dict(spec.set), f"--set {stage}", dotted=True).items():
+        for key, value in spec.set.items():
             set_dotted(data, key, value)
         resolve_defaults(cls, data, presets.share_root())
         # always the pipeline's, whatever a stage file or override said: the manifest points here

@@ -32,8 +32,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     lines: dict[str, str] = {}
     if path is not None:
         source = str(path)
-        data = rename_old_keys(cls, read_yaml_mapping(Path(path), lines), source, lines=lines)
-        resolve_inputs(cls, data, Path(path).parent, source)
+        data = read_config_file(cls, Path(path), lines)
     for item in overrides:
         key, value = parse_override(item)
         (key, value), = rename_old_keys(cls, {key: value}, "--set", dotted=True).items()
@@ -44,6 +43,14 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         source = f"{source} + --set"
     resolve_defaults(cls, data, share_root())
     return build(cls, data, source, lines=lines)
+
+
+def read_config_file(cls: type, path: Path, lines: dict[str, str] | None = None) -> dict[str, Any]:
+    """The settings of `cls` that a YAML file gives, in this release's names (rename_old_keys), its input paths
+    read from the file's directory (align.core.input_paths); `lines` as read_yaml_mapping fills it."""
+    data = rename_old_keys(cls, read_yaml_mapping(path, lines), str(path), lines=lines)
+    resolve_inputs(cls, data, path.parent, str(path))
+    return data
 
 
 def read_yaml_mapping(path: Path, lines: dict[str, str] | None = None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import typing
+import types
 from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
@@ -105,7 +105,7 @@ def _from(base: Path, value: str) -> str:
 
 
 def _unoptional(hint: Any) -> Any:
-    if get_origin(hint) in (Union, getattr(typing, "UnionType", Union)) or type(hint).__name__ == "UnionType":
+    if get_origin(hint) in (Union, types.UnionType):
         args = [a for a in get_args(hint) if a is not type(None)]
         return args[0] if len(args) == 1 else hint
     return hint

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from align.core.errors import ConfigError
 
+
 def share_root() -> Path:
     """The folder holding configs/ and data/: align/presets/ when installed, the repository in a checkout."""
     package = Path(__file__).resolve().parent.parent
@@ -77,4 +78,3 @@ def config_file(value: str | Path, group: str, base: Path | None = None) -> Path
     where = f" (relative to {base})" if base is not None and not Path(value).is_absolute() else ""
     raise ConfigError(f"{value}: config file not found{where}, and no {group} preset of that name "
                       f"(presets: {known}; `align configs list` shows them all)")
-

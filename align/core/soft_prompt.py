@@ -12,18 +12,10 @@ prompt text: a soft prompt initialised from a text answers exactly as that text 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-ADAPTER_CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
-
-
-def is_soft_prompt(adapter_dir: str | Path) -> bool:
-    """Whether a peft adapter directory holds a prompt-tuning soft prompt."""
-    path = Path(adapter_dir) / ADAPTER_CONFIG
-    return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("peft_type") == "PROMPT_TUNING"
 
 
 def load_soft_prompt(adapter_dir: str | Path) -> Any:

@@ -92,17 +92,19 @@ TASK_SEP = "@"  # `reward_mean@add`: a figure over one task's prompts
 
 
 def task_rows(rows: list[Row], tasks: list[str | None], kl: dict[str, list[float]], boot: dict[str, int]
-              ) -> dict[str, list[Row]]:
-    """task -> the rows cut to that task's prompts, for prompts that name their task (`task` field). Of the
-    model-level figures only kl_to_base is kept (it is per prompt, `kl`); perplexity and benchmarks are not."""
+              ) -> dict[str, tuple[list[int], list[Row]]]:
+    """task -> (its prompts' indices, the rows cut to those prompts), for prompts that name their task (`task`
+    field). Of the model-level figures only kl_to_base is kept (it is per prompt, `kl`); perplexity and
+    benchmarks are not."""
     out = {}
     for task in sorted({t for t in tasks if t is not None}):
         keep = [i for i, t in enumerate(tasks) if t == task]
-        out[task] = [Row(row.name, row.model, [row.answers[i] for i in keep],
-                         [row.rewards[i] for i in keep] if row.rewards is not None else None,
-                         [row.judged[i] for i in keep] if row.judged is not None else None,
-                         scores.with_ci("kl_to_base", [kl[row.name][i] for i in keep], **boot) if row.name in kl else {})
-                     for row in rows]
+        out[task] = keep, [Row(row.name, row.model, [row.answers[i] for i in keep],
+                               [row.rewards[i] for i in keep] if row.rewards is not None else None,
+                               [row.judged[i] for i in keep] if row.judged is not None else None,
+                               scores.with_ci("kl_to_base", [kl[row.name][i] for i in keep], **boot)
+                               if row.name in kl else {})
+                           for row in rows]
     return out
 
 

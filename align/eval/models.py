@@ -19,7 +19,7 @@ from typing import Any
 from align.core import modeling, rundir
 from align.core.errors import AlignError
 from align.core.saved_models import is_sequence_classifier
-from align.core.soft_prompt import add_virtual_tokens, is_soft_prompt, load_soft_prompt
+from align.core.soft_prompt import add_virtual_tokens, load_soft_prompt
 
 ADAPTER_CONFIG = "adapter_config.json"
 # org/name: what a hub id looks like; anything else that is not a directory is a wrong path
@@ -37,6 +37,7 @@ class ModelSpec:
     base: str  # directory (or cached hub id) of the network's weights
     adapter: Path | None = None  # a peft adapter on top of `base`
     lora: bool = False  # LoRA adapters share their base with other LoRA adapters
+    soft_prompt: bool = False  # a prompt-tuning adapter: run as virtual tokens (align.core.soft_prompt)
     trained_on: str | None = None  # the base's quantization the adapter was trained against, when recorded
 
     @property
@@ -91,7 +92,8 @@ def _adapter_spec(name: str, source: str, directory: Path) -> ModelSpec:
         base = _resolved(name, base)
     if not _available(base):
         raise ModelError(f"model {name!r}: the base {base!r} {recorded} of {directory} is not on this machine")
-    return ModelSpec(name, source, base, directory, config.get("peft_type") == "LORA", trained_on)
+    return ModelSpec(name, source, base, directory, lora=config.get("peft_type") == "LORA",
+                     soft_prompt=config.get("peft_type") == "PROMPT_TUNING", trained_on=trained_on)
 
 
 def _resolved(name: str, base: str) -> str:
@@ -225,7 +227,7 @@ class ModelPool:
             network = self.networks.get(spec.group)
             if network is None:
                 network = self.networks[spec.group] = self._load_base(spec, self.quantization[spec.group])
-            if spec.adapter is not None and is_soft_prompt(spec.adapter):
+            if spec.soft_prompt:
                 network.soft_prompt = add_virtual_tokens(network.model, load_soft_prompt(spec.adapter))
             elif spec.adapter is not None:
                 self._load_adapter(network, spec)

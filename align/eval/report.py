@@ -117,13 +117,12 @@ def forgetting_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def per_task_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """For prompts that name their task: each task's headline figures (`<metric>@<task>`), models across."""
-    names = list(report.per_row)
-    figures = {m for f in report.per_row.values() for m in f if "@" in m and not m.endswith(("_ci_low", "_ci_high"))}
-    tasks = sorted({m.split("@", 1)[1] for m in figures})
+    names, sep = list(report.per_row), compare.TASK_SEP
+    figures = {m for f in report.per_row.values() for m in f if sep in m and not m.endswith(("_ci_low", "_ci_high"))}
     rows = []
-    for task in tasks:
-        for metric in headline_columns(sorted({m.split("@", 1)[0] for m in figures if m.endswith(f"@{task}")})):
-            rows.append([task, metric, *(cell(report.per_row[n], f"{metric}@{task}") for n in names)])
+    for task in sorted({m.split(sep, 1)[1] for m in figures}):
+        for metric in headline_columns(sorted({m.split(sep, 1)[0] for m in figures if m.endswith(f"{sep}{task}")})):
+            rows.append([task, metric, *(cell(report.per_row[n], f"{metric}{sep}{task}") for n in names)])
     return ["task", "metric", *names], rows
 
 

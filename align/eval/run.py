@@ -245,8 +245,7 @@ class Evaluation:
     def add_task_figures(self, per_row: dict[str, dict[str, float]], rows: list[compare.Row]) -> None:
         """Every per-prompt figure again over each task's prompts, as `<metric>@<task>`, where prompts name a task."""
         tasks = [p.task for p in self.prompts]
-        for task, cut in compare.task_rows(rows, tasks, self.kl_per_prompt, self.boot).items():
-            keep = [i for i, t in enumerate(tasks) if t == task]
+        for task, (keep, cut) in compare.task_rows(rows, tasks, self.kl_per_prompt, self.boot).items():
             by_name = {row.name: row for row in cut}
             for row in cut:
                 figures = compare.row_metrics(row, by_name, self.config.compare_to, [self.references[i] for i in keep],
