@@ -32,8 +32,8 @@ def test_stage_config_loads(path):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "pipeline").glob("*.yaml")), ids=lambda p: p.name)
-def test_pipeline_preset_builds_every_stage(path, monkeypatch):
-    monkeypatch.chdir(ROOT)  # presets name their stage configs relative to the repository
+def test_pipeline_preset_builds_every_stage(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # a preset names its stage configs and data from where it is, not the cwd
     pipeline = Pipeline(load_pipeline(path))
     for stage in pipeline.config.stages:
         config = pipeline.stage_config(stage)

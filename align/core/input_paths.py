@@ -91,7 +91,8 @@ def _from_file(base: Path, value: str, source: str, name: str) -> str:
     if value and not os.path.isabs(os.path.expanduser(value)) and not Path(path).exists() and Path(value).exists():
         # configs written before paths were the file's: read as before, for this release, and say so once
         log.warning("%s: %s: %s is relative to the config file now (%s), which does not exist; read from the "
-                    "current directory for this release only: write it relative to the file", source, name, value, path)
+                    "current directory for this release only: write it relative to the file, or give it with --set "
+                    "(command-line paths are the current directory's)", source, name, value, path)
         return os.path.abspath(value)
     return path
 
