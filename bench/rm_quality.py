@@ -52,9 +52,10 @@ the high-water mark before its training span where that is higher (resetting the
 resets wait4's figure too); the training span (ours: the stage's batch loop; TRL: `trainer.train()`) is
 timed in wall and CPU seconds, with its own peak (the RSS high-water mark reset just before it).
 
-`--profile` times ours' step on one batch instead, in four variants (rm_quality-profile.json): the stage's
-micro-batches as shipped, or as before 2026-12-05 22:54 UTC (completions cut by length, each pass run
-twice), each with and without the stage's 1 MB mmap threshold.
+`--profile` times ours' step on one batch instead (rm_quality-profile.json), in variants of layout and heap
+(`--profile-variants`): the stage's micro-batches as shipped, or as before 2026-12-05 22:54 UTC (completions
+cut by length, each pass run twice); the C heap as the stage sets it (1 MB mmap threshold), glibc's dynamic
+default, a 2 MB threshold, or the default trimmed after every backward (settle_heap).
 """
 
 from __future__ import annotations
@@ -448,14 +449,12 @@ def profile_child(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(spec["threads"])
     import align.reward.train as stage_module
-    from align.core import heap
     from align.reward import micro_batches
     from align.reward.formats import load_groups
 
     groups = load_groups(spec["train"])[:spec["pairs"]]
     learner = stage_module._build_learner(reward_config(spec), len(groups))
-    if spec["mmap"]:  # what the stage does on a CPU (reward.train._train)
-        heap.large_buffers_from_mmap()
+    settle_heap(spec["heap"], learner)
     learner.model.train()
     steps = []
     for _ in range(spec["reps"]):
@@ -590,10 +589,34 @@ def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, worklo
     return runs
 
 
-PROFILE_VARIANTS = {  # name -> (layout, the stage's 1 MB mmap threshold on)
-    "shipped": ("shipped", True), "completions_cut": ("completions_cut", True),
-    "shipped_default_heap": ("shipped", False), "completions_cut_default_heap": ("completions_cut", False),
+PROFILE_VARIANTS = {  # name -> (layout, heap: see settle_heap)
+    "shipped": ("shipped", "mmap_1mb"), "completions_cut": ("completions_cut", "mmap_1mb"),
+    "shipped_default_heap": ("shipped", "dynamic"), "completions_cut_default_heap": ("completions_cut", "dynamic"),
+    "shipped_mmap_2mb": ("shipped", "mmap_2mb"), "shipped_trim_each_backward": ("shipped", "trim_each_backward"),
 }
+
+
+def settle_heap(setting: str, learner: Any) -> None:
+    """The C heap of a profiled step. mmap_1mb: the stage's (heap.large_buffers_from_mmap, buffers of 1 MB and
+    more mapped and unmapped on their own); dynamic: glibc's default, its mmap threshold rising to 32 MB as
+    large buffers are freed; mmap_2mb: the threshold fixed at 2 MB; trim_each_backward: dynamic, the heap's
+    free pages handed back (malloc_trim) after every micro-batch's backward."""
+    from align.core import heap
+
+    if setting == "mmap_1mb":
+        heap.large_buffers_from_mmap()
+    elif setting == "mmap_2mb":
+        heap._libc().mallopt(heap.M_MMAP_THRESHOLD, 2 * heap.LARGE_BUFFER_BYTES)
+    elif setting == "trim_each_backward":
+        backward = learner.accelerator.backward
+
+        def trimmed(*args: Any, **kwargs: Any) -> None:
+            backward(*args, **kwargs)
+            heap.trim()
+
+        learner.accelerator.backward = trimmed
+    elif setting != "dynamic":
+        raise ValueError(f"unknown heap setting {setting!r}")
 
 
 def profile(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -602,10 +625,11 @@ def profile(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, 
     overrides = [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false",
                  *workload["extra"]]
     out = {}
-    for name, (layout, mmap) in PROFILE_VARIANTS.items():
+    for name in args.profile_variants:
+        layout, heap_setting = PROFILE_VARIANTS[name]
         spec = {"preset": str(args.preset), "overrides": overrides, "train": data["train_file"],
                 "heldout": data["heldout_file"], "out_dir": str(work / "profile"), "threads": args.threads,
-                "pairs": args.profile_pairs, "reps": args.profile_reps, "layout": layout, "mmap": mmap}
+                "pairs": args.profile_pairs, "reps": args.profile_reps, "layout": layout, "heap": heap_setting}
         run = child("profile", spec, work / f"profile-{name}.json", args)
         steps = run["steps"]
         out[name] = {"cpu_s": min(s["cpu_s"] for s in steps), "wall_s": min(s["wall_s"] for s in steps),
@@ -670,6 +694,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="instead: where ours' step time goes (layout, heap); writes rm_quality-profile.json")
     parser.add_argument("--profile-pairs", type=int, default=8, help="with --profile: pairs in the fixed batch")
     parser.add_argument("--profile-reps", type=int, default=2, help="with --profile: steps per variant")
+    parser.add_argument("--profile-variants", nargs="+", choices=list(PROFILE_VARIANTS), default=list(PROFILE_VARIANTS),
+                        help="with --profile: which layouts and heap settings (default: all)")
     parser.add_argument("--hh", type=Path, help="HH-RLHF transcripts (jsonl or jsonl.gz)")
     parser.add_argument("--oasst", type=Path, help="OpenAssistant trees (jsonl or jsonl.gz)")
     parser.add_argument("--preset", type=Path, default=PRESET)
@@ -733,7 +759,9 @@ PROFILE_NOTE = ("one batch of the first training pairs through reward.micro_batc
                 "Batcher (whole groups a micro-batch within the token budget); completions_cut: the layout before "
                 "2026-12-05 22:54 UTC (completions sorted by length and cut at the budget, groups split, every "
                 "micro-batch run twice: gradient cache); *_default_heap: without the stage's 1 MB mmap threshold "
-                "(heap.large_buffers_from_mmap). Each in a process of its own, one thread; minimum over repetitions.")
+                "(heap.large_buffers_from_mmap); shipped_mmap_2mb: the threshold at 2 MB; shipped_trim_each_backward: "
+                "glibc's dynamic threshold, malloc_trim after every micro-batch's backward. Each in a process of its "
+                "own with --threads threads; minimum over repetitions.")
 
 
 def write(args: argparse.Namespace, name: str, body: dict[str, Any]) -> None:
