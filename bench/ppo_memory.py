@@ -62,7 +62,7 @@ def four_models_class():
         """PPO's four models as four copies of the base, with PolicyStack's interface."""
 
         def __init__(self, model_config: modeling.ModelConfig, tokenizer: Any, reward_path: str | None, *,
-                     gradient_checkpointing: bool = False):
+                     gradient_checkpointing: bool = False, **ensemble: Any):  # one reward model: no ensemble
             super().__init__()
             from peft import get_peft_model
             from safetensors.torch import load_file
@@ -92,6 +92,7 @@ def four_models_class():
             nn.init.zeros_(self.value_head.bias)
             self.normaliser = Normaliser()
             self.shares_reward = True
+            self.last_members = None  # the members' scores of an ensemble: none here
             for model in (self.peft, self.value_model):
                 modeling.cast_trainable_to_fp32(model)
             # the rollout toggles only .peft between eval and train; checkpointing acts in train mode alone

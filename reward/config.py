@@ -66,6 +66,14 @@ class RewardTraining:
     completion of every ranking, so on GPUs with long texts this is usually on."""
     seed: int = 42
     """Seeds the held-out split, a fresh head's or adapter's initial weights and each epoch's shuffle."""
+    ensemble: int = 1
+    """Reward models trained in this run: K > 1 trains K members one after another on one base, each its own
+    LoRA adapter and head, member i seeded `seed + i` (initial weights and data order; the held-out split
+    stays `seed`'s), saved under `ensemble/` with their own normalisers. PPO, `align eval` and `align reward
+    score` combine them by their `ensemble_objective` (reward.ensemble: mean, uwo, wco)."""
+    bootstrap: bool = False
+    """With `ensemble` > 1: each member trains on its own resample, with replacement, of the training
+    prompts (as many as there are), so members also differ in what they saw."""
 
     def __post_init__(self):
         for name in ("batch_size", "grad_accum", "save_steps", "eval_batch_size", "max_tokens_per_batch"):
@@ -77,6 +85,7 @@ class RewardTraining:
         # clipping to a norm of 0 zeroes every gradient: training would silently do nothing
         check(self.max_grad_norm > 0, "training.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         check(self.seed >= 0, "training.seed", f"must be >= 0, got {self.seed}")
+        check(self.ensemble >= 1, "training.ensemble", f"must be >= 1 (1 = one reward model), got {self.ensemble}")
 
 
 @dataclass

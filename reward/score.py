@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from align.core import modeling, rundir
 from align.core.errors import AlignError
@@ -148,9 +148,14 @@ class RewardModel:
             model.score.load_state_dict(load_file(directory / HEAD_FILE))
         return cls(model.eval(), tokenizer, normaliser, max_length)
 
-    def score_texts(self, texts: list[str], batch_size: int = 16):
+    def score_texts(self, texts: list[str], batch_size: int = 16, max_tokens: int | None = None):
         """Raw rewards of chat-formatted texts, as a float32 CPU tensor (N,)."""
-        return score_texts(self.model, self.tokenizer, texts, self.max_length, batch_size)
+        return score_texts(self.model, self.tokenizer, texts, self.max_length, batch_size, max_tokens)
+
+    def normalised(self, raw: Callable[[], Any]) -> Any:
+        """The normalised rewards of `raw()`, the raw rewards (N,) a scoring function gets from `self.model`
+        (an ensemble runs it once per member: reward.members.RewardEnsemble)."""
+        return self.normaliser(raw())
 
     def score(self, prompts: list, completions: list[str], batch_size: int = 16):
         """Raw rewards r(x, y) for parallel lists of prompts (message lists) and completions."""
@@ -172,11 +177,13 @@ def read_normaliser(path: Path) -> Normaliser:
     return normaliser
 
 
-def score_file(model_path: str, data_path: str, out_path: str, batch_size: int = 16) -> int:
+def score_file(model_path: str, data_path: str, out_path: str, batch_size: int = 16, objective: str = "mean",
+               uwo_lambda: float = 1.0) -> int:
     """Add `reward` and `reward_normalised` to each record of a prompts-with-responses file.
 
     A record holds `prompt` (or `messages`) and `response`/`completion`, or a list `completions`,
-    or `chosen` and `rejected`; every completion it holds is scored.
+    or `chosen` and `rejected`; every completion it holds is scored. An ensemble's reward is its
+    `objective` over the members' normalised rewards, so both fields hold it.
     """
     from align.core.readers import read_rows
     from align.core.record_fields import Bad, completion_field, prompt_field
@@ -207,7 +214,9 @@ def score_file(model_path: str, data_path: str, out_path: str, batch_size: int =
         raise DataError(problems, total=len(rows) + len(unreadable))
     if not jobs:
         raise DataError([f"{data_path}: no records"])
-    reward_model = RewardModel.load(model_path)
+    from align.reward import members  # it builds on this module
+
+    reward_model = members.load(model_path, objective, uwo_lambda)
     raw = reward_model.score([j[3] for j in jobs], [j[4] for j in jobs], batch_size).tolist()
     records = [dict(row.data) for row in rows]
     for (i, field, k, _, _), r in zip(jobs, raw):

@@ -21,7 +21,7 @@ from typing import Any
 from align.core import checkpoint, distributed, guards, heap, model_card, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
 from align.core.errors import DataError, TrainingHalted
-from align.reward import memory, micro_batches
+from align.reward import memory, members, micro_batches
 from align.reward.config import RewardConfig
 from align.reward.formats import Group, load_groups, split_groups
 from align.reward.metrics import ranking_metrics
@@ -80,31 +80,61 @@ def score_groups(model: Any, batcher: micro_batches.Batcher, groups: list[Group]
 
 def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group], eval_groups: list[Group],
            reference: list[Group], *, world: distributed.World, resume: bool) -> dict[str, Any]:
-    """Build the model, restore a checkpoint or score the eval set untrained, train, then score, fit the
-    normaliser and save."""
-    learner = _build_learner(config, len(train_groups))
-    if learner.accelerator.device.type == "cpu":
-        heap.large_buffers_from_mmap()
-    is_main = learner.accelerator.is_main_process
-    wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if is_main else None
-    metrics = tracking.MetricsLog(out.path, wandb_run, write=is_main)
-    state = _restore_or_evaluate_before(config, learner, out, metrics, eval_groups, world, resume)
-    metrics.update({"params/trainable": learner.trainable, "params/total": learner.total,
-                    "data/train_groups": len(train_groups), "data/eval_groups": len(eval_groups)})
-
-    started = time.time()
-    state = _train_batches(config, learner, out, metrics, train_groups, state, world)
-    runtime = time.time() - started
-
-    figures: dict[str, Any] = {"train/steps": state["step"], "train/runtime_s": round(runtime, 2),
-                               "train/sec_per_step": round(runtime / max(1, state["step"]), 3)}
-    figures.update(_evaluate_and_save(config, learner, out, eval_groups, reference, state, world))
-    metrics.update(figures)
+    """Train each member (one, or `training.ensemble`), then the ensemble's own figures; returns metrics.json's."""
+    wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if world.is_main else None
+    metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
+    newest = out.newest_checkpoint() if resume else None
+    count = config.training.ensemble
+    if newest is not None or (resume and count > 1 and members.read_member(out.path, 0) is not None):
+        metrics.final = out.metrics()  # the figures logged up to the checkpoint, or of the finished members
+    eval_rewards, normalisers = [], []
+    for member in range(count):
+        saved = members.read_member(out.path, member) if count > 1 and resume else None
+        if saved is not None:  # finished before the interruption: its scores are in its folder
+            eval_rewards.append(saved[0]), normalisers.append(saved[1])
+            continue
+        restart = newest if newest is not None and checkpoint.state_of(newest).get("member", 0) == member else None
+        rewards, normaliser = _train_member(config, member, out, metrics, train_groups, eval_groups, reference,
+                                            world, restart)
+        eval_rewards.append(rewards), normalisers.append(normaliser)
+    if count > 1 and eval_groups:
+        metrics.update(members.figures(eval_groups, eval_rewards, normalisers))
+    metrics.update({"data/train_groups": len(train_groups), "data/eval_groups": len(eval_groups),
+                    **tracking.peak_memory_mb()})
     if world.is_main:
         model_card.describe_outputs(out.path, "reward", config, metrics.final, reward=True)
     if wandb_run is not None:
         wandb_run.finish()
     return metrics.final
+
+
+def _train_member(config: RewardConfig, member: int, out: rundir.StageDir, metrics: tracking.MetricsLog,
+                  train_groups: list[Group], eval_groups: list[Group], reference: list[Group],
+                  world: distributed.World, restart: Path | None) -> tuple[list[list[float]], Normaliser]:
+    """Build the model, restore `restart` or score the eval set untrained (the first member), train, then
+    score, fit the normaliser and save; returns the member's eval rewards and normaliser."""
+    t = config.training
+    learner = _build_learner(config, len(train_groups), member)
+    if learner.accelerator.device.type == "cpu":
+        heap.large_buffers_from_mmap()
+    state = _restore_or_evaluate_before(config, learner, out, metrics, eval_groups, world, member, restart)
+    prefix = members.prefix(member) if t.ensemble > 1 else ""
+    metrics.update({"params/trainable": learner.trainable, "params/total": learner.total})
+
+    started = time.time()
+    groups = members.bootstrap(train_groups, t.seed, member) if t.bootstrap and t.ensemble > 1 else train_groups
+    state = _train_batches(config, learner, out, metrics, groups, state, world, member)
+    runtime = time.time() - started
+    steps = state["step"] - member * learner.total_steps
+    figures: dict[str, Any] = {"train/steps": steps, "train/runtime_s": round(runtime, 2),
+                               "train/sec_per_step": round(runtime / max(1, steps), 3)}
+    eval_rewards, normaliser, scored = _evaluate_and_save(config, learner, out, eval_groups, reference, state, world,
+                                                          member)
+    figures.update(scored)
+    metrics.update({prefix + k: v for k, v in figures.items()})
+    del learner
+    heap.release()  # the next member loads its own model
+    return eval_rewards, normaliser
 
 
 @dataclass
@@ -124,8 +154,9 @@ class _Learner:
     total: int
 
 
-def _build_learner(config: RewardConfig, train_groups: int) -> _Learner:
-    """The base model with its score head and tuning, AdamW and the learning-rate schedule over every step."""
+def _build_learner(config: RewardConfig, train_groups: int, member: int = 0) -> _Learner:
+    """The base model with its score head and tuning (initialised from seed + member), AdamW and the
+    learning-rate schedule over every step."""
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -133,7 +164,7 @@ def _build_learner(config: RewardConfig, train_groups: int) -> _Learner:
     t = config.training
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
                               mixed_precision="bf16" if modeling.bf16_is_fast() else "no")
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seed + member)
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
     model = modeling.load_base(config.model, tokenizer, head="score")
     model = modeling.attach_tuning(model, config.model, task_type="SEQ_CLS", gradient_checkpointing=t.gradient_checkpointing)
@@ -153,27 +184,30 @@ def _build_learner(config: RewardConfig, train_groups: int) -> _Learner:
 
 def _restore_or_evaluate_before(config: RewardConfig, learner: _Learner, out: rundir.StageDir,
                                 metrics: tracking.MetricsLog, eval_groups: list[Group], world: distributed.World,
-                                resume: bool) -> dict[str, int]:
-    """The step and batch to go on from: the newest checkpoint's when resuming (weights, optimiser, schedule
-    and the figures logged up to it restored), else 0, after scoring the eval set untrained (eval_before/*)."""
+                                member: int, restart: Path | None) -> dict[str, int]:
+    """The state to go on from: `restart`'s when resuming (weights, optimiser, schedule and the figures logged
+    up to it restored), else the member's first step, after scoring the eval set untrained (eval_before/*,
+    the first member only). Steps count on across members: member m's are m x steps + 1 onwards."""
     t = config.training
     unwrapped = learner.accelerator.unwrap_model(learner.model)
-    newest = out.newest_checkpoint() if resume else None
-    if newest is not None:
-        state = checkpoint.load_checkpoint(newest, checkpoint.trainable(unwrapped), learner.optimizer)
+    if restart is not None:
+        state = checkpoint.load_checkpoint(restart, checkpoint.trainable(unwrapped), learner.optimizer)
         learner.scheduler.load_state_dict(state.pop("scheduler"))
         checkpoint.apply_settings(learner.optimizer, learner.scheduler, t.learning_rate, t.weight_decay)
-        metrics.final = out.metrics()
         metrics.truncate_after(state["step"])
-        return state
-    if eval_groups:
+        return {"member": member, **state}
+    first = member * learner.total_steps
+    if member > 0:
+        metrics.truncate_after(first)  # what this member logged before a kill that left it no checkpoint
+    if eval_groups and member == 0:
         before = ranking_metrics(eval_groups, score_groups(unwrapped, learner.batcher, eval_groups, t.eval_batch_size, world))
         metrics.update({k.replace("eval/", "eval_before/"): v for k, v in before.items() if "calibration" not in k})
-    return {"step": 0, "batch": 0}
+    return {"step": first, "batch": 0, "member": member}
 
 
 def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir, metrics: tracking.MetricsLog,
-                   train_groups: list[Group], state: dict[str, int], world: distributed.World) -> dict[str, int]:
+                   train_groups: list[Group], state: dict[str, int], world: distributed.World,
+                   member: int = 0) -> dict[str, int]:
     """Every batch from state["batch"] on, in the order an unbroken run takes them; logs every
     logging_steps steps, checkpoints every save_steps; returns the state after the last step."""
     import torch
@@ -182,11 +216,15 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
     t = config.training
     learner.model.train()
     window = []
-    progress = tqdm(total=learner.total_steps, initial=state["step"], desc="reward model",
+    first, last = member * learner.total_steps, (member + 1) * learner.total_steps
+    name = f"reward model {member + 1}/{t.ensemble}" if t.ensemble > 1 else "reward model"
+    progress = tqdm(total=learner.total_steps, initial=state["step"] - first, desc=name,
                     disable=not learner.accelerator.is_main_process)
     for b in range(state["batch"], learner.total_batches):
         epoch, index = divmod(b, learner.batches_per_epoch)
-        order = random.Random(t.seed + epoch).sample(train_groups, len(train_groups))  # same order on resume
+        # the same order on resume; each member its own (the first one's is a single model's)
+        seed = t.seed + epoch if member == 0 else f"{t.seed} member {member} epoch {epoch}"
+        order = random.Random(seed).sample(train_groups, len(train_groups))
         groups = order[index * t.batch_size:(index + 1) * t.batch_size]
         # the last batch closes its accumulation even when it is not full: total_steps counts that step
         closes = (b + 1) % t.grad_accum == 0 or b == learner.total_batches - 1
@@ -196,9 +234,9 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
             continue
         learner.scheduler.step()
         progress.update(1)
-        state = {"step": state["step"] + 1, "batch": b + 1}
+        state = {"step": state["step"] + 1, "batch": b + 1, "member": member}
         # the last step too: a run shorter than logging_steps still leaves its curve
-        if state["step"] % config.tracking.logging_steps == 0 or state["step"] == learner.total_steps:
+        if state["step"] % config.tracking.logging_steps == 0 or state["step"] == last:
             loss_sum, accuracy_sum = learner.accelerator.reduce(torch.stack(window).sum(0), "sum").tolist()
             metrics.log(state["step"], {
                 "train/loss": loss_sum / len(window),
@@ -206,6 +244,7 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
                 "train/grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "train/learning_rate": learner.scheduler.get_last_lr()[0],
                 "train/epoch": round(b / learner.batches_per_epoch, 4),
+                **({"train/member": member} if t.ensemble > 1 else {}),
             })
             window = []
         if state["step"] % t.save_steps == 0 and learner.accelerator.is_main_process:
@@ -247,9 +286,11 @@ def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, st
 
 
 def _evaluate_and_save(config: RewardConfig, learner: _Learner, out: rundir.StageDir, eval_groups: list[Group],
-                       reference: list[Group], state: dict[str, int], world: distributed.World) -> dict[str, Any]:
-    """The trained model's ranking figures on the eval set and the normaliser fitted on the reference set;
-    a reward collapsed to a constant halts; the main process saves the model with its normaliser."""
+                       reference: list[Group], state: dict[str, int], world: distributed.World,
+                       member: int = 0) -> tuple[list[list[float]], Normaliser, dict[str, Any]]:
+    """The trained model's eval rewards, its normaliser fitted on the reference set and its ranking figures;
+    a reward collapsed to a constant halts; the main process saves the model with its normaliser (an
+    ensemble's member in its own folder, with its eval rewards)."""
     t = config.training
     unwrapped = learner.accelerator.unwrap_model(learner.model)
     figures: dict[str, Any] = {}
@@ -265,10 +306,14 @@ def _evaluate_and_save(config: RewardConfig, learner: _Learner, out: rundir.Stag
               f"gives every reference completion the same reward ({normaliser.mean:.6g}) after {state['step']} steps: "
               f"it has collapsed to a constant and would give PPO nothing to learn; lower training.learning_rate, "
               f"or check that the data's completions differ")
-    figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std, **tracking.peak_memory_mb()})
+    figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std})
     if learner.accelerator.is_main_process:
-        save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser)
-    return figures
+        if t.ensemble > 1:
+            save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser,
+                                       members.member_dir(out.path, member), eval_rewards)
+        else:
+            save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser)
+    return eval_rewards, normaliser, figures
 
 
 def _save_checkpoint(out: rundir.StageDir, learner: _Learner, state: dict[str, int]) -> None:
@@ -286,13 +331,15 @@ def _halt(out: rundir.StageDir, learner: _Learner, state: dict[str, int], proble
 
 
 def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: rundir.StageDir,
-                      normaliser: Normaliser) -> Path:
+                      normaliser: Normaliser, final: Path | None = None,
+                      eval_rewards: list[list[float]] | None = None) -> Path:
     """adapter/ (LoRA + head), model/score.safetensors (head only) or model/ (full), with the
-    tokenizer, the base record and the normaliser, so `RewardModel.load` needs nothing else."""
+    tokenizer, the base record and the normaliser, so `RewardModel.load` needs nothing else; an
+    ensemble's member goes to `final` instead, with the rewards it gave the eval set."""
     from safetensors.torch import save_file
 
     tuning = config.model.tuning
-    final = out.file(rundir.ADAPTER if tuning in ("lora", "prompt_tuning") else rundir.MODEL)
+    final = final or out.file(rundir.ADAPTER if tuning in ("lora", "prompt_tuning") else rundir.MODEL)
     with rundir.replace_dir(final) as target:
         if tuning == "head":
             save_file({k: v.detach().cpu().contiguous() for k, v in model.score.state_dict().items()}, target / HEAD_FILE)
@@ -306,5 +353,7 @@ def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: run
         finally:
             tokenizer.chat_template = template
         modeling.save_base_record(target, config.model)
+        if eval_rewards is not None:
+            rundir.write_json_atomic(target / members.EVAL_REWARDS, eval_rewards)
         rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
     return final

@@ -103,11 +103,15 @@ def reward(ctx, **options):
               help='Records with "prompt" and "response", "completions", or "chosen"/"rejected".')
 @click.option("-o", "--out", "out_path", type=click.Path(), required=True, help="Output JSONL.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
-def reward_score(model_path, data_path, out_path, batch_size):
+@click.option("--objective", type=click.Choice(["mean", "uwo", "wco"]), default="mean", show_default=True,
+              help="An ensemble's reward from its members' normalised ones: their mean, mean - λ·std, or the lowest.")
+@click.option("--uwo-lambda", default=1.0, show_default=True, type=click.FloatRange(min=0),
+              help="λ of --objective uwo.")
+def reward_score(model_path, data_path, out_path, batch_size, objective, uwo_lambda):
     """Write each record of DATA with its raw and normalised reward."""
     from align.reward.score import score_file
 
-    n = score_file(model_path, data_path, out_path, batch_size)
+    n = score_file(model_path, data_path, out_path, batch_size, objective, uwo_lambda)
     click.echo(f"scored {n} completions -> {out_path}")
 
 for _name in STAGES:
@@ -126,7 +130,9 @@ for _name in STAGES:
 @click.option("--judge", metavar="MODULE:FUNCTION", help="Score (prompt, response) -> float, e.g. align.demo.tasks:judge.")
 @click.option("--few-shot", type=int, metavar="K",
               help="Add a row base_<K>shot: the base with K demonstrations from few_shot_data in its prompt.")
-def eval_(models, reward_dir, prompts, size, best_of, judge, few_shot, **options):
+@click.option("--ppo-runs", metavar="NAME=PATH,...",
+              help="PPO runs drawn together against KL (gold judge, proxy reward): single=runs/a/ppo,ensemble=runs/b/ppo.")
+def eval_(models, reward_dir, prompts, size, best_of, judge, few_shot, ppo_runs, **options):
     from align.eval.report import summary_table
     from align.eval.run import evaluate
 
@@ -135,6 +141,8 @@ def eval_(models, reward_dir, prompts, size, best_of, judge, few_shot, **options
     overrides = [*options["overrides"], *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     if models:
         overrides.append("models=" + json.dumps(parse_models(models)))  # replaces the config's models, not merged
+    if ppo_runs:
+        overrides.append("ppo_runs=" + json.dumps(parse_models(ppo_runs, "--ppo-runs")))
     config = load_stage_config("eval", options["config_path"], overrides, options["out_dir"])
     if options["print_config"]:
         return print_config(config)
@@ -144,12 +152,12 @@ def eval_(models, reward_dir, prompts, size, best_of, judge, few_shot, **options
     click.echo(f"report: {Path(config.out_dir) / 'report.html'}")
 
 
-def parse_models(text: str) -> dict[str, str]:
+def parse_models(text: str, option: str = "--models") -> dict[str, str]:
     """`base=a,sft=runs/x/sft` -> {"base": "a", "sft": "runs/x/sft"}."""
     models = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise AlignError(f"--models: {item!r} is not NAME=PATH (e.g. --models base=smollm2-135m-instruct,sft=runs/x/sft)")
+            raise AlignError(f"{option}: {item!r} is not NAME=PATH (e.g. --models base=smollm2-135m-instruct,sft=runs/x/sft)")
         models[name.strip()] = path.strip()
     return models

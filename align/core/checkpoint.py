@@ -83,6 +83,11 @@ def save_checkpoint(directory: Path, params: dict[str, Any], optimizer: Any, sta
     return target
 
 
+def state_of(path: Path) -> dict[str, Any]:
+    """A checkpoint's saved state (counters, scheduler), without loading its weights."""
+    return json.loads((Path(path) / "state.json").read_text())
+
+
 def load_checkpoint(path: Path, params: dict[str, Any], optimizer: Any) -> dict[str, Any]:
     """Restore weights, optimiser and RNG in place; return the saved state dict."""
     import torch
@@ -101,7 +106,7 @@ def load_checkpoint(path: Path, params: dict[str, Any], optimizer: Any) -> dict[
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((path / "state.json").read_text())
+    return state_of(path)
 
 
 def apply_settings(optimizer: Any, scheduler: Any, learning_rate: float, weight_decay: float,

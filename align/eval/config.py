@@ -9,6 +9,7 @@ from typing import Literal
 from align.core.config import check
 from align.core.input_paths import InputPath
 from align.core.tracking import TrackingConfig
+from align.reward.ensemble import Objective
 from align.stages import STAGES
 
 # `<model>/<metric>` keys: a name with a slash would split in two
@@ -56,6 +57,11 @@ class EvalConfig:
     LoRA adapters on the same base share one loaded copy of it."""
     reward: str | None = None
     """An `align reward` stage directory: rewards, win rates and best-of-n use it; unset = none of those."""
+    reward_objective: Objective = "mean"
+    """With a reward-model ensemble: how its members' normalised scores make one reward (`mean`, `uwo`: the
+    mean minus reward_uwo_lambda x their std, `wco`: the lowest), as PPO's reward.ensemble_objective."""
+    reward_uwo_lambda: float = 1.0
+    """With reward_objective `uwo`: the weight of the members' disagreement."""
     prompts: InputPath = "data/demo/heldout.jsonl"
     """Held-out prompts ({"prompt"} or {"messages"}); a `reference` answer enables ROUGE and BLEU."""
     eval_size: int = 50
@@ -99,6 +105,10 @@ class EvalConfig:
     """Use the first this many questions; 0 = all."""
     stages: dict[str, str] = field(default_factory=dict)
     """Stage directories whose training curves go into the report: keys sft, reward, ppo (dpo, grpo, rloo)."""
+    ppo_runs: dict[str, str] = field(default_factory=dict)
+    """More PPO stage directories, label -> directory, drawn with `stages.ppo` in the over-optimisation chart:
+    gold judge and proxy reward of their in-loop evaluations against KL (PPO's data.eval_judge gives the gold),
+    e.g. one reward model against an ensemble."""
     reference: str = "base"
     """The model `kl_to_base` is measured against. When no model has this name, an adapter's own base
     (adapters off) is its reference."""
@@ -121,6 +131,7 @@ class EvalConfig:
 
     def __post_init__(self):
         check(bool(self.models), "models", "name at least one model, e.g. base=smollm2-135m-instruct")
+        check(self.reward_uwo_lambda >= 0, "reward_uwo_lambda", f"must be >= 0, got {self.reward_uwo_lambda}")
         for name in self.models:
             check(bool(MODEL_NAME.match(name)) and name != META, f"models.{name}",
                   f"a model name is letters, digits, _ . - (and not {META!r})")

@@ -190,6 +190,44 @@ def training_curves(stage: str, stage_dir: str | Path, path: Path) -> Path | Non
     return _save(fig, path)
 
 
+def overoptimisation(runs: dict[str, str | Path], path: Path) -> Path | None:
+    """Gold judge and proxy reward of PPO's held-out greedy answers against their KL to the reference, one line
+    per run, from each run's in-loop evaluations (before training at KL 0, every eval_steps, and the last; PPO's
+    data.eval_judge gives the gold): the over-optimisation curve of Gao et al. 2022. None when no run has both."""
+    read = {name: kl_points(directory) for name, directory in runs.items()}
+    lines = {name: points for name, points in read.items() if any(_finite(p[1]) for p in points)}
+    if not lines:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, column, y_label in ((axes[0], 1, "gold judge (mean, greedy)"), (axes[1], 2, "proxy reward (normalised)")):
+        for name, points in lines.items():
+            xs = [p[0] for p in points if _finite(p[column])]
+            ax.plot(xs, [p[column] for p in points if _finite(p[column])], marker="o", ms=3, label=name)
+        ax.set_xlabel("KL to the reference (nats per answer, held-out greedy)")
+        ax.set_ylabel(y_label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("gold against KL: where it falls while the proxy climbs, the reward is hacked")
+    axes[1].set_title("proxy reward against KL")
+    return _save(fig, path)
+
+
+def kl_points(ppo_dir: str | Path) -> list[tuple[float, Any, Any]]:
+    """(KL, gold judge, proxy reward) of a PPO run's held-out evaluations, by KL: before training
+    (metrics.json's eval_before/*) and each in-loop evaluation (metrics.jsonl's eval/*)."""
+    try:
+        final = json.loads((Path(ppo_dir) / rundir.METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        final = {}
+    points = [(float(r["eval/kl"]), r.get("eval/judge_mean"), r.get("eval/reward_mean")) for r in read_log(ppo_dir)
+              if _finite(r.get("eval/kl"))]
+    before = [final.get(f"eval_before/{k}") for k in ("kl", "judge_mean", "reward_mean")]
+    if _finite(before[0]):
+        points.append((float(before[0]), before[1], before[2]))
+    return sorted(points, key=lambda p: p[0])
+
+
 def judge(per_row: dict[str, dict[str, float]], path: Path) -> Path:
     """The gold judge's mean score per row, with its 95% interval."""
     plt = _pyplot()

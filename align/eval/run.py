@@ -61,14 +61,15 @@ def check_inputs(config: EvalConfig) -> Inputs:
         specs[few_shot.row_name(config.few_shot)] = resolve(few_shot.row_name(config.few_shot),
                                                             config.models[config.reference])
     if config.reward is not None:
-        from align.reward.score import weights_dir
+        from align.reward import members
 
-        weights_dir(config.reward)
+        members.check(config.reward)
     elif config.best_of:
         raise ConfigError("best_of: best-of-n picks answers by reward; set reward (an `align reward` directory)")
-    for stage, directory in config.stages.items():
+    for key, directory in [*(("stages." + k, v) for k, v in config.stages.items()),
+                           *(("ppo_runs." + k, v) for k, v in config.ppo_runs.items())]:
         if not (Path(directory) / rundir.METRICS_LOG).is_file():
-            raise AlignError(f"stages.{stage}: {directory} holds no {rundir.METRICS_LOG} to draw curves from")
+            raise AlignError(f"{key}: {directory} holds no {rundir.METRICS_LOG} to draw curves from")
     judge = load_callable(config.judge) if config.judge else None
     documents = benchmarks.read_documents(config.perplexity_text) if config.perplexity_text else None
     questions = benchmarks.read_questions(config.mmlu)[: config.mmlu_size or None] if config.mmlu else None
@@ -307,9 +308,10 @@ class Evaluation:
         from tqdm import tqdm
 
         from align.eval.prefix import reward_scores
-        from align.reward.score import RewardModel, conversation_text
+        from align.reward import members
+        from align.reward.score import conversation_text
 
-        reward_model = RewardModel.load(self.config.reward)
+        reward_model = members.load(self.config.reward, self.config.reward_objective, self.config.reward_uwo_lambda)
         if not on_gpu():
             dequantize_4bit(reward_model.model)
         distinct: dict[tuple[int, str], float] = {}
@@ -323,8 +325,9 @@ class Evaluation:
         for start in tqdm(range(0, len(keys), chunk), desc="rewards", unit="batch"):
             part = keys[start:start + chunk]
             texts = [conversation_text(reward_model.tokenizer, list(self.prompts[p].messages), t) for p, t in part]
-            raw = reward_scores(reward_model, texts, batch_size=self.config.generation.batch_size)
-            distinct.update(zip(part, reward_model.normaliser(raw).tolist()))
+            rewards = reward_model.normalised(lambda: reward_scores(reward_model, texts,
+                                                                    batch_size=self.config.generation.batch_size))
+            distinct.update(zip(part, rewards.tolist()))
         return {name: ([distinct[(p, a.greedy[p].text)] for p in range(len(self.prompts))],
                        [[distinct[(p, s.text)] for s in a.sampled[p]] for p in range(len(self.prompts))])
                 for name, a in answers.items()}
@@ -387,6 +390,10 @@ class Evaluation:
             out.append(("Reward against answer length", plots.reward_vs_length(points, where / "reward_vs_length.png")))
             if any("kl_to_base" in f for f in per_row.values()):
                 out.append(("Reward against KL to the base", plots.reward_vs_kl(per_row, where / "reward_vs_kl.png")))
+        runs = {**({"ppo": self.config.stages["ppo"]} if "ppo" in self.config.stages else {}), **self.config.ppo_runs}
+        path = plots.overoptimisation(runs, where / "overoptimisation.png") if runs else None
+        if path is not None:
+            out.append(("Over-optimisation: gold judge and proxy reward against KL, per PPO run", path))
         for stage, directory in self.config.stages.items():
             path = plots.training_curves(stage, directory, where / f"curves_{stage}.png")
             if path is not None:

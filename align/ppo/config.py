@@ -10,6 +10,7 @@ from align.core.config import check
 from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
+from align.reward.ensemble import Objective
 
 
 @dataclass
@@ -25,6 +26,10 @@ class PPOData:
     sampled mean reward is what PPO optimises, and moves before the greedy answers do."""
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) keep their end."""
+    eval_judge: str | None = None
+    """A gold judge of the in-loop evaluation's greedy answers, a Python `module:function(prompt, response)
+    -> float` (the demo's: `align.demo.tasks:judge`), logged as eval/judge_mean beside the proxy reward and
+    the KL: the over-optimisation curve (Gao et al. 2022). Unset = none."""
 
     def __post_init__(self):
         check(self.eval_size > 0, "data.eval_size", f"must be > 0, got {self.eval_size}")
@@ -41,7 +46,17 @@ class RewardSettings:
     no_eos_penalty: float | None = -1.0
     """Score given to a response with no EOS within max_new_tokens (N+ details: -1); unset = no penalty."""
     normalise: bool = True
-    """Use the reward model's saved mean/std to normalise scores."""
+    """Use the reward model's saved mean/std to normalise scores (an ensemble's members are always
+    normalised, each by its own, before they are combined)."""
+    ensemble_objective: Objective = "mean"
+    """How the members of a reward-model ensemble (`align reward` with training.ensemble > 1) make one reward
+    from their normalised scores: `mean`; `uwo`, the mean minus uwo_lambda x their standard deviation (less
+    reward where they disagree); `wco`, the lowest. Unused with one reward model."""
+    uwo_lambda: float = 1.0
+    """With ensemble_objective `uwo`: the weight of the members' disagreement (their std)."""
+
+    def __post_init__(self):
+        check(self.uwo_lambda >= 0, "reward.uwo_lambda", f"must be >= 0, got {self.uwo_lambda}")
 
 
 @dataclass

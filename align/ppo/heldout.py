@@ -31,6 +31,7 @@ class HeldOut:
     max_generated: int | None = None  # answers generated at once (the rollout's per process); None: all
     max_tokens: int | None = None  # padded tokens per micro-batch of the no-grad passes; None: all rows in one
     max_rows: int | None = None  # rows per micro-batch of the no-grad passes
+    judge: Scorer | None = None  # a gold judge of the greedy answers (rollout.function_scorer); None: none
 
     @torch.no_grad()
     def __call__(self, prompts: list) -> dict[str, float]:
@@ -40,6 +41,8 @@ class HeldOut:
         greedy = self.answer(prompts, messages, do_sample=False)
         out = {"reward_mean": greedy["scores"].mean().item(), "kl": greedy["kl"].mean().item(),
                "response_length": greedy["length"].mean().item(), "no_eos_frac": 1 - greedy["has_eos"].float().mean().item()}
+        if self.judge is not None:
+            out["judge_mean"] = greedy["judge"].mean().item()
         n = self.samples_per_prompt
         if n > 0:
             sampled = self.answer([p for p in prompts for _ in range(n)], [m for m in messages for _ in range(n)],
@@ -51,7 +54,8 @@ class HeldOut:
         """Per answer (of every process's prompts, in rank order): score, KL to the reference, length, has_eos.
         Generated max_generated prompts of like length at a time, as a rollout's batch is: with 4 samples
         of 16 held-out prompts, 64 answers at once would hold four rollouts' KV cache."""
-        local: dict[str, list[torch.Tensor]] = {"scores": [], "kl": [], "length": [], "has_eos": []}
+        local: dict[str, list[torch.Tensor]] = {"scores": [], "kl": [], "length": [], "has_eos": [],
+                                                **({"judge": []} if self.judge is not None and not do_sample else {})}
         if prompts:
             query_ids, query_mask = self.encode(prompts)
             Q = query_ids.shape[1]
@@ -83,5 +87,8 @@ class HeldOut:
         scores = self.normaliser(r.raw_scores.float())
         self.stack.peft.train()
         mask = response_mask.float()
-        return {"scores": scores.to(mask.device), "kl": ((r.logprobs - r.ref_logprobs) * mask).sum(1),
-                "length": mask.sum(1), "has_eos": has_eos}
+        out = {"scores": scores.to(mask.device), "kl": ((r.logprobs - r.ref_logprobs) * mask).sum(1),
+               "length": mask.sum(1), "has_eos": has_eos}
+        if self.judge is not None and not do_sample:
+            out["judge"] = self.judge(r, messages).float().to(mask.device)
+        return out

@@ -25,6 +25,8 @@ from torch import nn
 from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
 from align.core.model_config import ModelConfig
+from align.reward.ensemble import Objective, combine
+from align.reward.members import member_dirs
 from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
 
 POLICY, VALUE, REWARD, REF = "policy", "value", "reward", "ref"
@@ -69,6 +71,7 @@ class SharedReward:
     lora: tuple[Any, dict[str, torch.Tensor]] | None = None  # (LoraConfig, LoRA tensors)
     directory: Path | None = None
     on_base: bool = False  # the head reads the base's own hidden states, adapters off
+    members: list["SharedReward"] = field(default_factory=list)  # an ensemble's, each with its LoRA and head
 
 
 def shared_base(model_config: ModelConfig, tokenizer: Any, gradient_checkpointing: bool) -> Any:
@@ -117,10 +120,20 @@ def policy_adapters(base: Any, model_config: ModelConfig) -> tuple[Any, Any, boo
     return peft, config, weights is not None
 
 
-def shared_reward(reward_path: str | None, model_config: ModelConfig) -> SharedReward:
-    """Read the reward model's directory for what can run on the shared base."""
+def shared_reward(reward_path: str | Path | None, model_config: ModelConfig) -> SharedReward:
+    """Read the reward model's directory for what can run on the shared base. An ensemble runs there when
+    every member is a LoRA adapter of this base: the first member's adapter and head are the reward's (and
+    the critic starts from them), the others come as `members`; its normaliser is the identity, as its
+    members' scores are normalised before they are combined."""
     if reward_path is None:
         return SharedReward()
+    ensemble = member_dirs(reward_path)
+    if ensemble is not None:
+        members = [shared_reward(d, model_config) for d in ensemble]
+        if not all(m.lora is not None for m in members):
+            return SharedReward()  # on another base: scored on its own (rollout.text_scorer)
+        first = members[0]
+        return SharedReward(Normaliser(), first.head, first.lora, first.directory, members=members)
     directory = weights_dir(reward_path)
     record = saved_models.recorded_base(directory)
     # the same weights at the same precision, or the reward model's scores (and normaliser) shift
@@ -152,6 +165,16 @@ def reward_and_value_adapters(peft: Any, reward: SharedReward, policy_config: An
     for name in (REWARD, VALUE):
         peft.add_adapter(name, copy.deepcopy(config))
         load_lora(peft, weights, name, reward.directory)
+    for k, member in enumerate(reward.members[1:], start=1):
+        member_config = tuning.for_task(member.lora[0], "CAUSAL_LM", dropout=0.0)
+        member_config.modules_to_save = None
+        peft.add_adapter(member_adapter(k), copy.deepcopy(member_config))
+        load_lora(peft, member.lora[1], member_adapter(k), member.directory)
+
+
+def member_adapter(k: int) -> str:
+    """The adapter of an ensemble's member k on the shared base; the first member's is REWARD."""
+    return REWARD if k == 0 else f"{REWARD}-{k}"
 
 
 def reward_head(reward: SharedReward, hidden: int) -> nn.Linear | None:
@@ -180,7 +203,8 @@ class PolicyStack(nn.Module):
     """The shared base with its adapters and heads; `use(name)` selects what runs."""
 
     def __init__(self, model_config: ModelConfig, tokenizer: Any, reward_path: str | None, *,
-                 gradient_checkpointing: bool = False):
+                 gradient_checkpointing: bool = False, ensemble_objective: Objective = "mean",
+                 uwo_lambda: float = 1.0):
         super().__init__()
         if model_config.tuning != "lora":
             raise AlignError(f"PPO trains LoRA adapters on a shared base; model.tuning={model_config.tuning!r} is not supported")
@@ -193,10 +217,17 @@ class PolicyStack(nn.Module):
         self.reward_head = reward_head(reward, hidden)
         reward_and_value_adapters(self.peft, reward, policy_config)
         self.has_reward_adapter = reward.lora is not None
-        self.value_head = value_head(self.reward_head, self.normaliser, hidden)
+        # an ensemble: each member's head and normaliser; the critic starts from the first member
+        self.member_heads = nn.ModuleList([reward_head(m, hidden) for m in reward.members])
+        self.member_normalisers = [m.normaliser for m in reward.members]
+        self.ensemble_objective, self.uwo_lambda = ensemble_objective, uwo_lambda
+        self.last_members: torch.Tensor | None = None  # (K, B) the members' normalised rewards of the last call
+        critic_scale = reward.members[0].normaliser if reward.members else self.normaliser
+        self.value_head = value_head(self.reward_head, critic_scale, hidden)
+        members = [member_adapter(k) for k in range(1, len(reward.members))]
         self._params = {name: [p for n, p in self.peft.named_parameters()
                                if f".lora_A.{name}." in n or f".lora_B.{name}." in n]
-                        for name in (POLICY, VALUE, REWARD, REF)}
+                        for name in (POLICY, VALUE, REWARD, REF, *members)}
         self._settle()
 
     def _settle(self) -> None:
@@ -206,6 +237,7 @@ class PolicyStack(nn.Module):
 
         device = next(self.peft.parameters()).device
         self.value_head.to(device)
+        self.member_heads.to(device)
         if self.reward_head is not None:
             self.reward_head.to(device)
         tuning.cast_to_fp32(p for name in TRAINABLE for p in self._params[name])
@@ -311,9 +343,19 @@ class PolicyStack(nn.Module):
         return self.value_head(hidden.float()).squeeze(-1)  # (B, n_last)
 
     def rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
-        """Raw reward r(x, y) (B,) read at each sequence's last real token."""
+        """Raw reward r(x, y) (B,) read at each sequence's last real token; an ensemble's is its objective over
+        the members' normalised rewards, each member a pass with its own adapter and head."""
         if self.reward_head is None:
             raise AlignError("no reward model on the shared base")
+        if self.member_heads:
+            rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+            scores = []
+            for k, (head, normaliser) in enumerate(zip(self.member_heads, self.member_normalisers)):
+                self.use(member_adapter(k))
+                hidden = self.backbone(input_ids, attention_mask)
+                scores.append(normaliser(head(hidden[rows, last_index].float()).squeeze(-1)))
+            self.last_members = torch.stack(scores)  # (K, B)
+            return combine(self.last_members, self.ensemble_objective, self.uwo_lambda)
         if self.reward_on_base:
             hidden = self._kept_base_pass(input_ids, attention_mask)
             if hidden is None:

@@ -29,6 +29,7 @@ class Rollout:
     raw_scores: torch.Tensor  # (B,) reward model's r(x, y)
     scores: torch.Tensor  # (B,) normalised r(x, y), or the no-EOS penalty
     has_eos: torch.Tensor  # (B,) bool: the response ended with EOS within the token budget
+    member_scores: torch.Tensor | None = None  # (B, K) a reward ensemble's members' normalised r(x, y)
 
     @property
     def input_ids(self) -> torch.Tensor:  # (B, Q + T)
@@ -165,6 +166,11 @@ def no_grad_passes(stack: PolicyStack, rollout: Rollout, prompts: list, score: S
                                                     temperature) * real
         start = time.perf_counter()
         raw_scores[rows] = score(part, [prompts[i] for i in rows.tolist()]).to(device).float()
+        members = getattr(score, "members", None)  # (K, rows) an ensemble's own scores
+        if members is not None:
+            if rollout.member_scores is None:
+                rollout.member_scores = torch.zeros(B, members.shape[0], device=device)
+            rollout.member_scores[rows] = members.T.to(device).float()
         scoring_s += time.perf_counter() - start
         if values:
             out["values"][rows, :t] = stack.values(ids, mask, t) * real
@@ -195,12 +201,20 @@ def gather_rollout(rollout: Rollout, world: World, pad_id: int) -> Rollout:
     return Rollout(world.gather(left(r.query_ids, pad_id)), world.gather(left(r.query_mask, 0)),
                    world.gather(right(r.response_ids, pad_id)), world.gather(right(r.response_mask, 0)),
                    *(world.gather(right(x, 0.0)) for x in (r.logprobs, r.ref_logprobs, r.values)),
-                   world.gather(r.raw_scores), world.gather(r.scores), world.gather(r.has_eos))
+                   world.gather(r.raw_scores), world.gather(r.scores), world.gather(r.has_eos),
+                   None if r.member_scores is None else world.gather(r.member_scores))
 
 
 def shared_base_scorer(stack: PolicyStack) -> Scorer:
     """Same base and tokenizer: the reward adapter reads the rollout's own token ids."""
-    return lambda rollout, prompts: stack.rewards(rollout.input_ids, rollout.attention_mask, rollout.last_index)
+
+    def score(rollout: Rollout, prompts: list) -> torch.Tensor:
+        rewards = stack.rewards(rollout.input_ids, rollout.attention_mask, rollout.last_index)
+        score.members = stack.last_members  # an ensemble's (K, rows), for the logs
+        return rewards
+
+    score.members = None
+    return score
 
 
 def function_scorer(fn: Callable[[str, str], float], tokenizer: Any, spec: str) -> Scorer:
@@ -226,12 +240,15 @@ def decode_responses(rollout: Rollout, tokenizer: Any) -> list[str]:
 def text_scorer(reward_model: Any, tokenizer: Any, max_tokens: int | None = None) -> Scorer:
     """Another tokenizer or base: decode each response and let the reward model re-tokenise it, scoring
     (without gradients, in eval mode) batches of like length of at most max_tokens padded tokens."""
-    from align.reward.score import conversation_text, score_texts
+    from align.reward.score import conversation_text
 
     def score(rollout: Rollout, prompts: list) -> torch.Tensor:
         texts = [conversation_text(reward_model.tokenizer, p, c) for p, c in zip(prompts, decode_responses(rollout, tokenizer))]
-        return score_texts(reward_model.model, reward_model.tokenizer, texts, reward_model.max_length, max_tokens=max_tokens)
+        rewards = reward_model.score_texts(texts, max_tokens=max_tokens)
+        score.members = getattr(reward_model, "last_members", None)  # an ensemble's (K, rows), for the logs
+        return rewards
 
+    score.members = None
     return score
 
 
@@ -248,9 +265,10 @@ def reward_scorer(reward: RewardSettings, stack: PolicyStack, tokenizer: Any,
     if stack.shares_reward:
         score, normaliser = shared_base_scorer(stack), stack.normaliser
     else:
-        from align.reward.score import RewardModel
+        from align.reward import members
 
-        reward_model = RewardModel.load(reward.model)
+        # an ensemble's scores come normalised and combined by its objective (its normaliser is the identity)
+        reward_model = members.load(reward.model, reward.ensemble_objective, reward.uwo_lambda)
         score, normaliser = text_scorer(reward_model, tokenizer, max_tokens), reward_model.normaliser
     return score, normaliser if reward.normalise else _unchanged
 

@@ -34,9 +34,19 @@ from align.ppo.heldout import HeldOut
 from align.ppo.losses import entropy_from_logits, logprobs_of, policy_loss, value_loss
 from align.ppo.models import PolicyStack
 from align.ppo.ptx import PtxData
-from align.ppo.rollout import Rollout, Sampling, gather_rollout, make_rollout, reward_scorer
+from align.ppo.rollout import Rollout, Sampling, function_scorer, gather_rollout, make_rollout, reward_scorer
+from align.reward.ensemble import disagreement
 
 __all__ = ["MiniBatchStats", "PPOTrainer", "TrainingHalted", "Unhealthy", "check_inputs", "check_shards", "train"]
+
+
+def ensemble_stats(member_scores: torch.Tensor | None) -> dict[str, float]:
+    """A reward ensemble's members on a rollout: each one's mean normalised score, and their disagreement
+    (the members' std per response, averaged): where it grows, the policy is finding what they dispute."""
+    if member_scores is None:
+        return {}
+    return {"objective/reward_disagreement": disagreement(member_scores.T).mean().item(),
+            **{f"objective/member{k}_scores": v for k, v in enumerate(member_scores.mean(0).tolist())}}
 
 
 def padded_figures(stats: "MiniBatchStats", fill: float) -> dict[str, float]:
@@ -106,9 +116,13 @@ def check_inputs(config: PPOConfig) -> None:
 
         load_callable(config.reward.function)
     else:
-        from align.reward.score import weights_dir
+        from align.reward import members
 
-        weights_dir(config.reward.model)
+        members.check(config.reward.model)
+    if config.data.eval_judge is not None:
+        from align.core.callables import load_callable
+
+        load_callable(config.data.eval_judge)
     if config.training.ptx_coef > 0:
         load_records(config.training.ptx_data, "instructions")
 
@@ -132,7 +146,9 @@ class PPOTrainer:
         self.tokenizer.padding_side = "left"  # generation continues from the prompt's end
         self.stack = PolicyStack(config.model, self.tokenizer,
                                  config.reward.model if config.reward.function is None else None,
-                                 gradient_checkpointing=config.training.gradient_checkpointing)
+                                 gradient_checkpointing=config.training.gradient_checkpointing,
+                                 ensemble_objective=config.reward.ensemble_objective,
+                                 uwo_lambda=config.reward.uwo_lambda)
         if self.stack.device.type == "cpu":  # freed KV caches and activations go back to the OS (core/heap.py)
             heap.large_buffers_from_mmap()
         p = config.training
@@ -157,10 +173,17 @@ class PPOTrainer:
         self.heldout = HeldOut(self.stack, self._encode_prompts, self.sampling, self.eos_ids, self.tokenizer.pad_token_id,
                                self.score, self.normaliser, world, config.data.eval_samples,
                                max_generated=p.batch_size // world.size, max_tokens=p.max_tokens_per_batch,
-                               max_rows=self.micro_rows)
+                               max_rows=self.micro_rows, judge=self._judge(config.data.eval_judge))
         wandb_run = tracking.start_wandb(config.tracking, out.path, "ppo", to_dict(config)) if world.is_main else None
         self.metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
         self.constant_reward = guards.ConstantReward(config.guards.constant_reward_updates)
+
+    def _judge(self, spec: str | None) -> Any:
+        if spec is None:
+            return None
+        from align.core.callables import load_callable
+
+        return function_scorer(load_callable(spec), self.tokenizer, spec)
 
     # ---------------------------------------------------------------- the loop
 
@@ -234,6 +257,7 @@ class PPOTrainer:
             "objective/raw_scores": rollout.raw_scores.mean().item(),
             "objective/no_eos_frac": 1 - rollout.has_eos.float().mean().item(),
             "objective/response_length": mask.sum(1).mean().item(),
+            **ensemble_stats(rollout.member_scores),
             **update_stats,
             "lr": self.scheduler.get_last_lr()[0],
             "beta": beta,

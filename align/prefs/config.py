@@ -9,6 +9,7 @@ from align.core.config import check
 from align.core.input_paths import InputPath
 from align.core.modeling import ModelConfig
 from align.core.tracking import TrackingConfig
+from align.reward.ensemble import Objective
 
 
 @dataclass
@@ -176,9 +177,15 @@ class OnlineReward:
     """A reward stage directory; its normalised reward scores each completion."""
     function: str | None = None
     """Or a Python `module:function(prompt, response) -> float`."""
+    ensemble_objective: Objective = "mean"
+    """With a reward-model ensemble: how its members' normalised scores make one reward (`mean`, `uwo`: the
+    mean minus uwo_lambda x their std, `wco`: the lowest), as PPO's."""
+    uwo_lambda: float = 1.0
+    """With ensemble_objective `uwo`: the weight of the members' disagreement."""
 
     def __post_init__(self):
         check(self.model is not None or self.function is not None, "reward", "set reward.model or reward.function")
+        check(self.uwo_lambda >= 0, "reward.uwo_lambda", f"must be >= 0, got {self.uwo_lambda}")
 
 
 @dataclass

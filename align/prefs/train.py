@@ -40,10 +40,10 @@ class RewardModelFunction:
 
     __name__ = "reward_model"
 
-    def __init__(self, path: str):
-        from align.reward.score import RewardModel
+    def __init__(self, path: str, objective: str = "mean", uwo_lambda: float = 1.0):
+        from align.reward import members
 
-        self.model = RewardModel.load(path)
+        self.model = members.load(path, objective, uwo_lambda)
 
     def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float]:
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
@@ -293,7 +293,7 @@ def online(config: OnlineConfig, method: str, *, overwrite: bool = False, resume
     import trl
 
     prompts = [{"prompt": list(r.messages)} for r in load_records(config.data.prompts, "prompts")]
-    reward_fn = RuleFunction(config.reward.function) if config.reward.function else RewardModelFunction(config.reward.model)
+    reward_fn = RuleFunction(config.reward.function) if config.reward.function else RewardModelFunction(config.reward.model, config.reward.ensemble_objective, config.reward.uwo_lambda)
     trainer_cls, args_cls = {"grpo": (trl.GRPOTrainer, trl.GRPOConfig), "rloo": (trl.RLOOTrainer, trl.RLOOConfig)}[method]
     t, g = config.training, config.generation
 
