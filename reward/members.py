@@ -40,7 +40,7 @@ def member_dirs(path: str | Path) -> list[Path] | None:
     """The members' folders, in order, of an ensemble stage directory (or of its ensemble/ folder); None
     when `path` holds a single reward model."""
     path = Path(path)
-    folder = path if path.name == ENSEMBLE else path / ENSEMBLE
+    folder = path / ENSEMBLE if (path / ENSEMBLE).is_dir() else path  # the stage directory, or its ensemble/
     if not folder.is_dir():
         return None
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(MEMBER) and p.name[len(MEMBER):].isdigit()]

@@ -58,6 +58,12 @@ def test_each_member_learns_and_the_ensemble_reports_accuracy_and_disagreement(e
     root, figures = ensemble_run
     dirs = members.member_dirs(root / "ens")
     assert [d.name for d in dirs] == ["member-0", "member-1"]
+    assert members.member_dirs(root / "ens" / "ensemble") == dirs
+    assert members.member_dirs(dirs[0]) is None  # a member's own folder is one reward model
+    # a stage directory may itself be called `ensemble`
+    (root / "ensemble").symlink_to(root / "ens", target_is_directory=True)
+    assert [d.name for d in members.member_dirs(root / "ensemble")] == ["member-0", "member-1"]
+    members.check(root / "ensemble")
     assert not (root / "ens" / "adapter").exists()
     for k in range(2):
         assert figures[f"member{k}/eval/accuracy"] > 0.85
