@@ -208,8 +208,8 @@ def overoptimisation(runs: dict[str, str | Path], path: Path) -> Path | None:
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
         ax.legend()
-    axes[0].set_title("gold against KL: where it falls while the proxy climbs, the reward is hacked")
-    axes[1].set_title("proxy reward against KL")
+    axes[0].set_title("gold judge against KL")
+    axes[1].set_title("proxy reward (each run's own objective) against KL")
     return _save(fig, path)
 
 

@@ -390,10 +390,13 @@ class Evaluation:
             out.append(("Reward against answer length", plots.reward_vs_length(points, where / "reward_vs_length.png")))
             if any("kl_to_base" in f for f in per_row.values()):
                 out.append(("Reward against KL to the base", plots.reward_vs_kl(per_row, where / "reward_vs_kl.png")))
-        runs = {**({"ppo": self.config.stages["ppo"]} if "ppo" in self.config.stages else {}), **self.config.ppo_runs}
+        runs = dict(self.config.ppo_runs)
+        if "ppo" in self.config.stages and self.config.stages["ppo"] not in runs.values():
+            runs = {"ppo": self.config.stages["ppo"], **runs}
         path = plots.overoptimisation(runs, where / "overoptimisation.png") if runs else None
         if path is not None:
-            out.append(("Over-optimisation: gold judge and proxy reward against KL, per PPO run", path))
+            out.append(("Over-optimisation, per PPO run: where the gold judge falls while the proxy reward climbs "
+                        "with the KL, the reward model is being exploited", path))
         for stage, directory in self.config.stages.items():
             path = plots.training_curves(stage, directory, where / f"curves_{stage}.png")
             if path is not None:
