@@ -306,14 +306,34 @@ def _evaluate_and_save(config: RewardConfig, learner: _Learner, out: rundir.Stag
               f"gives every reference completion the same reward ({normaliser.mean:.6g}) after {state['step']} steps: "
               f"it has collapsed to a constant and would give PPO nothing to learn; lower training.learning_rate, "
               f"or check that the data's completions differ")
-    figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std})
+    length = length_fit(learner.tokenizer, reference, reference_rewards)
+    figures.update({"normaliser/mean": normaliser.mean, "normaliser/std": normaliser.std,
+                    **{f"normaliser/{k}": v for k, v in length.items()}})
     if learner.accelerator.is_main_process:
         if t.ensemble > 1:
             save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser,
-                                       members.member_dir(out.path, member), eval_rewards)
+                              members.member_dir(out.path, member), eval_rewards, length)
         else:
-            save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser)
+            save_reward_model(unwrapped, learner.tokenizer, config, out, normaliser, length=length)
     return eval_rewards, normaliser, figures
+
+
+def length_fit(tokenizer: Any, groups: list[Group], rewards: list[list[float]]) -> dict[str, float]:
+    """How the reward follows completion length over the reference set: the least-squares slope of the raw
+    reward on the completion's tokens, in normalised units per 100 tokens, and their correlation. A model that
+    pays for length shows it here before PPO learns to write long (reward.length_penalty counters it)."""
+    texts = [c for g in groups for c in g.completions]
+    lengths = [float(len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    flat = [r for rs in rewards for r in rs]
+    n = len(flat)
+    mean_len, mean_r = sum(lengths) / n, sum(flat) / n
+    var_len = sum((x - mean_len) ** 2 for x in lengths) / n
+    var_r = sum((r - mean_r) ** 2 for r in flat) / n
+    cov = sum((x - mean_len) * (r - mean_r) for x, r in zip(lengths, flat)) / n
+    if var_len == 0 or var_r == 0:
+        return {}
+    return {"length_slope_per_100_tokens": 100 * cov / var_len / math.sqrt(var_r),
+            "length_corr": cov / math.sqrt(var_len * var_r)}
 
 
 def _save_checkpoint(out: rundir.StageDir, learner: _Learner, state: dict[str, int]) -> None:
@@ -332,7 +352,7 @@ def _halt(out: rundir.StageDir, learner: _Learner, state: dict[str, int], proble
 
 def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: rundir.StageDir,
                       normaliser: Normaliser, final: Path | None = None,
-                      eval_rewards: list[list[float]] | None = None) -> Path:
+                      eval_rewards: list[list[float]] | None = None, length: dict[str, float] | None = None) -> Path:
     """adapter/ (LoRA + head), model/score.safetensors (head only) or model/ (full), with the
     tokenizer, the base record and the normaliser, so `RewardModel.load` needs nothing else; an
     ensemble's member goes to `final` instead, with the rewards it gave the eval set."""
@@ -355,5 +375,6 @@ def save_reward_model(model: Any, tokenizer: Any, config: RewardConfig, out: run
         modeling.save_base_record(target, config.model)
         if eval_rewards is not None:
             rundir.write_json_atomic(target / members.EVAL_REWARDS, eval_rewards)
-        rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std})
+        # mean and std are what readers normalise with; the length fit says how the reward follows length
+        rundir.write_json_atomic(target / NORMALISER, {"mean": normaliser.mean, "std": normaliser.std, **(length or {})})
     return final

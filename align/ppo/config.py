@@ -48,6 +48,10 @@ class RewardSettings:
     normalise: bool = True
     """Use the reward model's saved mean/std to normalise scores (an ensemble's members are always
     normalised, each by its own, before they are combined)."""
+    length_penalty: float = 0.0
+    """Subtracted from each response's score per token (EOS included), in the score's units: a guard against a
+    reward model that pays for length (the reward stage reports its length slope, normaliser/length_slope;
+    `align eval` draws reward against length). 0 = off. A response without EOS gets no_eos_penalty instead."""
     ensemble_objective: Objective = "mean"
     """How the members of a reward-model ensemble (`align reward` with training.ensemble > 1) make one reward
     from their normalised scores: `mean`; `uwo`, the mean minus uwo_lambda x their standard deviation (less
@@ -57,6 +61,7 @@ class RewardSettings:
 
     def __post_init__(self):
         check(self.uwo_lambda >= 0, "reward.uwo_lambda", f"must be >= 0, got {self.uwo_lambda}")
+        check(self.length_penalty >= 0, "reward.length_penalty", f"must be >= 0 (0 = off), got {self.length_penalty}")
 
 
 @dataclass

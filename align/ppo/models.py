@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,7 +26,7 @@ from align.core.errors import AlignError
 from align.core.model_config import ModelConfig
 from align.reward.ensemble import Objective, combine
 from align.reward.members import member_dirs
-from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, weights_dir
+from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, read_normaliser, weights_dir
 
 POLICY, VALUE, REWARD, REF = "policy", "value", "reward", "ref"
 TRAINABLE = (POLICY, VALUE)
@@ -139,9 +138,7 @@ def shared_reward(reward_path: str | Path | None, model_config: ModelConfig) -> 
     # the same weights at the same precision, or the reward model's scores (and normaliser) shift
     same_base = (record["resolved"] == model_paths.resolve_model_path(model_config.name)
                  and record["quantization"] == model_config.quantization)
-    normaliser = Normaliser()
-    if (directory / NORMALISER).exists():
-        normaliser = Normaliser(**json.loads((directory / NORMALISER).read_text()))
+    normaliser = read_normaliser(directory / NORMALISER)
     if same_base and (directory / "adapter_config.json").exists():
         config, weights, head = lora_weights(directory)
         return SharedReward(normaliser, head, (config, weights), directory)

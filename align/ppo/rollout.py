@@ -85,6 +85,7 @@ def make_rollout(
     *,
     max_tokens: int | None = None,
     max_rows: int | None = None,
+    length_penalty: float = 0.0,
 ) -> Rollout:
     """Generate, truncate at EOS, then the no-grad passes (no_grad_passes) for π_ref, V and r, and for
     π_old unless the sampling logits give it; those run in micro-batches of at most max_tokens padded
@@ -113,7 +114,7 @@ def make_rollout(
     timings["time/forward_s"] = time.perf_counter() - start - scoring_s
     timings["time/scoring_s"] = scoring_s
 
-    scores = normalise(rollout.raw_scores)
+    scores = normalise(rollout.raw_scores) - length_penalty * response_mask.sum(1)
     if no_eos_penalty is not None:
         # N+ details: a response that never ends gets a fixed low score, not the reward model's
         scores = torch.where(has_eos, scores, torch.full_like(scores, no_eos_penalty))

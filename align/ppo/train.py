@@ -274,7 +274,8 @@ class PPOTrainer:
         rollout = make_rollout(self.stack, query_ids, query_mask, [list(r.messages) for r in mine], self.sampling,
                                self.score, self.normaliser, self.eos_ids, self.tokenizer.pad_token_id,
                                self.config.reward.no_eos_penalty, timings,
-                               max_tokens=self.config.training.max_tokens_per_batch, max_rows=self.micro_rows)
+                               max_tokens=self.config.training.max_tokens_per_batch, max_rows=self.micro_rows,
+                               length_penalty=self.config.reward.length_penalty)
         return gather_rollout(rollout, self.world, self.tokenizer.pad_token_id)
 
     @torch.no_grad()

@@ -89,6 +89,29 @@ def test_missing_eos_gets_the_penalty_instead_of_the_score(tiny_model_dir):
         assert (tensor[rollout.response_mask == 0] == 0).all()
 
 
+def test_the_length_penalty_takes_its_rate_per_response_token_off_the_score(tiny_model_dir):
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none")
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(cfg, tokenizer, None)
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    rollouts = []
+    for penalty in (0.0, 0.25):
+        torch.manual_seed(0)
+        rollouts.append(make_rollout(stack, ids, mask, prompts, Sampling(12, 1.0, 1.0, False),
+                                     # a third of the vocabulary ends a response, so lengths vary
+                                     lambda r, p: torch.full((len(p),), 5.0), lambda raw: raw,
+                                     list(range(0, len(tokenizer), 3)), tokenizer.pad_token_id, -1.0, {},
+                                     length_penalty=penalty))
+    plain, penalised = rollouts
+    assert torch.equal(plain.response_ids, penalised.response_ids)
+    lengths = penalised.response_mask.sum(1).float()
+    assert len(set(lengths.tolist())) > 1
+    # a response that ended pays 0.25 a token, EOS included; one that did not would get the no-EOS penalty alone
+    expected = torch.where(penalised.has_eos, 5.0 - 0.25 * lengths, torch.tensor(-1.0))
+    torch.testing.assert_close(penalised.scores, expected)
+    torch.testing.assert_close(plain.scores, torch.where(plain.has_eos, 5.0, -1.0))
+
+
 def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, tmp_path):
     """The reward adapter on the policy's base, reading the rollout's token ids (left-padded
     queries, right-padded responses), must give what the saved reward model gives on the text."""

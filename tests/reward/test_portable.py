@@ -116,4 +116,5 @@ def test_an_exported_reward_model_scores_as_align_with_transformers_alone(reward
     align = RewardModel.load(root / "run").score([c[:-1] for c in CONVERSATIONS], [c[-1]["content"] for c in CONVERSATIONS])
     assert plain == pytest.approx(align.tolist(), abs=1e-4)
     normaliser = json.loads((out / "normaliser.json").read_text())
-    assert normaliser == {"mean": pytest.approx(figures["normaliser/mean"]), "std": pytest.approx(figures["normaliser/std"])}
+    assert normaliser == {key: pytest.approx(figures[f"normaliser/{key}"])
+                          for key in ("mean", "std", "length_corr", "length_slope_per_100_tokens")}

@@ -162,3 +162,11 @@ def test_a_last_accumulation_that_is_not_full_still_steps(groups, steps, tiny_mo
         "data.eval_fraction=0", "training.batch_size=8", "training.grad_accum=2", "model.lora.r=4",
         "model.quantization=none", "tracking.wandb=false", "tracking.logging_steps=1"]))
     assert figures["train/steps"] == steps
+
+
+def test_the_reward_stage_reports_how_its_reward_follows_length(reward_run):
+    """The demo preference rewards concise answers (the rejected ones are padded): the trained model's reward
+    falls with length over the reference set, and the stage says so."""
+    _, figures = reward_run
+    assert -1 <= figures["normaliser/length_corr"] < -0.3
+    assert figures["normaliser/length_slope_per_100_tokens"] < 0
