@@ -58,13 +58,19 @@ def stage(name: str, out: Path, *sets: str) -> float | None:
 
 
 def ppo_figures(directory: Path) -> dict[str, Any]:
-    from align.eval.plots import kl_points
+    import statistics
+
+    from align.eval.plots import kl_points, read_log
 
     final = json.loads((directory / "metrics.json").read_text())
     keep = ("eval/judge_mean", "eval/reward_mean", "eval/kl", "eval/response_length", "eval_before/judge_mean",
             "eval_before/reward_mean", "memory/peak_rss_mb", "train/updates")
+    updates = [r for r in read_log(directory) if "time/update_s" in r]
     return {"points": [{"kl": k, "judge": j, "proxy": r} for k, j, r in kl_points(directory)],
-            "final": {k: final.get(k) for k in keep}}
+            "final": {k: final.get(k) for k in keep},
+            "median_update_s": statistics.median(r["time/update_s"] for r in updates),
+            "median_scoring_s": statistics.median(r["time/scoring_s"] for r in updates),
+            "reward_disagreement": [r.get("objective/reward_disagreement") for r in updates]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,7 +112,12 @@ def main(argv: list[str] | None = None) -> None:
                      "eval_steps": args.eval_steps, "workdir": str(w)},
         "seconds": seconds,
         "seconds_note": "wall seconds of each align command; null: finished in the workdir by an earlier invocation",
-        "reward_models": {"single_eval_accuracy": single_reward.get("eval/accuracy"),
+        "reward_models": {"single_peak_rss_mb": single_reward.get("memory/peak_rss_mb"),
+                          "ensemble_peak_rss_mb": ensemble_reward.get("memory/peak_rss_mb"),
+                          "single_train_runtime_s": single_reward.get("train/runtime_s"),
+                          "members_train_runtime_s": [ensemble_reward.get(f"member{k}/train/runtime_s")
+                                                      for k in range(args.members)],
+                          "single_eval_accuracy": single_reward.get("eval/accuracy"),
                           "ensemble_eval_accuracy": ensemble_reward.get("eval/accuracy"),
                           "ensemble_disagreement": ensemble_reward.get("eval/disagreement"),
                           "members_eval_accuracy": [ensemble_reward.get(f"member{k}/eval/accuracy")

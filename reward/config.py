@@ -68,9 +68,9 @@ class RewardTraining:
     """Seeds the held-out split, a fresh head's or adapter's initial weights and each epoch's shuffle."""
     ensemble: int = 1
     """Reward models trained in this run: K > 1 trains K members one after another on one base, each its own
-    LoRA adapter and head, member i seeded `seed + i` (initial weights and data order; the held-out split
-    stays `seed`'s), saved under `ensemble/` with their own normalisers. PPO, `align eval` and `align reward
-    score` combine them by their `ensemble_objective` (reward.ensemble: mean, uwo, wco)."""
+    LoRA adapter and head, member i's initial weights seeded `seed + i` and its data order its own (member 0
+    is the single model of `seed`; the held-out split stays `seed`'s), saved under `ensemble/` with their own
+    normalisers. PPO, `align eval` and `align reward score` combine them by their objective (mean, uwo, wco)."""
     bootstrap: bool = False
     """With `ensemble` > 1: each member trains on its own resample, with replacement, of the training
     prompts (as many as there are), so members also differ in what they saw."""
@@ -101,3 +101,8 @@ class RewardConfig:
     """Optimisation and checkpointing of our own training loop."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """W&B and how often training figures are logged."""
+
+    def __post_init__(self):
+        # the members share one base as LoRA adapters with their heads (in PPO too)
+        check(self.training.ensemble == 1 or self.model.tuning == "lora", "training.ensemble",
+              f"an ensemble's members are LoRA adapters on one base: set model.tuning=lora (now {self.model.tuning!r})")

@@ -24,6 +24,7 @@ from align.reward.score import NORMALISER, Normaliser, RewardModel, conversation
 
 ENSEMBLE = "ensemble"
 EVAL_REWARDS = "eval_rewards.json"
+MANIFEST = "ensemble.json"  # written when every member is: {"members": K}
 MEMBER = "member-"
 
 
@@ -38,13 +39,31 @@ def prefix(member: int) -> str:
 
 def member_dirs(path: str | Path) -> list[Path] | None:
     """The members' folders, in order, of an ensemble stage directory (or of its ensemble/ folder); None
-    when `path` holds a single reward model."""
+    when `path` holds a single reward model. An ensemble whose run has not finished every member is refused:
+    scoring with the members that happen to be there would be another reward than the one trained."""
     path = Path(path)
     folder = path / ENSEMBLE if (path / ENSEMBLE).is_dir() else path  # the stage directory, or its ensemble/
     if not folder.is_dir():
         return None
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(MEMBER) and p.name[len(MEMBER):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(MEMBER):])) or None
+    if not found:
+        return None
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise AlignError(f"{folder}: an ensemble whose training has not finished (no {MANIFEST}); "
+                         f"`align reward --resume` with the same settings finishes it")
+    count = int(json.loads(manifest.read_text(encoding="utf-8"))["members"])
+    wanted = [folder / f"{MEMBER}{k}" for k in range(count)]
+    missing = [p.name for p in wanted if not (p / NORMALISER).is_file()]
+    if missing:
+        raise AlignError(f"{folder}: {MANIFEST} names {count} members but {', '.join(missing)} is missing")
+    return wanted
+
+
+def write_manifest(stage_dir: str | Path, count: int) -> None:
+    from align.core.rundir import write_json_atomic
+
+    write_json_atomic(Path(stage_dir) / ENSEMBLE / MANIFEST, {"members": count})
 
 
 def check(path: str | Path) -> None:

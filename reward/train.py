@@ -99,10 +99,16 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
         eval_rewards.append(rewards), normalisers.append(normaliser)
     if count > 1 and eval_groups:
         metrics.update(members.figures(eval_groups, eval_rewards, normalisers))
+    if count > 1 and world.is_main:
+        members.write_manifest(out.path, count)  # the ensemble is whole: readers may load it
     metrics.update({"data/train_groups": len(train_groups), "data/eval_groups": len(eval_groups),
                     **tracking.peak_memory_mb()})
     if world.is_main:
         model_card.describe_outputs(out.path, "reward", config, metrics.final, reward=True)
+        for member in range(count if count > 1 else 0):  # each member's card with its own figures
+            prefix = members.prefix(member)
+            own = {k[len(prefix):]: v for k, v in metrics.final.items() if k.startswith(prefix)}
+            model_card.describe_weights(members.member_dir(out.path, member), "reward", config, own, reward=True)
     if wandb_run is not None:
         wandb_run.finish()
     return metrics.final
@@ -247,7 +253,9 @@ def _train_batches(config: RewardConfig, learner: _Learner, out: rundir.StageDir
                 **({"train/member": member} if t.ensemble > 1 else {}),
             })
             window = []
-        if state["step"] % t.save_steps == 0 and learner.accelerator.is_main_process:
+        # an ensemble's member also at its last step, so a kill in the next member resumes after it
+        ends_member = t.ensemble > 1 and state["step"] == last
+        if (state["step"] % t.save_steps == 0 or ends_member) and learner.accelerator.is_main_process:
             _save_checkpoint(out, learner, state)
     progress.close()
     return state

@@ -156,10 +156,15 @@ answer = tok.decode(out[0], skip_special_tokens=True)"""
 
 
 def describe_outputs(out_dir: Path, stage: str, config: Any, figures: dict[str, Any], *, reward: bool = False) -> None:
-    """The saved weights of a finished stage (adapter/ or model/ in out_dir, or a reward ensemble's members
-    in ensemble/member-*/) name their base portably and get their model card."""
-    for directory in [Path(out_dir) / "adapter", Path(out_dir) / "model", *sorted(Path(out_dir).glob("ensemble/member-*"))]:
-        if directory.is_dir():
-            name_base_portably(directory, config.model)
-            write_card(directory, stage=stage, model=config.model, data=getattr(config, "data", None),
-                       figures=figures, reward=reward)
+    """The saved weights of a finished stage (adapter/ or model/ in out_dir) name their base portably and get
+    their model card."""
+    for name in ("adapter", "model"):
+        if (Path(out_dir) / name).is_dir():
+            describe_weights(Path(out_dir) / name, stage, config, figures, reward=reward)
+
+
+def describe_weights(directory: Path, stage: str, config: Any, figures: dict[str, Any], *, reward: bool = False) -> None:
+    """One weights folder (a stage's, or a reward ensemble's member) names its base portably and gets its card."""
+    name_base_portably(directory, config.model)
+    write_card(directory, stage=stage, model=config.model, data=getattr(config, "data", None), figures=figures,
+               reward=reward)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from align.reward.score import length_batches
+from align.reward.score import length_batches, score_texts
 
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +128,8 @@ def reward_scores(reward_model: Any, texts: list[str], batch_size: int = 16) -> 
     tokenizer, model = reward_model.tokenizer, reward_model.model
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     if not rows or max(len(r) for r in rows) > reward_model.max_length or is_prompt_learning(model):
-        return reward_model.score_texts(texts, batch_size)
+        # the active model's raw rewards: an ensemble's own score_texts would combine its members in here
+        return score_texts(model, tokenizer, texts, reward_model.max_length, batch_size)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -31,18 +31,16 @@ def step_logs(out):
 @pytest.fixture(scope="module")
 def toy_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ppo") / "run"
-    # the judge is the reward function itself: its figure must be the reward's
-    return out, train(toy_config(tiny_model_dir, out, "training.updates=60",
-                                 "data.eval_judge=tests.ppo.toy_reward:digit_count"))
+    # a judge that is not the reward: its figure is its own
+    return out, train(toy_config(tiny_model_dir, out, "training.updates=60", "data.eval_judge=tests.ppo.toy_reward:half"))
 
 
-def test_the_gold_judge_scores_the_same_greedy_answers_as_the_reward(toy_run):
+def test_the_gold_judge_scores_the_held_out_answers_beside_the_reward(toy_run):
     out, final = toy_run
     evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/judge_mean" in r]
     assert len(evals) == 6  # every eval_steps=10 updates, the last one included
-    for r in evals:
-        assert r["eval/judge_mean"] == pytest.approx(r["eval/reward_mean"], abs=1e-6)
-    assert final["eval_before/judge_mean"] == pytest.approx(final["eval_before/reward_mean"], abs=1e-6)
+    assert all(r["eval/judge_mean"] == 0.5 for r in evals) and final["eval_before/judge_mean"] == 0.5
+    assert {r["eval/reward_mean"] for r in evals} != {0.5}  # the proxy is the digit count, not the judge
 
 
 def test_known_reward_rises_and_kl_stays_bounded(toy_run):
@@ -321,7 +319,10 @@ def test_the_over_optimisation_chart_reads_every_held_out_evaluation(toy_run, tm
     assert len(points) == 7  # before training, and the 6 in-loop evaluations
     assert [p[0] for p in points] == sorted(p[0] for p in points)
     assert (final["eval_before/kl"], final["eval_before/judge_mean"], final["eval_before/reward_mean"]) in points
-    assert all(judge == pytest.approx(reward, abs=1e-6) for _, judge, reward in points)
+    assert all(judge == 0.5 for _, judge, _ in points)
+    logged = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/kl" in r]
+    assert sorted((p[0], p[2]) for p in points) == sorted(
+        [(r["eval/kl"], r["eval/reward_mean"]) for r in logged] + [(final["eval_before/kl"], final["eval_before/reward_mean"])])
     chart = plots.overoptimisation({"toy": out, "again": out}, tmp_path / "over.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "eval/kl": 0.5, "eval/reward_mean": 1.0}) + "\n")

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from align.core.config import load_config
+from align.core.errors import AlignError
 from align.reward import members
 from align.reward.config import RewardConfig
 from align.reward.ensemble import combine, disagreement
-from align.reward.score import RewardModel
+from align.reward.score import RewardModel, conversation_text
 from align.reward.train import train
 from tests.reward.test_train import separable_preferences
 
@@ -203,3 +204,54 @@ def test_the_ensemble_on_the_policys_shared_base_scores_as_it_does_on_its_own(en
             lambda: standalone.model(input_ids=input_ids, attention_mask=attention).logits[:, 0])
     torch.testing.assert_close(rollout.raw_scores, same_tokens, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rollout.member_scores.T, standalone.last_members, rtol=1e-4, atol=1e-4)
+
+
+def test_a_member_killed_before_its_first_checkpoint_resumes_after_the_last_finished_member(
+        ensemble_run, tiny_model_dir, monkeypatch):
+    """save_steps beyond the run: only the checkpoint each member leaves at its last step remains to resume from."""
+    import align.reward.train as stage
+
+    root, whole = ensemble_run
+    learn = stage._learn_from
+    config = reward_config(tiny_model_dir, root, "late", "training.ensemble=2", "training.save_steps=1000")
+
+    def killed(groups, learner, out, state, *args):
+        if state["step"] == 19:  # the second member's 4th step
+            raise KeyboardInterrupt
+        return learn(groups, learner, out, state, *args)
+
+    monkeypatch.setattr(stage, "_learn_from", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    # half an ensemble is no reward model: readers refuse it until the run finishes
+    with pytest.raises(AlignError, match="has not finished"):
+        members.load(root / "late")
+    monkeypatch.setattr(stage, "_learn_from", learn)
+    resumed = train(config, resume=True)
+    logged = [json.loads(line)["step"] for line in (root / "late" / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert logged == list(range(1, 33))
+    for key in ("eval/accuracy", "eval/disagreement", "member1/eval/margin"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-5), key
+    assert len(members.load(root / "late").normalisers) == 2
+
+
+def test_an_ensemble_needs_lora_members(tiny_model_dir, tmp_path):
+    from align.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.tuning=lora"):
+        load_config(RewardConfig, None, [f"model.name={tiny_model_dir}", "training.ensemble=3", "model.tuning=head"])
+
+
+def test_evaluation_scores_long_texts_member_by_member(ensemble_run):
+    """align eval's scorer falls back to whole-text scoring for texts over max_length: still one member at a
+    time, so the ensemble combines its members once."""
+    from align.eval.prefix import reward_scores
+
+    root, _ = ensemble_run
+    ensemble = members.load(root / "ens", "uwo", uwo_lambda=1.5, max_length=12)
+    texts = [conversation_text(ensemble.tokenizer, [{"role": "user", "content": "What is 2 + 3?"}], answer)
+             for answer in ("2 + 3 = 5.", "2 + 3 = 6, and that is a long and winding answer")]
+    assert max(len(ensemble.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) > 12
+    got = ensemble.normalised(lambda: reward_scores(ensemble, texts))
+    assert got.tolist() == pytest.approx(ensemble.score_texts(texts).tolist(), abs=1e-6)
