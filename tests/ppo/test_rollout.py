@@ -72,6 +72,19 @@ def prompts_and_queries(tokenizer, n=6):
     return [list(p.messages) for p in prompts], enc["input_ids"], enc["attention_mask"]
 
 
+def right_padded_rows(rollout, query_ids, query_mask, pad_id):
+    """Each rollout row's real tokens (query, then response), right-padded: as a standalone reward model reads
+    them. Returns (input_ids, attention_mask)."""
+    rows = [torch.cat([query_ids[i][query_mask[i].bool()], rollout.response_ids[i][rollout.response_mask[i].bool()]])
+            for i in range(len(query_ids))]
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)], attention[i, :len(row)] = row, 1
+    return input_ids, attention
+
+
 def test_missing_eos_gets_the_penalty_instead_of_the_score(tiny_model_dir):
     cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization="none")
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
@@ -134,13 +147,7 @@ def test_shared_base_reward_equals_the_standalone_reward_model(tiny_model_dir, t
                            [tokenizer.eos_token_id], tokenizer.pad_token_id, None, {})
     standalone = RewardModel.load(tmp_path / "rm")
     # the same tokens, each sequence's real tokens right-padded, through the standalone model
-    rows = [torch.cat([ids[i][mask[i].bool()], rollout.response_ids[i][rollout.response_mask[i].bool()]])
-            for i in range(len(prompts))]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)], attention[i, :len(row)] = row, 1
+    input_ids, attention = right_padded_rows(rollout, ids, mask, tokenizer.pad_token_id)
     with torch.no_grad():
         same_tokens = standalone.model(input_ids=input_ids, attention_mask=attention).logits[:, 0]
     torch.testing.assert_close(rollout.raw_scores, same_tokens, rtol=1e-4, atol=1e-4)

@@ -177,7 +177,7 @@ def test_the_ensemble_on_the_policys_shared_base_scores_as_it_does_on_its_own(en
     from align.core import modeling
     from align.ppo.models import REWARD, PolicyStack
     from align.ppo.rollout import Sampling, make_rollout, shared_base_scorer
-    from tests.ppo.test_rollout import prompts_and_queries
+    from tests.ppo.test_rollout import prompts_and_queries, right_padded_rows
 
     root, _ = ensemble_run
     tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
@@ -192,13 +192,7 @@ def test_the_ensemble_on_the_policys_shared_base_scores_as_it_does_on_its_own(en
                            [tokenizer.eos_token_id], tokenizer.pad_token_id, None, {})
     assert rollout.member_scores.shape == (len(prompts), 2)
     standalone = members.load(root / "ens", "uwo", uwo_lambda=0.7)
-    rows = [torch.cat([ids[i][mask[i].bool()], rollout.response_ids[i][rollout.response_mask[i].bool()]])
-            for i in range(len(prompts))]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, :len(row)], attention[i, :len(row)] = row, 1
+    input_ids, attention = right_padded_rows(rollout, ids, mask, tokenizer.pad_token_id)
     with torch.no_grad():
         same_tokens = standalone.normalised(
             lambda: standalone.model(input_ids=input_ids, attention_mask=attention).logits[:, 0])
