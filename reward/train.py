@@ -20,7 +20,7 @@ from typing import Any
 
 from align.core import checkpoint, distributed, guards, heap, model_card, modeling, rundir, tracking
 from align.core.config import dump_yaml, to_dict
-from align.core.errors import DataError, TrainingHalted
+from align.core.errors import AlignError, DataError, TrainingHalted
 from align.reward import memory, members, micro_batches
 from align.reward.config import RewardConfig
 from align.reward.formats import Group, load_groups, split_groups
@@ -78,9 +78,19 @@ def score_groups(model: Any, batcher: micro_batches.Batcher, groups: list[Group]
     return out
 
 
+# what fixes which steps are whose in an ensemble: member m trains steps m x S + 1 .. (m + 1) x S
+MEMBER_LAYOUT = ("training.ensemble", "training.epochs", "training.batch_size", "training.grad_accum",
+                 "training.bootstrap", "training.seed")
+
+
 def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group], eval_groups: list[Group],
            reference: list[Group], *, world: distributed.World, resume: bool) -> dict[str, Any]:
     """Train each member (one, or `training.ensemble`), then the ensemble's own figures; returns metrics.json's."""
+    moved = sorted(k for k in out.resumed_with_changes if k in MEMBER_LAYOUT or k.startswith("data."))
+    if moved and (config.training.ensemble > 1 or "training.ensemble" in moved):
+        raise AlignError(f"{out.path}: an ensemble resumed with other {', '.join(moved)} would put its members' steps "
+                         f"where the checkpoints do not have them; resume with the checkpoint's settings, or start "
+                         f"again with --overwrite")
     wandb_run = tracking.start_wandb(config.tracking, out.path, "reward", to_dict(config)) if world.is_main else None
     metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
     newest = out.newest_checkpoint() if resume else None

@@ -249,3 +249,24 @@ def test_evaluation_scores_long_texts_member_by_member(ensemble_run):
     assert max(len(ensemble.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts) > 12
     got = ensemble.normalised(lambda: reward_scores(ensemble, texts))
     assert got.tolist() == pytest.approx(ensemble.score_texts(texts).tolist(), abs=1e-6)
+
+
+def test_an_ensemble_resumed_with_other_step_settings_is_refused(ensemble_run, tiny_model_dir, monkeypatch):
+    import align.reward.train as stage
+
+    root, _ = ensemble_run
+    learn = stage._learn_from
+
+    def killed(groups, learner, out, state, *args):
+        if state["step"] == 19:
+            raise KeyboardInterrupt
+        return learn(groups, learner, out, state, *args)
+
+    base = ("training.ensemble=2", "training.save_steps=1000")
+    monkeypatch.setattr(stage, "_learn_from", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(reward_config(tiny_model_dir, root, "moved", *base))
+    monkeypatch.setattr(stage, "_learn_from", learn)
+    with pytest.raises(AlignError, match="training.epochs would put its members' steps"):
+        train(reward_config(tiny_model_dir, root, "moved", *base, "training.epochs=3"), resume=True, allow_changes=True)
+    assert members.read_member(root / "moved", 0) is not None  # nothing lost
