@@ -214,14 +214,6 @@ def held_out_texts(tokenizer: Any, path: str) -> tuple[list, list[str]]:
     return groups, [text for g in groups for text in group_texts(tokenizer, g)]
 
 
-def regroup(groups: list, flat: list[float]) -> list[list[float]]:
-    out, i = [], 0
-    for g in groups:
-        out.append(flat[i:i + len(g.completions)])
-        i += len(g.completions)
-    return out
-
-
 class Span:
     """Wall and CPU seconds of a span and the RSS high-water mark inside it (reset at its start). The reset
     also resets what wait4 reports for the process, so the mark before it is kept: `before_peak_mb`."""
@@ -362,6 +354,8 @@ def trl_child(spec: dict[str, Any]) -> None:
     t = config.training
 
     def score() -> list[list[float]]:
+        from align.reward.formats import regroup
+
         flat = score_texts(trainer.model, tokenizer, texts, config.data.max_length, t.eval_batch_size,
                            t.max_tokens_per_batch)
         return regroup(groups, flat.tolist())
@@ -411,7 +405,7 @@ def score_child(spec: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from align.reward.formats import load_groups
+    from align.reward.formats import load_groups, regroup
     from align.reward.score import RewardModel
 
     out: dict[str, dict[str, Any]] = {}

@@ -25,6 +25,15 @@ class Group:
         return ranking_pairs(list(self.ranks))
 
 
+def regroup(groups: list[Group], flat: list) -> list[list]:
+    """Values of every completion of every group, in order (N,) -> one list per group."""
+    out, i = [], 0
+    for g in groups:
+        out.append(flat[i:i + len(g.completions)])
+        i += len(g.completions)
+    return out
+
+
 def to_group(record: Preference | Ranking) -> Group:
     if isinstance(record, Preference):
         return Group(record.prompt, (record.chosen, record.rejected), (0, 1), record.margin, record.source)

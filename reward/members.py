@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from align.core.errors import AlignError
 from align.reward.ensemble import OBJECTIVES, Objective, combine, disagreement
-from align.reward.formats import Group
+from align.reward.formats import Group, regroup
 from align.reward.metrics import ranking_metrics
 from align.reward.score import NORMALISER, Normaliser, RewardModel, conversation_text, read_normaliser, score_texts, weights_dir
 
@@ -95,11 +95,7 @@ def figures(eval_groups: list[Group], eval_rewards: list[list[list[float]]],
     import torch
 
     scores = torch.tensor([[n(r) for rs in rewards for r in rs] for rewards, n in zip(eval_rewards, normalisers)])
-    mean = combine(scores, "mean").tolist()
-    grouped, i = [], 0
-    for g in eval_groups:
-        grouped.append(mean[i:i + len(g.completions)])
-        i += len(g.completions)
+    grouped = regroup(eval_groups, combine(scores, "mean").tolist())
     out = {k: v for k, v in ranking_metrics(eval_groups, grouped).items() if "calibration" not in k}
     out["eval/disagreement"] = float(disagreement(scores).mean())
     out["eval/members"] = len(normalisers)
@@ -132,7 +128,7 @@ class RewardEnsemble:
         base = modeling.recorded_base(own[0])
         for k, directory in enumerate(own[1:], start=1):
             if modeling.recorded_base(directory)["resolved"] != base["resolved"]:
-                raise AlignError(f"{own}: member {k} was trained on another base than member 0")
+                raise AlignError(f"{directory}: member {k} was trained on another base than member 0")
             model = modeling.load_adapter(model, str(directory), trainable=False, name=member_name(k))
             normalisers.append(read_normaliser(directory / NORMALISER))
         return cls(model.eval(), first.tokenizer, normalisers, objective, uwo_lambda, max_length)

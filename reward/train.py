@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from align.core.config import dump_yaml, to_dict
 from align.core.errors import AlignError, DataError, TrainingHalted
 from align.reward import memory, members, micro_batches
 from align.reward.config import RewardConfig
-from align.reward.formats import Group, load_groups, split_groups
+from align.reward.formats import Group, load_groups, regroup, split_groups
 from align.reward.metrics import ranking_metrics
 from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, conversation_text, ending_where_read, score_texts
 
@@ -69,13 +70,7 @@ def score_groups(model: Any, batcher: micro_batches.Batcher, groups: list[Group]
     share = -(-len(texts) // world.size)
     mine = texts[world.rank * share:(world.rank + 1) * share]
     rewards = score_texts(model, batcher.tokenizer, mine, batcher.max_length, batch_size, batcher.max_tokens)
-    flat = world.gather(rewards.to(next(model.parameters()).device)).tolist()
-
-    out, i = [], 0
-    for g in groups:
-        out.append(flat[i:i + len(g.completions)])
-        i += len(g.completions)
-    return out
+    return regroup(groups, world.gather(rewards.to(next(model.parameters()).device)).tolist())
 
 
 # what fixes which steps are whose in an ensemble: member m trains steps m x S + 1 .. (m + 1) x S
@@ -95,18 +90,16 @@ def _train(config: RewardConfig, out: rundir.StageDir, train_groups: list[Group]
     metrics = tracking.MetricsLog(out.path, wandb_run, write=world.is_main)
     newest = out.newest_checkpoint() if resume else None
     count = config.training.ensemble
-    if newest is not None or (resume and count > 1 and members.read_member(out.path, 0) is not None):
+    # (eval rewards, normaliser) of each member; those finished before an interruption read from their folders
+    done = [members.read_member(out.path, m) if count > 1 and resume else None for m in range(count)]
+    if newest is not None or any(done):
         metrics.final = out.metrics()  # the figures logged up to the checkpoint, or of the finished members
-    eval_rewards, normalisers = [], []
     for member in range(count):
-        saved = members.read_member(out.path, member) if count > 1 and resume else None
-        if saved is not None:  # finished before the interruption: its scores are in its folder
-            eval_rewards.append(saved[0]), normalisers.append(saved[1])
-            continue
-        restart = newest if newest is not None and checkpoint.state_of(newest).get("member", 0) == member else None
-        rewards, normaliser = _train_member(config, member, out, metrics, train_groups, eval_groups, reference,
-                                            world, restart)
-        eval_rewards.append(rewards), normalisers.append(normaliser)
+        if done[member] is None:
+            restart = newest if newest is not None and checkpoint.state_of(newest).get("member", 0) == member else None
+            done[member] = _train_member(config, member, out, metrics, train_groups, eval_groups, reference,
+                                         world, restart)
+    eval_rewards, normalisers = zip(*done)
     if count > 1 and eval_groups:
         metrics.update(members.figures(eval_groups, eval_rewards, normalisers))
     if count > 1 and world.is_main:
@@ -340,18 +333,15 @@ def length_fit(tokenizer: Any, groups: list[Group], rewards: list[list[float]]) 
     """How the reward follows completion length over the reference set: the least-squares slope of the raw
     reward on the completion's tokens, in normalised units per 100 tokens, and their correlation. A model that
     pays for length shows it here before PPO learns to write long (reward.length_penalty counters it)."""
+    from align.eval.scores import pearson
+
     texts = [c for g in groups for c in g.completions]
     lengths = [float(len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    flat = [r for rs in rewards for r in rs]
-    n = len(flat)
-    mean_len, mean_r = sum(lengths) / n, sum(flat) / n
-    var_len = sum((x - mean_len) ** 2 for x in lengths) / n
-    var_r = sum((r - mean_r) ** 2 for r in flat) / n
-    cov = sum((x - mean_len) * (r - mean_r) for x, r in zip(lengths, flat)) / n
-    if var_len == 0 or var_r == 0:
+    corr = pearson(lengths, [r for rs in rewards for r in rs])
+    if math.isnan(corr):
         return {}
-    return {"length_slope_per_100_tokens": 100 * cov / var_len / math.sqrt(var_r),
-            "length_corr": cov / math.sqrt(var_len * var_r)}
+    # the slope of the normalised reward, (cov / var_len) / std_r, is corr / std_len
+    return {"length_slope_per_100_tokens": 100 * corr / statistics.pstdev(lengths), "length_corr": corr}
 
 
 def _save_checkpoint(out: rundir.StageDir, learner: _Learner, state: dict[str, int]) -> None:

@@ -130,6 +130,14 @@ def read_log(stage_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def read_final(stage_dir: str | Path) -> dict[str, Any]:
+    """A stage's metrics.json; empty when it has none (yet) or it cannot be read."""
+    try:
+        return json.loads((Path(stage_dir) / rundir.METRICS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) of one logged figure, skipping records without it or with a non-finite value."""
     steps, values = [], []
@@ -165,10 +173,7 @@ def training_curves(stage: str, stage_dir: str | Path, path: Path) -> Path | Non
     """The stage's curves as one PNG; None when its log holds none of the figures."""
     plt = _pyplot()
     records = read_log(stage_dir)
-    try:
-        final = json.loads((Path(stage_dir) / rundir.METRICS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        final = {}
+    final = read_final(stage_dir)
     panels = []
     for title, y_label, lines in CURVES.get(stage, LOSS_PANEL):
         drawn = [(label, *(held_out_series(records, final, key) if key.startswith("eval/") else series(records, key)))
@@ -216,10 +221,7 @@ def overoptimisation(runs: dict[str, str | Path], path: Path) -> Path | None:
 def kl_points(ppo_dir: str | Path) -> list[tuple[float, Any, Any]]:
     """(KL, gold judge, proxy reward) of a PPO run's held-out evaluations, by KL: before training
     (metrics.json's eval_before/*) and each in-loop evaluation (metrics.jsonl's eval/*)."""
-    try:
-        final = json.loads((Path(ppo_dir) / rundir.METRICS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        final = {}
+    final = read_final(ppo_dir)
     points = [(float(r["eval/kl"]), r.get("eval/judge_mean"), r.get("eval/reward_mean")) for r in read_log(ppo_dir)
               if _finite(r.get("eval/kl"))]
     before = [final.get(f"eval_before/{k}") for k in ("kl", "judge_mean", "reward_mean")]
