@@ -333,15 +333,15 @@ def length_fit(tokenizer: Any, groups: list[Group], rewards: list[list[float]]) 
     """How the reward follows completion length over the reference set: the least-squares slope of the raw
     reward on the completion's tokens, in normalised units per 100 tokens, and their correlation. A model that
     pays for length shows it here before PPO learns to write long (reward.length_penalty counters it)."""
-    from align.eval.scores import pearson
-
     texts = [c for g in groups for c in g.completions]
     lengths = [float(len(ids)) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    corr = pearson(lengths, [r for rs in rewards for r in rs])
-    if math.isnan(corr):
+    flat = [r for rs in rewards for r in rs]
+    std_len, std_r = statistics.pstdev(lengths), statistics.pstdev(flat)
+    if std_len == 0 or std_r == 0:
         return {}
+    corr = statistics.correlation(lengths, flat)
     # the slope of the normalised reward, (cov / var_len) / std_r, is corr / std_len
-    return {"length_slope_per_100_tokens": 100 * corr / statistics.pstdev(lengths), "length_corr": corr}
+    return {"length_slope_per_100_tokens": 100 * corr / std_len, "length_corr": corr}
 
 
 def _save_checkpoint(out: rundir.StageDir, learner: _Learner, state: dict[str, int]) -> None:
