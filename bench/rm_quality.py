@@ -54,8 +54,8 @@ timed in wall and CPU seconds, with its own peak (the RSS high-water mark reset 
 
 `--profile` times ours' step on one batch instead (rm_quality-profile.json), in variants of layout and heap
 (`--profile-variants`): the stage's micro-batches as shipped, or as before 2026-12-05 22:54 UTC (completions
-cut by length, each pass run twice); the C heap as the stage sets it (glibc's dynamic threshold, trimmed after
-every backward), as it did before 2026-12-06 (1 MB mmap threshold), untrimmed, or a 2 MB threshold (settle_heap).
+cut by length, each pass run twice); the C heap as the stage sets it (1 MB mmap threshold), glibc's dynamic
+default, a 2 MB threshold, or the default trimmed after every backward (settle_heap).
 """
 
 from __future__ import annotations
@@ -448,7 +448,7 @@ def profile_child(spec: dict[str, Any]) -> None:
 
     groups = load_groups(spec["train"])[:spec["pairs"]]
     learner = stage_module._build_learner(reward_config(spec), len(groups))
-    trim_heap = settle_heap(spec["heap"])
+    settle_heap(spec["heap"], learner)
     learner.model.train()
     steps = []
     for _ in range(spec["reps"]):
@@ -456,7 +456,7 @@ def profile_child(spec: dict[str, Any]) -> None:
         if spec["layout"] == "completions_cut":
             batch = completions_cut(learner.batcher, groups, batch)
         with Span() as span:
-            micro_batches.backward(learner.accelerator, learner.model, batch, 1.0, trim_heap=trim_heap)
+            micro_batches.backward(learner.accelerator, learner.model, batch, 1.0)
             learner.optimizer.zero_grad()
         counted = batch_tokens(batch)
         steps.append({"wall_s": round(span.wall, 2), "cpu_s": round(span.cpu, 2),
@@ -584,27 +584,33 @@ def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, worklo
 
 
 PROFILE_VARIANTS = {  # name -> (layout, heap: see settle_heap)
-    "shipped": ("shipped", "trim_each_backward"), "completions_cut": ("completions_cut", "trim_each_backward"),
-    "shipped_mmap_1mb": ("shipped", "mmap_1mb"), "shipped_default_heap": ("shipped", "dynamic"),
-    "shipped_mmap_2mb": ("shipped", "mmap_2mb"),
+    "shipped": ("shipped", "mmap_1mb"), "completions_cut": ("completions_cut", "mmap_1mb"),
+    "shipped_default_heap": ("shipped", "dynamic"), "completions_cut_default_heap": ("completions_cut", "dynamic"),
+    "shipped_mmap_2mb": ("shipped", "mmap_2mb"), "shipped_trim_each_backward": ("shipped", "trim_each_backward"),
 }
 
 
-def settle_heap(setting: str) -> bool:
-    """The C heap of a profiled step; whether to trim after each backward. trim_each_backward: the stage's
-    (glibc's dynamic threshold, the heap's free pages handed back after every micro-batch's backward:
-    heap.after_backward); mmap_1mb: the stage's before 2026-12-06 (heap.large_buffers_from_mmap, buffers of
-    1 MB and more mapped and unmapped on their own); dynamic: glibc's default, its mmap threshold rising to
-    32 MB as large buffers are freed; mmap_2mb: the threshold fixed at 2 MB."""
+def settle_heap(setting: str, learner: Any) -> None:
+    """The C heap of a profiled step. mmap_1mb: the stage's (heap.large_buffers_from_mmap, buffers of 1 MB and
+    more mapped and unmapped on their own); dynamic: glibc's default, its mmap threshold rising to 32 MB as
+    large buffers are freed; mmap_2mb: the threshold fixed at 2 MB; trim_each_backward: dynamic, the heap's
+    free pages handed back (malloc_trim) after every micro-batch's backward."""
     from align.core import heap
 
     if setting == "mmap_1mb":
         heap.large_buffers_from_mmap()
     elif setting == "mmap_2mb":
         heap._libc().mallopt(heap.M_MMAP_THRESHOLD, 2 * heap.LARGE_BUFFER_BYTES)
-    elif setting not in ("dynamic", "trim_each_backward"):
+    elif setting == "trim_each_backward":
+        backward = learner.accelerator.backward
+
+        def trimmed(*args: Any, **kwargs: Any) -> None:
+            backward(*args, **kwargs)
+            heap.trim()
+
+        learner.accelerator.backward = trimmed
+    elif setting != "dynamic":
         raise ValueError(f"unknown heap setting {setting!r}")
-    return setting == "trim_each_backward"
 
 
 def profile(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -744,13 +750,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 PROFILE_NOTE = ("one batch of the first training pairs through reward.micro_batches.backward. shipped: the stage's "
-                "Batcher (whole groups a micro-batch within the token budget) and heap (glibc's dynamic threshold, "
-                "malloc_trim after every micro-batch's backward); completions_cut: the layout before 2026-12-05 "
-                "22:54 UTC (completions sorted by length and cut at the budget, groups split, every micro-batch run "
-                "twice: gradient cache); shipped_mmap_1mb: the stage's heap before 2026-12-06 (the mmap threshold "
-                "fixed at 1 MB, heap.large_buffers_from_mmap); shipped_default_heap: glibc's dynamic threshold, no "
-                "trim; shipped_mmap_2mb: the threshold at 2 MB. Each in a process of its own with --threads threads; "
-                "minimum over repetitions.")
+                "Batcher (whole groups a micro-batch within the token budget); completions_cut: the layout before "
+                "2026-12-05 22:54 UTC (completions sorted by length and cut at the budget, groups split, every "
+                "micro-batch run twice: gradient cache); *_default_heap: without the stage's 1 MB mmap threshold "
+                "(heap.large_buffers_from_mmap); shipped_mmap_2mb: the threshold at 2 MB; shipped_trim_each_backward: "
+                "glibc's dynamic threshold, malloc_trim after every micro-batch's backward. Each in a process of its "
+                "own with --threads threads; minimum over repetitions.")
 
 
 def write(args: argparse.Namespace, name: str, body: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from align.core import heap
 from align.core.token_batches import token_batches
 from align.reward.formats import Group
 from align.reward.losses import kwise_ranking_loss
@@ -77,11 +76,9 @@ def batch_loss(rewards: Any, batch: dict[str, Any]) -> Any:
                               None if batch["margins"] is None else batch["margins"].to(device))
 
 
-def backward(accelerator: Any, model: Any, batch: dict[str, Any], weight: float,
-             trim_heap: bool = False) -> tuple[Any, Any]:
+def backward(accelerator: Any, model: Any, batch: dict[str, Any], weight: float) -> tuple[Any, Any]:
     """Gradients of weight x the K-wise loss of the whole batch, micro-batch by micro-batch; returns the
-    batch's rewards (N,) and its loss. `trim_heap`: the C heap trimmed after each backward on the CPU
-    (core.heap.after_backward).
+    batch's rewards (N,) and its loss.
 
     The loss is a mean over groups, so a micro-batch of whole groups G_j backs up its own groups' loss
     weighted |G_j| / G. A group over the token budget is split across micro-batches, and its loss couples
@@ -111,8 +108,6 @@ def backward(accelerator: Any, model: Any, batch: dict[str, Any], weight: float,
             share, groups = _share_loss(rewards.index_put((indices,), mine), batch, indices)
             accelerator.backward(share * (groups / n_groups) * weight)
         rewards[indices] = mine.detach()
-        if trim_heap:
-            heap.after_backward(device)
     if split:
         bare = accelerator.unwrap_model(model)  # DDP's forward would sync buffers in a pass that has no backward
         rng_states = []
@@ -129,8 +124,6 @@ def backward(accelerator: Any, model: Any, batch: dict[str, Any], weight: float,
             with _replayed_rng(rng), synced(k):
                 again = model(**batch["inputs"][j].to(device)).logits[:, 0].float()  # (n_j,)
                 accelerator.backward((again * dloss_dr[micro[j]]).sum())
-            if trim_heap:
-                heap.after_backward(device)
     return rewards.detach(), batch_loss(rewards.detach(), batch).detach()
 
 

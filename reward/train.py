@@ -124,6 +124,8 @@ def _train_member(config: RewardConfig, member: int, out: rundir.StageDir, metri
     score, fit the normaliser and save; returns the member's eval rewards and normaliser."""
     t = config.training
     learner = _build_learner(config, len(train_groups), member)
+    if learner.accelerator.device.type == "cpu":
+        heap.large_buffers_from_mmap()
     state = _restore_or_evaluate_before(config, learner, out, metrics, eval_groups, world, member, restart)
     prefix = members.prefix(member) if t.ensemble > 1 else ""
     metrics.update({"params/trainable": learner.trainable, "params/total": learner.total})
@@ -277,8 +279,7 @@ def _learn_from(groups: list[Group], learner: _Learner, out: rundir.StageDir, st
     weight = len(mine) * world.size / len(groups)
     batch = learner.batcher(mine or groups[:1])
     with contextlib.nullcontext() if closes else accelerator.no_sync(model):
-        # accelerator.backward divides by grad_accum; on the CPU the heap is trimmed after each backward
-        rewards, loss = micro_batches.backward(accelerator, model, batch, weight, trim_heap=True)
+        rewards, loss = micro_batches.backward(accelerator, model, batch, weight)  # accelerator.backward divides by grad_accum
     grad_norm = None
     if closes:
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)

@@ -78,19 +78,6 @@ def after_step(device: "torch.device") -> None:
         trim(min_free_mb=STEP_MIN_FREE_MB)
 
 
-def after_backward(device: "torch.device") -> None:
-    """After each micro-batch's backward on the CPU: trim, so what its activations left free in the heap
-    goes back to the OS before the next micro-batch (a GPU's memory is torch's caching allocator's).
-
-    The reward stage's, with glibc's dynamic mmap threshold: its freed activations stay in the heap, whose
-    free top one trim hands back. One step of 8 HH-RLHF pairs (3186 padded tokens, 1024 a micro-batch, 2
-    threads, SmolLM2-135M NF4 + LoRA; 2026-12-06): 15.5 s and 3.0 GB peak, against 20.2 s and 2.6 GB with the
-    threshold fixed at 1 MB (large_buffers_from_mmap: every freed activation unmapped, each unmap flushing the
-    other CPU's TLB) and 14.3 s and 3.8 GB dynamic without the trim."""
-    if device.type == "cpu":
-        trim()
-
-
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 LARGE_BUFFER_BYTES = 2**20
 

@@ -87,37 +87,6 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tiny_model_dir, tmp_p
             assert torch.allclose(split[name], g, rtol=1e-4, atol=1e-6), (budget, name)
 
 
-def test_the_stage_hands_the_heap_back_after_every_backward(tiny_model_dir, tmp_path, monkeypatch):
-    """On the CPU the stage leaves glibc's mmap threshold dynamic (fast) and trims the heap after each
-    micro-batch's backward, so one micro-batch's freed activations are not resident under the next: a
-    trim per backward, whole micro-batches and split ones alike, in the stage's own training loop."""
-    from align.core import heap
-    from align.reward.formats import load_groups
-    from align.reward.micro_batches import backward
-    from align.reward.train import _build_learner, train
-
-    trims = []
-    monkeypatch.setattr(heap, "trim", lambda *a, **k: trims.append(1))
-    config = _config(tiny_model_dir, tmp_path, "model.quantization=none")
-    groups = load_groups(config.data.train)[:6]
-    learner = _build_learner(config, len(groups))
-    lengths = learner.batcher(groups)["inputs"][0]["attention_mask"].sum(1).tolist()  # 2 a group
-    longest = sorted(max(lengths[i], lengths[i + 1]) for i in range(0, len(lengths), 2))
-    learner.batcher.max_tokens = 2 * longest[len(longest) // 4]  # some groups whole, the longer ones split
-    batch = learner.batcher(groups)
-    assert set(batch["whole"]) == {True, False}
-    backward(learner.accelerator, learner.model, batch, 1.0)
-    assert trims == []
-    backward(learner.accelerator, learner.model, batch, 1.0, trim_heap=True)
-    assert len(trims) == len(batch["micro"])
-
-    trims.clear()
-    monkeypatch.setattr(heap, "release", lambda: None)  # the trim when the model is let go, not a backward's
-    train(_config(tiny_model_dir, tmp_path, "model.quantization=none", "training.max_tokens_per_batch=1",
-                  f"out_dir={tmp_path / 'stage'}"))
-    assert len(trims) == 24  # 12 training pairs: 24 completions, one a micro-batch
-
-
 def test_replayed_dropout_gives_the_same_rewards_in_both_passes(tiny_model_dir, tmp_path, monkeypatch):
     """With LoRA dropout the second, graph-keeping pass must see the first pass's masks: otherwise dL/dr
     belongs to other rewards than the ones differentiated."""
