@@ -18,6 +18,11 @@ stays within 20 minutes):
 tokens/s counts real response tokens (up to and including the first EOS) over wall time. Right
 padding puts pad tokens between a short prompt and its answer, so `defaults` also reports how many
 of its answers differ from what the same prompt gives alone (left-padded), as a share.
+
+Floors (bench/floors.py, issue #24): this machine's fp32 GEMM rate on the model's shapes and its copy
+bandwidth are measured once; per batch size, ours' sampling FLOPs (real prompt tokens, the steps it
+took) give its achieved GFLOP/s and the FLOP floor, the weights read every step (and the KV cache) the
+bandwidth floor, and `x_floor` is ours' seconds over the larger of the two.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from bench import common
+from bench import common, floors
 
 MAX_NEW_TOKENS = 24
 TEMPERATURE = 0.7
@@ -49,6 +54,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from align.core import modeling
+    from align.core.memory import model_shape
     from align.ppo.models import PolicyStack
     from align.ppo.rollout import truncate_at_eos
     from bench.workloads import DEMO
@@ -69,6 +75,8 @@ def main() -> None:
         tokenizer.padding_side = side
         return tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
 
+    work: dict[int, list[tuple[list[int], int]]] = {}
+
     def ours(batch: list[str], use_cache: bool = True) -> tuple[torch.Tensor, int]:
         enc = encode(batch, "left")
         with torch.no_grad():  # make_rollout's grad mode
@@ -76,6 +84,9 @@ def main() -> None:
                                  top_p=1.0, top_k=0, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
                                  eos_token_id=eos_ids, use_cache=use_cache)
         responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
+        if use_cache:  # the floors' work: the real prompt tokens, and the steps sampling took
+            work.setdefault(len(batch), []).append((enc["attention_mask"].sum(1).tolist(),
+                                                    out.shape[1] - enc["input_ids"].shape[1]))
         return responses, int(mask.sum())
 
     def defaults(batch: list[str]) -> tuple[torch.Tensor, int]:
@@ -86,6 +97,7 @@ def main() -> None:
 
     variants = {"ours": ours, "defaults": defaults, "no_cache": lambda b: ours(b, use_cache=False)}
     ours(texts[:1])  # warm-up: first-call allocations and lazy initialisation
+    work.clear()
     raw: dict[str, dict[int, list[dict[str, float]]]] = {v: {} for v in variants}
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     for batch_size in sizes:
@@ -113,6 +125,8 @@ def main() -> None:
             alone.append(stack.peft.generate(**enc, **greedy)[0, enc["input_ids"].shape[1]:])
     differs = sum(not torch.equal(together[i][:len(alone[i])], alone[i]) for i in range(len(batch))) / len(batch)
 
+    shape = model_shape(modeling.resolve_model_path(config.name))
+    rates = {"gemm_gflops": round(floors.gemm_gflops(shape), 2), "copy_gbps": round(floors.copy_gbps(), 2)}
     lines: list[dict[str, Any]] = []
     for batch_size in sizes:
         line: dict[str, Any] = {"workload": f"batch_{batch_size}"}
@@ -126,11 +140,13 @@ def main() -> None:
         line["ratios"] = {"throughput_vs_defaults": round(line["ours"]["tokens_per_s"] / line["defaults"]["tokens_per_s"], 3)}
         if "no_cache" in line:
             line["ratios"]["throughput_vs_no_cache"] = round(line["ours"]["tokens_per_s"] / line["no_cache"]["tokens_per_s"], 3)
+        line["floors"] = sampling_floors(shape, config.lora.r, work[batch_size], line["ours"]["seconds"], rates)
         common.emit(line)
         lines.append(line)
     common.save("generation", {
         "machine": machine,
         "versions": common.versions("torch", "transformers", "peft"),
+        "machine_rates": rates,
         "settings": {"model": "smollm2-135m-instruct", "dtype": "float32", "adapter": "LoRA r=16, enabled, not merged",
                      "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "repeats": args.repeats,
                      "one_repeat_from_batch": args.one_repeat_from,
@@ -140,6 +156,22 @@ def main() -> None:
         "results": lines,
         "raw": {name: {str(b): runs for b, runs in by_size.items()} for name, by_size in raw.items()},
     })
+
+
+def sampling_floors(shape: Any, lora_r: int, work: list[tuple[list[int], int]], seconds: float,
+                    rates: dict[str, float]) -> dict[str, float]:
+    """Ours' sampling at one batch size against its floors: the FLOPs of its real prompts and its median
+    steps, achieved GFLOP/s, the FLOP floor at the GEMM rate, the bandwidth floor, and seconds over the
+    larger floor."""
+    prompt_lengths = work[0][0]
+    steps = round(common.median([s for _, s in work]))
+    flops = floors.sampling_flops(shape, prompt_lengths, steps, lora_r)
+    flop_floor = flops / (rates["gemm_gflops"] * 1e9)
+    bandwidth_floor = floors.sampling_floor_s(shape, prompt_lengths, steps, rates["copy_gbps"], lora_r=lora_r)
+    return {"steps": steps, "gflop": round(flops / 1e9, 3), "achieved_gflops": round(flops / seconds / 1e9, 2),
+            "share_of_gemm_rate": round(flops / seconds / 1e9 / rates["gemm_gflops"], 3),
+            "flop_floor_s": round(flop_floor, 3), "bandwidth_floor_s": round(bandwidth_floor, 3),
+            "x_floor": round(seconds / max(flop_floor, bandwidth_floor), 2)}
 
 
 if __name__ == "__main__":
