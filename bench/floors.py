@@ -19,9 +19,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from align.core.memory import Shape
-
-FP32 = 4
+from align.core.memory import FP32, Shape
 
 
 def block_weights(shape: Shape, lora_r: int = 0) -> int:

@@ -166,10 +166,11 @@ def sampling_floors(shape: Any, lora_r: int, work: list[tuple[list[int], int]], 
     prompt_lengths = work[0][0]
     steps = round(common.median([s for _, s in work]))
     flops = floors.sampling_flops(shape, prompt_lengths, steps, lora_r)
+    achieved = flops / seconds / 1e9
     flop_floor = flops / (rates["gemm_gflops"] * 1e9)
     bandwidth_floor = floors.sampling_floor_s(shape, prompt_lengths, steps, rates["copy_gbps"], lora_r=lora_r)
-    return {"steps": steps, "gflop": round(flops / 1e9, 3), "achieved_gflops": round(flops / seconds / 1e9, 2),
-            "share_of_gemm_rate": round(flops / seconds / 1e9 / rates["gemm_gflops"], 3),
+    return {"steps": steps, "gflop": round(flops / 1e9, 3), "achieved_gflops": round(achieved, 2),
+            "share_of_gemm_rate": round(achieved / rates["gemm_gflops"], 3),
             "flop_floor_s": round(flop_floor, 3), "bandwidth_floor_s": round(bandwidth_floor, 3),
             "x_floor": round(seconds / max(flop_floor, bandwidth_floor), 2)}
 
