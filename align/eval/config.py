@@ -37,6 +37,10 @@ class GenerationSettings:
     """Prompts per generate call (each with its samples)."""
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) keep their end."""
+    working_copy: bool = True
+    """Answer on a working copy of each model's linear weights, its LoRA adapter merged in and on the CPU packed
+    for few-row products (core/sampling_weights.py; PPO's generation.working_copy): faster answers for a copy
+    of the unquantised weights held while a model answers. The answers agree up to float rounding."""
 
     def __post_init__(self):
         check(self.max_new_tokens > 0, "generation.max_new_tokens", "must be > 0")

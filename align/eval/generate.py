@@ -3,11 +3,13 @@ batches. P prompts, S sampled answers per prompt, Q prompt tokens (left-padded),
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
+from align.core.sampling_weights import sampling_weights
 from align.eval.config import GenerationSettings
 from align.eval.models import View
 from align.eval.prefix import cache_name, prefill
@@ -80,7 +82,8 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
     prompt_ids = [[*view.prefix, *ids] for ids in encode_prompts(view, prompts, settings.max_prompt_length)]
     greedy: list[Answer] = []
     sampled: list[list[Answer]] = [[] for _ in prompts]
-    with view.active() as model:
+    rows = settings.batch_size * max(1, samples_per_seed)  # a sampled pass's rows (the greedy one: batch_size)
+    with view.active() as model, sampling_weights(model, rows) if settings.working_copy else nullcontext():
         for start in range(0, len(prompts), settings.batch_size):
             batch = Batch(model, tokenizer, prompt_ids[start:start + settings.batch_size], view.eos_ids, settings)
             greedy += batch.generate(1, do_sample=False)

@@ -79,7 +79,8 @@ class HeldOut:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": self.sampling.top_p, "top_k": 0} \
             if do_sample else {"do_sample": False}
         out = self.stack.generate(query_ids, query_mask, max_new_tokens=self.sampling.max_new_tokens,
-                                  pad_token_id=self.pad_id, eos_token_id=self.eos_ids, **sampling)
+                                  pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+                                  working_copy=self.sampling.working_copy, **sampling)
         responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids, self.pad_id)
         r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
         no_grad_passes(self.stack, r, messages, self.score, temperature, self.max_tokens, self.max_rows,

@@ -7,8 +7,9 @@ the weights as loaded (4-bit linear layers at ~0.56 bytes a weight, the rest fp3
 three phases, one at a time:
 
     generation   batch_size / processes rows x (data.max_prompt_length + generation.max_new_tokens) of KV
-                 cache, the prompts' prefill, and the sampling logits (rows x max_new_tokens x vocab)
-                 that log π_old is read from
+                 cache, the prompts' prefill, the sampling logits (rows x max_new_tokens x vocab)
+                 that log π_old is read from, and with generation.working_copy the copy of the weights
+                 sampling runs on (core.sampling_weights.copy_bytes)
     no-grad      a micro-batch of the passes over the rollout (π_old, π_ref, V, r): one layer's
                  activations at a time, and its logits (rows x response tokens x vocab) in three copies
     update       a micro-batch's activations kept for backward (core.token_batches.activation_bytes),
@@ -25,6 +26,7 @@ from typing import NamedTuple
 
 from align.core.memory import (FP32, RUNTIME_BYTES, Shape, available_bytes, check_fits as refuse, loading_bytes,
                                lora_weights, model_shape, on_cuda, weight_bytes)
+from align.core import sampling_weights
 from align.core.token_batches import activation_bytes
 
 LORA_ADAPTERS = 4  # policy, value, reward, reference (the last two only with an SFT or reward adapter)
@@ -70,7 +72,8 @@ def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
     kv_cache = rows * longest * 2 * L * shape.kv_width * FP32
     prefill = rows * config.data.max_prompt_length * forward_values
     sampled_logits = rows * s.max_new_tokens * V * FP32 if s.logprobs_from_sampling else 0
-    generation = kv_cache + prefill + sampled_logits + rows * V * FP32 * 2  # + a step's logits being sampled
+    copy = sampling_weights.copy_bytes(shape, config.model.quantization != "none") if s.working_copy else 0
+    generation = kv_cache + prefill + sampled_logits + rows * V * FP32 * 2 + copy  # + a step's logits being sampled
 
     micro_rows = p.mini_batch_size // processes // p.grad_accum
     tokens = max(p.max_tokens_per_batch, longest)  # a row over the budget goes alone
@@ -92,7 +95,8 @@ def advice(config, phase: str) -> str:
     if phase == "generation":
         longer = ("data.max_prompt_length", d.max_prompt_length) if d.max_prompt_length >= s.max_new_tokens \
             else ("generation.max_new_tokens", s.max_new_tokens)
-        return f"lower {longer[0]} (now {longer[1]}) or training.batch_size (now {p.batch_size})"
+        copy = ", or set generation.working_copy=false" if s.working_copy else ""
+        return f"lower {longer[0]} (now {longer[1]}) or training.batch_size (now {p.batch_size}){copy}"
     if d.max_prompt_length + s.max_new_tokens > p.max_tokens_per_batch:  # the longest row sets the micro-batch
         setting = f"data.max_prompt_length (now {d.max_prompt_length})"
     else:

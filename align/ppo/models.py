@@ -24,6 +24,7 @@ from torch import nn
 from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
 from align.core.model_config import ModelConfig
+from align.core.sampling_weights import sampling_weights
 from align.reward.ensemble import Objective, combine
 from align.reward.members import member_dirs
 from align.reward.score import HEAD_FILE, NORMALISER, Normaliser, read_normaliser, weights_dir
@@ -196,6 +197,11 @@ def value_head(reward_head: nn.Linear | None, normaliser: Normaliser, hidden: in
     return head
 
 
+def contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """A forward pre-hook: the layer's input made contiguous (a copy only where it is a strided view)."""
+    return (args[0].contiguous(), *args[1:])
+
+
 class PolicyStack(nn.Module):
     """The shared base with its adapters and heads; `use(name)` selects what runs."""
 
@@ -247,6 +253,10 @@ class PolicyStack(nn.Module):
         self._active = None
         self._base_pass: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._check_fast_switch()
+        # the output layer reads the response's positions, a slice of the hidden states (logits_to_keep):
+        # as a strided view the product went through a batched matmul at half the speed (SmolLM2, 4 x 25
+        # positions: 103 against 53 ms forward, 168 against 84 forward and back)
+        self.peft.get_output_embeddings().register_forward_pre_hook(contiguous_input)
 
     @property
     def device(self) -> torch.device:
@@ -374,12 +384,17 @@ class PolicyStack(nn.Module):
             return None
         return kept[2]
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
-        """model.generate with the policy adapter: its sequences, or with return_dict_in_generate its output."""
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, working_copy: bool = False,
+                 **kwargs: Any) -> Any:
+        """model.generate with the policy adapter: its sequences, or with return_dict_in_generate its output.
+        working_copy: on the adapter merged into a copy of the weights (core.sampling_weights), built here
+        from the adapter as it is now and freed on return."""
         self.use(POLICY)
+        rows = input_ids.shape[0] * kwargs.get("num_return_sequences", 1)
+        weights = sampling_weights(self.peft, rows) if working_copy else contextlib.nullcontext()
         # sampling needs no autograd bookkeeping at all (13% faster than no_grad on the tiny model);
         # clones are normal tensors again, which the update may index and embed under autograd
-        with torch.inference_mode():
+        with torch.inference_mode(), weights:
             out = self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if isinstance(out, torch.Tensor):
             return out.clone()

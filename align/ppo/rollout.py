@@ -63,6 +63,7 @@ class Sampling:
     temperature: float
     top_p: float
     logprobs_from_sampling: bool  # log π_old from the sampling logits, not a pass of its own
+    working_copy: bool = True  # sample on merged (and on the CPU packed) weights: core.sampling_weights
 
 
 Scorer = Callable[[Rollout, list], torch.Tensor]  # (rollout, prompt messages) -> raw rewards (B,)
@@ -99,7 +100,7 @@ def make_rollout(
     out = stack.generate(
         query_ids, query_mask, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
         max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids, use_cache=True,
-        output_logits=sampling.logprobs_from_sampling, return_dict_in_generate=True,
+        output_logits=sampling.logprobs_from_sampling, return_dict_in_generate=True, working_copy=sampling.working_copy,
     )
     responses, response_mask, has_eos = truncate_at_eos(out.sequences[:, query_ids.shape[1]:], eos_ids, pad_id)
     timings["time/generation_s"] = time.perf_counter() - start

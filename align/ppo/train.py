@@ -167,8 +167,8 @@ class PPOTrainer:
                        else adv.FixedKLController(p.kl_coef))
         eos = self.tokenizer.eos_token_id
         self.eos_ids = sorted({eos} | set(_as_list(getattr(self.stack.peft.generation_config, "eos_token_id", None))))
-        self.sampling = Sampling(config.generation.max_new_tokens, config.generation.temperature, config.generation.top_p,
-                                 config.generation.logprobs_from_sampling)
+        g = config.generation
+        self.sampling = Sampling(g.max_new_tokens, g.temperature, g.top_p, g.logprobs_from_sampling, g.working_copy)
         self.ptx = PtxData(p.ptx_data, self.tokenizer, config.data.max_prompt_length, world) if p.ptx_coef > 0 else None
         self.heldout = HeldOut(self.stack, self._encode_prompts, self.sampling, self.eos_ids, self.tokenizer.pad_token_id,
                                self.score, self.normaliser, world, config.data.eval_samples,

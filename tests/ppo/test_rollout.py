@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from align.core import modeling
@@ -244,3 +245,32 @@ def test_no_dropout_of_any_kind_in_ppos_passes(tiny_model_dir, tmp_path):
         update_mode = [stack.policy_logits(ids, mask, 4) for _ in range(2)]
     for logits in update_mode:
         torch.testing.assert_close(logits, rollout_mode, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_sampling_on_the_working_copy_draws_what_the_adapter_draws(tiny_model_dir, quantization):
+    """generation.working_copy: the same responses from the same seed, log π_old within rounding, with a policy
+    adapter that moves the logits; on a 4-bit base its LoRA layers keep their own forward (the output layer
+    alone is copied), and the responses are the same too."""
+    from align.core.sampling_weights import sampling_weights
+
+    cfg = modeling.ModelConfig(name=str(tiny_model_dir), quantization=quantization)
+    tokenizer = modeling.load_tokenizer(str(tiny_model_dir))
+    stack = PolicyStack(cfg, tokenizer, None)
+    with torch.no_grad():
+        for name, p in stack.peft.named_parameters():
+            if ".lora_B.policy." in name:
+                p.normal_(0, 0.5)
+    prompts, ids, mask = prompts_and_queries(tokenizer)
+    rollouts = []
+    for working_copy in (False, True):
+        torch.manual_seed(5)
+        rollouts.append(make_rollout(stack, ids, mask, prompts, Sampling(10, 0.7, 1.0, True, working_copy),
+                                     lambda r, p: torch.zeros(len(p)), lambda raw: raw, [tokenizer.eos_token_id],
+                                     tokenizer.pad_token_id, None, {}))
+    adapters, copied = rollouts
+    assert torch.equal(copied.response_ids, adapters.response_ids)
+    torch.testing.assert_close(copied.logprobs, adapters.logprobs, atol=1e-4, rtol=0)
+    assert (copied.logprobs - copied.ref_logprobs).abs().max() > 0.05  # the adapter moved them off the base
+    with sampling_weights(stack.peft, len(prompts)) as layers:
+        assert layers == (1 if quantization == "nf4" else 15)  # tiny: 2 blocks x 7 LoRA layers, the output layer

@@ -8,6 +8,9 @@ all of them against a run with the code they replaced.
     snapshot by clone()              <- copy.deepcopy
     micro-batches of like-length rows, at their own width <- in shuffled order, at the rollout's width
                                      (tested on its own; the token budget in test_token_budget.py)
+
+Sampling on a working copy of the weights (generation.working_copy) changes the logits by float rounding:
+it is off here and tested on its own (tests/core/test_sampling_weights.py, tests/ppo/test_rollout.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ def run(model_dir, out, reward_dir):
 
     # the reward model is a head on the base, so the reward-from-the-reference-pass path runs too
     train(toy_config(model_dir, out, "training.updates=3", "training.batch_size=8", "training.eval_steps=0", "training.sample_steps=0",
-                     "data.eval_prompts=null", "reward.function=null", f"reward.model={reward_dir}"))
+                     "data.eval_prompts=null", "reward.function=null", f"reward.model={reward_dir}",
+                     "generation.working_copy=false"))
     return figures(out)
 
 
@@ -60,7 +64,7 @@ def previous_code(monkeypatch):
             yield
         peft_use(self, active)
 
-    def generate_no_grad(self, input_ids, attention_mask, **kwargs):
+    def generate_no_grad(self, input_ids, attention_mask, working_copy=False, **kwargs):
         self.use(POLICY)
         with torch.no_grad():
             return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -56,8 +56,10 @@ def test_the_update_is_the_same_however_the_token_budget_cuts_it(varied_model, t
     weighting each micro-batch's mean equally (as TRL and N+ do) would not."""
     import align.ppo.train as ppo_train
 
+    # no clipping: the raw gradient is compared; sampling through the adapters, so log π_old agrees with the
+    # update's own pass to the rounding of that pass (a working copy's would put 1e-5 into ratios near 1)
     trainer = trainer_of(varied_model, tmp_path / "run", "training.batch_size=8", "training.mini_batch_size=8", "training.ppo_epochs=1",
-                         "training.max_grad_norm=1e9")  # no clipping: the raw gradient is compared
+                         "training.max_grad_norm=1e9", "generation.working_copy=false")
     move_off_the_start(trainer)
     torch.manual_seed(0)
     rollout = trainer._rollout(demo_prompts(8), {})
@@ -81,9 +83,11 @@ def test_the_update_is_the_same_however_the_token_budget_cuts_it(varied_model, t
     for other in gradients[1:]:
         for name, a, b in zip(names, gradients[0], other):
             assert (b - a).norm() <= 1e-5 * a.norm(), name  # float rounding: sums in another order
+    # loss/policy_avg at ratio 1 is -mean(A) of whitened advantages: 0 up to the rounding of ~100 terms of
+    # size ~1, whose order (and the output layer's blocking) follows the cut; absolute 1e-6
     for other in figures[1:]:
         for key, value in figures[0].items():
-            assert other[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
+            assert other[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
 def test_the_no_grad_passes_in_micro_batches_give_the_whole_batchs_figures_and_keep_nothing(varied_model, tmp_path):
@@ -221,7 +225,7 @@ def test_the_estimate_grows_with_the_budget_the_rollout_and_shrinks_with_recompu
     (["data.max_prompt_length=300000", "training.max_tokens_per_batch=64", "training.batch_size=2", "training.mini_batch_size=2"],
      r"\(update\) .*lower data\.max_prompt_length \(now 300000\), or set training\.gradient_checkpointing=true$"),
     (["data.max_prompt_length=60000", "training.batch_size=128", "training.mini_batch_size=2"],
-     r"\(generation\) .*lower data\.max_prompt_length \(now 60000\) or training\.batch_size \(now 128\)$"),
+     r"\(generation\) .*lower data\.max_prompt_length \(now 60000\) or training\.batch_size \(now 128\), or set generation\.working_copy=false$"),
 ])
 def test_a_run_that_cannot_fit_is_refused_in_one_line_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch,
                                                                               extra, named):

@@ -1,0 +1,144 @@
+"""Sampling on a working copy of a model's linear weights: every active LoRA adapter merged in, and on the
+CPU laid out once for the few-row products of decoding (issue #24).
+
+A decoding step multiplies a handful of rows (one per sequence) by every weight of the model, so it is bound
+by reading the weights. With a LoRA adapter each linear layer also runs the adapter's two small products and
+their adds, unmerged, one dispatch after another. And on the CPU, MKL's fp32 GEMM repacks the weight matrix
+on every call when the rows are few: with SmolLM2's shapes, 8 rows and one thread, `F.linear` read a
+576 x 1536 weight from memory at 5 GB/s against 9 GB/s for the same product on a weight packed once by
+oneDNN, and the 49152 x 576 output layer took 32 ms against 12 (bench/generation.py's `layouts`).
+
+Inside `sampling_weights(model, rows)` each plain linear layer, and each LoRA layer over one, runs on its
+copy: W + Σ_a s_a B_a A_a over the layer's active adapters (none when adapters are disabled), packed by
+oneDNN for `rows` rows on the CPU in fp32, else a plain merged tensor for LoRA layers only. The model's own
+weights and adapters are untouched (no merge and unmerge, whose rounding would creep into the base that is
+also PPO's reference), and the copy is freed on exit. It is built on entry from the adapters as they are
+then: enter it after an update, never across one. Layers it cannot copy keep their own forward: quantised
+bases (a 4-bit layer's copy would be the full-precision weight the quantisation saves), DoRA and other LoRA
+variants, LoRA biases, transposed (Conv1D) weights, and dropout that is live in training mode.
+
+    sampling_weights   context manager: the model's linear layers on their working copies
+    copy_bytes         the copy's size for a model shape: the memory estimates' term
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from align.core.memory import FP32, Shape
+
+
+def packs(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
+    """Whether oneDNN's packed layout serves: fp32 on the CPU, several rows (one row: MKL's own
+    matrix-vector product reads the weight as fast, 0.29 against 0.34 ms on 576 x 1536)."""
+    return (device.type == "cpu" and dtype == torch.float32 and rows > 1 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+@contextlib.contextmanager
+def sampling_weights(model: nn.Module, rows: int) -> Iterator[int]:
+    """Run `model`'s linear layers on their working copies until exit; yields how many layers got one.
+    `rows`: the rows a decoding step multiplies (batch x sequences per prompt)."""
+    patched: list[nn.Module] = []
+    scratch: dict[tuple, torch.Tensor] = {}  # a merged weight before packing, one buffer per shape
+    try:
+        with torch.no_grad():
+            for module in _layers(model):
+                forward = _copy_forward(module, rows, scratch)
+                if forward is not None:
+                    module.forward = forward  # the instance's attribute: nn.Module.__call__ runs it
+                    patched.append(module)
+        scratch.clear()
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward  # the class's forward again; the copy goes with the closure
+
+
+def _layers(model: nn.Module) -> Iterator[nn.Module]:
+    """LoRA layers, and plain linear layers that are not part of one (its base, its A and B)."""
+    lora_layer = _lora_layer_class()
+    inside = set()
+    for module in model.modules():
+        if lora_layer is not None and isinstance(module, lora_layer):
+            inside.update(id(m) for m in module.modules() if m is not module)
+    for module in model.modules():
+        if (lora_layer is not None and isinstance(module, lora_layer)) or (
+                type(module) is nn.Linear and id(module) not in inside):
+            yield module
+
+
+def _lora_layer_class() -> type | None:
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return None
+    return LoraLayer
+
+
+def _copy_forward(module: nn.Module, rows: int, scratch: dict[tuple, torch.Tensor]) -> Callable[..., torch.Tensor] | None:
+    """The forward on the layer's working copy, or None where the layer keeps its own."""
+    if type(module) is nn.Linear:
+        weight, bias, adapters = module.weight, module.bias, []
+    else:
+        base = module.get_base_layer()
+        adapters = _mergeable_adapters(module)
+        if type(base) is not nn.Linear or adapters is None:
+            return None
+        weight, bias = base.weight, base.bias
+    pack = packs(weight.device, weight.dtype, rows)
+    if not adapters and not pack:
+        return None  # a plain layer gains nothing from a copy of itself
+    if adapters:
+        # into a reused buffer when it is packed next: a fresh one a layer would be page-faulted in every time
+        merged = scratch.setdefault((weight.shape, weight.dtype, weight.device), torch.empty_like(weight)) \
+            if pack else torch.empty_like(weight)
+        merged.copy_(weight)
+        for a in adapters:  # peft's get_delta_weight, s B A, without its (out x in) temporary
+            merged.addmm_(module.lora_B[a].weight.to(weight.dtype), module.lora_A[a].weight.to(weight.dtype),
+                          alpha=module.scaling[a])
+        weight = merged
+    if pack:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
+
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+        return forward
+
+    def plain(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return F.linear(x.to(weight.dtype), weight, bias)
+
+    return plain
+
+
+def _mergeable_adapters(layer: Any) -> list[str] | None:
+    """The LoRA adapters whose update a copy of this layer merges (empty: the base alone), or None where
+    the merged weight would not give the layer's own output."""
+    if getattr(layer, "fan_in_fan_out", False):
+        return None
+    if layer.disable_adapters or layer.merged:  # the base alone, or the adapters already in the base weight
+        return []
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+    for a in adapters:
+        if (getattr(layer, "use_dora", {}).get(a) or getattr(layer, "lora_bias", {}).get(a)
+                or getattr(layer, "lora_variant", {}).get(a) is not None
+                or (layer.training and not isinstance(layer.lora_dropout[a], nn.Identity)
+                    and layer.lora_dropout[a].p > 0)):
+            return None
+    return adapters
+
+
+def copy_bytes(shape: Shape, quantised: bool) -> int:
+    """Bytes of the working copy on the CPU (fp32, several rows): the output layer, and unless quantised
+    (those layers keep their own forward) every block's projections, i.e. every weight but the input
+    embedding and the norms."""
+    head = shape.vocab * shape.hidden
+    if quantised:
+        return head * FP32
+    return (shape.weights - (0 if shape.tied else head)) * FP32
