@@ -9,6 +9,7 @@ spent on padding or done twice counts against it.
     sampling_flops   sampling: each prompt's prefill, then one token a row a step against the KV cache
     step_bytes       what one forward of sampling reads: every weight once, shared by the batch
     sampling_floor_s sampling's bandwidth floor: every forward reads the weights and each row's KV cache
+    significant      a figure to 3 significant digits, for the reports
     gemm_gflops      this machine's fp32 GEMM rate on the model's own shapes (measured)
     copy_gbps        this machine's memory bandwidth: bytes read and written a second by a large copy
                      (measured, STREAM's convention)
@@ -64,6 +65,11 @@ def sampling_floor_s(shape: Shape, prompt_lengths: Sequence[int], steps: int, ba
     kv_per_token = 2 * shape.layers * (shape.kv_width or shape.hidden) * FP32  # K and V, every block
     cache = sum(kv_per_token * (q + s) for q in prompt_lengths for s in range(steps - 1))
     return (steps * step_bytes(shape, bytes_per_weight, lora_r) + cache) / (bandwidth_gbps * 1e9)
+
+
+def significant(x: float, digits: int = 3) -> float:
+    """x to `digits` significant figures: a tiny model's floors are microseconds, not 0.0."""
+    return float(f"{x:.{digits}g}")
 
 
 def gemm_gflops(shape: Shape, tokens: int = 256, seconds: float = 1.0) -> float:

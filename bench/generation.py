@@ -2,14 +2,16 @@
 
     .venv/bin/python -m bench.generation [--batch-sizes 1,2,4,8,16,32] [--repeats 2] [--one-repeat-from 16]
 
-SmolLM2-135M (fp32) with the policy's LoRA adapter enabled, not merged, as PPO samples from it.
-24 new tokens at temperature 0.7 from the demo prompts in the chat template. Per batch size,
-interleaved repeat by repeat, the median of (2 repeats up to batch 8, one from 16, so `make bench`
-stays within 20 minutes):
+SmolLM2-135M (fp32) with the policy's LoRA adapter enabled, as PPO samples from it. 24 new tokens at
+temperature 0.7 from the demo prompts in the chat template. Per batch size, interleaved repeat by
+repeat, the median of (2 repeats up to batch 8, one from 16, so `make bench` stays within 20 minutes):
 
     ours        what make_rollout does: left-padded prompts, KV cache, every EOS id of the model,
                 generation stopping once every sequence has ended, the tail after the first EOS
-                padded out (truncate_at_eos), all under the same grad mode as the rollout
+                padded out (truncate_at_eos), all under the same grad mode as the rollout; on the
+                working copy of the weights (generation.working_copy, core/sampling_weights.py: the
+                adapter merged in, packed for the batch's rows), its building timed in
+    adapters    ours before 2026-12-06: the same through the unmerged adapter (generation.working_copy=false)
     defaults    model.generate(**tokenizer(prompts, padding=True), max_new_tokens=24, do_sample=True):
                 the tokenizer's own padding side (right) and the model's generation config, nothing else
     no_cache    ours with use_cache=False (every step recomputes the whole sequence): an ablation,
@@ -23,6 +25,10 @@ Floors (bench/floors.py, issue #24): this machine's fp32 GEMM rate on the model'
 bandwidth are measured once; per batch size, ours' sampling FLOPs (real prompt tokens, the steps it
 took) give its achieved GFLOP/s and the FLOP floor, the weights read every step (and the KV cache) the
 bandwidth floor, and `x_floor` is ours' seconds over the larger of the two.
+
+Layouts (`layouts`): one product of `rows` x in by each weight shape of the model, the weights read from
+memory (enough distinct copies to outgrow the caches, as a sampling step reads them), `F.linear` on the
+weight as stored against oneDNN's packed layout the working copy uses: microseconds and GB/s of weights.
 """
 
 from __future__ import annotations
@@ -77,14 +83,14 @@ def main() -> None:
 
     work: dict[int, list[tuple[list[int], int]]] = {}
 
-    def ours(batch: list[str], use_cache: bool = True) -> tuple[torch.Tensor, int]:
+    def ours(batch: list[str], use_cache: bool = True, working_copy: bool = True) -> tuple[torch.Tensor, int]:
         enc = encode(batch, "left")
         with torch.no_grad():  # make_rollout's grad mode
             out = stack.generate(enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=TEMPERATURE,
                                  top_p=1.0, top_k=0, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=eos_ids, use_cache=use_cache)
+                                 eos_token_id=eos_ids, use_cache=use_cache, working_copy=working_copy)
         responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
-        if use_cache:  # the floors' work: the real prompt tokens, and the steps sampling took
+        if use_cache and working_copy:  # the floors' work: the real prompt tokens, and the steps sampling took
             work.setdefault(len(batch), []).append((enc["attention_mask"].sum(1).tolist(),
                                                     out.shape[1] - enc["input_ids"].shape[1]))
         return responses, int(mask.sum())
@@ -95,7 +101,8 @@ def main() -> None:
         responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
         return responses, int(mask.sum())
 
-    variants = {"ours": ours, "defaults": defaults, "no_cache": lambda b: ours(b, use_cache=False)}
+    variants = {"ours": ours, "adapters": lambda b: ours(b, working_copy=False), "defaults": defaults,
+                "no_cache": lambda b: ours(b, use_cache=False, working_copy=False)}
     ours(texts[:1])  # warm-up: first-call allocations and lazy initialisation
     work.clear()
     raw: dict[str, dict[int, list[dict[str, float]]]] = {v: {} for v in variants}
@@ -127,6 +134,9 @@ def main() -> None:
 
     shape = model_shape(modeling.resolve_model_path(config.name))
     rates = {"gemm_gflops": round(floors.gemm_gflops(shape), 2), "copy_gbps": round(floors.copy_gbps(), 2)}
+    layout_rows = [b for b in sizes if b in (1, 8, 32)] or sizes[:1]
+    layout_figures = {str(rows): linear_layouts(shape, rows) for rows in layout_rows}
+    print(f"# layouts {json.dumps(layout_figures)}", file=sys.stderr)
     lines: list[dict[str, Any]] = []
     for batch_size in sizes:
         line: dict[str, Any] = {"workload": f"batch_{batch_size}"}
@@ -137,17 +147,22 @@ def main() -> None:
             line[name] = {"tokens_per_s": round(common.median([r["tokens"] / r["seconds"] for r in runs]), 1),
                           "seconds": round(common.median([r["seconds"] for r in runs]), 3),
                           "tokens": common.median([r["tokens"] for r in runs])}
-        line["ratios"] = {"throughput_vs_defaults": round(line["ours"]["tokens_per_s"] / line["defaults"]["tokens_per_s"], 3)}
+        line["ratios"] = {"throughput_vs_defaults": round(line["ours"]["tokens_per_s"] / line["defaults"]["tokens_per_s"], 3),
+                          "throughput_vs_adapters": round(line["ours"]["tokens_per_s"] / line["adapters"]["tokens_per_s"], 3),
+                          "seconds_adapters_over_ours": round(line["adapters"]["seconds"] / line["ours"]["seconds"], 3)}
         if "no_cache" in line:
             line["ratios"]["throughput_vs_no_cache"] = round(line["ours"]["tokens_per_s"] / line["no_cache"]["tokens_per_s"], 3)
         line["floors"] = sampling_floors(shape, config.lora.r, work[batch_size], line["ours"]["seconds"], rates)
+        line["floors_adapters"] = sampling_floors(shape, config.lora.r, work[batch_size], line["adapters"]["seconds"], rates)
         common.emit(line)
         lines.append(line)
     common.save("generation", {
         "machine": machine,
         "versions": common.versions("torch", "transformers", "peft"),
         "machine_rates": rates,
-        "settings": {"model": "smollm2-135m-instruct", "dtype": "float32", "adapter": "LoRA r=16, enabled, not merged",
+        "layouts": layout_figures,
+        "settings": {"model": "smollm2-135m-instruct", "dtype": "float32",
+                     "adapter": "LoRA r=16, enabled; ours on the working copy, adapters through it unmerged",
                      "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "repeats": args.repeats,
                      "one_repeat_from_batch": args.one_repeat_from,
                      "threads": args.threads},
@@ -156,6 +171,38 @@ def main() -> None:
         "results": lines,
         "raw": {name: {str(b): runs for b, runs in by_size.items()} for name, by_size in raw.items()},
     })
+
+
+def linear_layouts(shape: Any, rows: int, megabytes: int = 320, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per weight shape (in x out) of the model: microseconds of one (rows x in) product, the best of `repeats`
+    rounds over enough distinct weights to fill `megabytes`, with `F.linear` on the stored (out x in) weight
+    and on oneDNN's packed copy (the working copy's layout); and the weights' GB/s for each."""
+    h, i, kv = shape.hidden, shape.intermediate, shape.kv_width or shape.hidden
+    return {f"{n_in}x{n_out}": one_layout(n_out, n_in, rows, megabytes, repeats)
+            for n_out, n_in in sorted({(h, h), (kv, h), (i, h), (h, i), (shape.vocab, h)})}
+
+
+def one_layout(out_features: int, in_features: int, rows: int, megabytes: int, repeats: int) -> dict[str, float]:
+    import torch
+    from torch.nn import functional as F
+
+    size = out_features * in_features * 4
+    weights = [torch.randn(out_features, in_features) for _ in range(max(2, megabytes * 2**20 // size))]
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w, rows) for w in weights]
+    x = torch.randn(rows, in_features)
+
+    def best(run: Any) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - start) / len(weights))
+        return min(times)
+
+    stored = best(lambda: [F.linear(x, w) for w in weights])
+    on_copy = best(lambda: [torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "") for p in packed])
+    return {"linear_us": round(stored * 1e6, 1), "packed_us": round(on_copy * 1e6, 1),
+            "linear_gbps": round(size / stored / 1e9, 2), "packed_gbps": round(size / on_copy / 1e9, 2)}
 
 
 def sampling_floors(shape: Any, lora_r: int, work: list[tuple[list[int], int]], seconds: float,
@@ -169,9 +216,9 @@ def sampling_floors(shape: Any, lora_r: int, work: list[tuple[list[int], int]], 
     achieved = flops / seconds / 1e9
     flop_floor = flops / (rates["gemm_gflops"] * 1e9)
     bandwidth_floor = floors.sampling_floor_s(shape, prompt_lengths, steps, rates["copy_gbps"], lora_r=lora_r)
-    return {"steps": steps, "gflop": round(flops / 1e9, 3), "achieved_gflops": round(achieved, 2),
+    return {"steps": steps, "gflop": floors.significant(flops / 1e9), "achieved_gflops": round(achieved, 2),
             "share_of_gemm_rate": round(achieved / rates["gemm_gflops"], 3),
-            "flop_floor_s": round(flop_floor, 3), "bandwidth_floor_s": round(bandwidth_floor, 3),
+            "flop_floor_s": floors.significant(flop_floor), "bandwidth_floor_s": floors.significant(bandwidth_floor),
             "x_floor": round(seconds / max(flop_floor, bandwidth_floor), 2)}
 
 

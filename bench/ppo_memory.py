@@ -33,6 +33,7 @@ keeps; the results file is then named after the threshold. Not for training: 28%
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import sys
@@ -55,6 +56,7 @@ def four_models_class():
     from torch import nn
 
     from align.core import modeling
+    from align.core.sampling_weights import sampling_weights
     from align.ppo.models import POLICY, REF, position_ids
     from align.reward.score import HEAD_FILE, Normaliser, weights_dir
 
@@ -132,8 +134,11 @@ def four_models_class():
             picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
             return self.reward_head(picked.float()).squeeze(-1)
 
-        def generate(self, input_ids, attention_mask, **kwargs):
-            return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        def generate(self, input_ids, attention_mask, working_copy=False, **kwargs):
+            # the policy samples as the shared stack's does, on a working copy of its weights when asked
+            weights = sampling_weights(self.peft, input_ids.shape[0]) if working_copy else contextlib.nullcontext()
+            with weights:
+                return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     return FourModels
 

@@ -6,7 +6,10 @@ Per workload, three contenders, each run in a fresh process of its own and inter
 (the machine is shared, so timings are noisy):
 
     ours       align.ppo.train.PPOTrainer.run: one base, policy + value adapters, reference = the
-               base with adapters off, reward = the same head on the base
+               base with adapters off, reward = the same head on the base; sampling on the working copy
+               of the weights (generation.working_copy, the default since 2026-12-06)
+    ours_adapters  the same sampling through the unmerged adapter (generation.working_copy=false): ours
+               before the working copy, in the same interleaving
     peer       TRL 1.12.0 as shipped (bench/trl_peer.py): the policy with a LoRA peft_config (reference
                = adapter disabled), a value model trained in full and a separate reward model
     peer_nogc  the same with gc.collect made a no-op in its process (TRL calls it twice an update)
@@ -17,6 +20,17 @@ queries), reward head, LoRA rank, learning rate, sampling and PPO settings; see 
 Besides wall seconds, the CPU seconds of the process per update (one compute thread: the work done,
 which other jobs on the machine change far less than they change wall time).
 The toy task's reward curve (objective/scores per update, mean over runs) is kept for both.
+Each contender's figures come with their spread: the lowest and highest of the runs' medians.
+
+Floors (issue #24, bench/floors.py): this machine's fp32 GEMM rate on the model's shapes and its copy
+bandwidth are measured once per workload, before the runs. Each phase's FLOPs are the work the algorithm
+needs on the workload's real tokens (the prompts' own lengths, the update's mean response length):
+generation the prefill and one token a row a step; forward the reference's and the value's passes over
+prompt + response; scoring one more pass (ours reads the reward off the reference pass, so it spends
+none); training, for each PPO epoch, the policy's and the value's pass forward and back (2x forward: the
+base is frozen, so the backward pass computes input gradients, and LoRA's small ones). A phase's achieved
+GFLOP/s is those FLOPs over its median seconds, and `share` its ratio to the GEMM rate; generation also
+gets its bandwidth floor (every step reads every weight) and `x_floor`, its seconds over the larger floor.
 """
 
 from __future__ import annotations
@@ -29,15 +43,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import common
+from bench import common, floors
 
 # one intra-op thread per run: on the shared 2-core machine, two OpenMP threads contending with other
 # jobs made the same update swing tenfold
 THREADS = 1
 # identical for both trainers. A run is `updates` updates; the first `warmup` are not timed. SmolLM2 runs
 # one timed update after a warm-up pass (one no-grad forward of every model the process holds, on the
-# batch: weights paged in, allocator grown), and 2 runs per contender to tiny's 5, so `make bench` stays
-# within its time budget (a SmolLM2 run is 25-50 s, a tiny one 8-25 s). Tiny's ratio to the peer without gc
+# batch: weights paged in, allocator grown), and 3 runs per contender to tiny's 5 (issue #24: medians of at
+# least 3), which keeps `make bench` within its time budget (a SmolLM2 run is 20-50 s, a tiny one 7-25 s). Tiny's ratio to the peer without gc
 # swung from 0.68x to 0.99x between three runs of one `make bench` (2026-12-02): 5 runs steady its median.
 SETTINGS = {
     "tiny": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 4, "max_new_tokens": 24, "temperature": 0.7,
@@ -45,11 +59,12 @@ SETTINGS = {
              "warmup": 2, "updates": 16, "warmup_pass": False, "runs": 5},
     "smollm2": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24, "temperature": 0.7,
                 "learning_rate": 1e-4, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 16, "lora_alpha": 32,
-                "warmup": 0, "updates": 1, "warmup_pass": True, "runs": 2},
+                "warmup": 0, "updates": 1, "warmup_pass": True, "runs": 3},
 }
 PHASES = ["sec_per_update", "cpu_s_per_update", "generation_s", "forward_s", "scoring_s", "training_s", "gc_s", "other_s",
           "tokens_per_s", "response_length"]
-CONTENDERS = ("ours", "peer", "peer_nogc")
+CONTENDERS = ("ours", "ours_adapters", "peer", "peer_nogc")
+OURS_VARIANTS = {"ours": [], "ours_adapters": ["generation.working_copy=false"]}
 
 
 def our_config(paths: dict[str, Any], s: dict[str, Any], out_dir: Path | str, *extra: str) -> Any:
@@ -84,7 +99,8 @@ def ours_child(spec_path: str) -> None:
     config = our_config(spec, s, out_dir,
                         f"training.updates={s['updates']}", f"training.adam_eps={s['adam_eps']}", f"training.kl_coef={s['kl_coef']}",
                         "training.lr_scheduler=linear", f"training.seed={spec['seed']}", f"generation.temperature={s['temperature']}",
-                        "training.eval_steps=0", "training.sample_steps=0", f"training.save_steps={s['updates']}")
+                        "training.eval_steps=0", "training.sample_steps=0", f"training.save_steps={s['updates']}",
+                        *spec["extra"])
     load_start = time.perf_counter()
     out = rundir.StageDir(config.out_dir)
     out.prepare(overwrite=True, resume=False)
@@ -122,6 +138,17 @@ def ours_child(spec_path: str) -> None:
                    "trainable_params": sum(p.numel() for p in trainer.stack.trainable_parameters())})
 
 
+def rates_child(model_dir: str) -> None:
+    """This machine's fp32 GEMM rate on the model's shapes and its copy bandwidth, with the runs' threads."""
+    import torch
+
+    from align.core.memory import model_shape
+
+    torch.set_num_threads(THREADS)
+    shape = model_shape(model_dir)
+    common.report({"gemm_gflops": round(floors.gemm_gflops(shape), 2), "copy_gbps": round(floors.copy_gbps(), 2)})
+
+
 def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
     """One run's figures: the median over its timed updates (the warm-up updates dropped)."""
     timed = run["updates"][warmup:]
@@ -136,20 +163,57 @@ def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
     return out
 
 
+def phase_floors(shape: Any, s: dict[str, Any], query_tokens: list[int], figures: dict[str, float],
+                 rates: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each phase's FLOPs on the workload's real tokens, its achieved GFLOP/s and share of the GEMM rate;
+    generation's bandwidth floor and x_floor (see the module's docstring)."""
+    steps = max(1, round(figures["response_length"]))
+    rows = [q + steps for q in query_tokens[:s["batch_size"]]]
+    one_pass = sum(floors.forward_flops(shape, n, logits=0, lora_r=s["lora_r"]) for n in rows)
+    with_logits = sum(floors.forward_flops(shape, n, logits=steps, lora_r=s["lora_r"]) for n in rows)
+    work = {"generation_s": floors.sampling_flops(shape, query_tokens[:s["batch_size"]], steps, s["lora_r"]),
+            "forward_s": with_logits + one_pass,  # π_ref (its logits on the response) and V
+            "scoring_s": one_pass,
+            "training_s": s["ppo_epochs"] * 2 * (with_logits + one_pass)}  # π and V, forward and back (2x)
+    out = {}
+    for phase, flops in work.items():
+        seconds = figures[phase]
+        achieved = flops / seconds / 1e9 if seconds > 1e-3 else None
+        out[phase.removesuffix("_s")] = {"gflop": floors.significant(flops / 1e9), "seconds": round(seconds, 3),
+                                         "achieved_gflops": None if achieved is None else round(achieved, 2),
+                                         "share_of_gemm_rate": None if achieved is None else
+                                         round(achieved / rates["gemm_gflops"], 3)}
+    bandwidth = floors.sampling_floor_s(shape, query_tokens[:s["batch_size"]], steps, rates["copy_gbps"],
+                                        lora_r=s["lora_r"])
+    generation = out["generation"]
+    generation["flop_floor_s"] = floors.significant(work["generation_s"] / (rates["gemm_gflops"] * 1e9))
+    generation["bandwidth_floor_s"] = floors.significant(bandwidth)
+    generation["x_floor"] = round(figures["generation_s"] / max(generation["flop_floor_s"], bandwidth), 2)
+    return out
+
+
 def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
+    from align.core.memory import model_shape
     from bench import workloads
 
     paths = workloads.prepare(name, workdir / name)
     settings = SETTINGS[name]
+    shape = model_shape(paths["model_path"])
+    # in a child of its own: a parent that imported torch would pass its resident memory on to every run's
+    # peak (a forked child's ru_maxrss starts from its parent's)
+    rates = common.run_child([sys.executable, "-m", "bench.ppo_vs_trl", "--rates", paths["model_path"]],
+                             env={"OMP_NUM_THREADS": str(THREADS)})
+    rates = {k: rates[k] for k in ("gemm_gflops", "copy_gbps")}
     per_run: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
     for i in range(runs):
         # rotate the order so no contender always runs first (or right after the heaviest one)
-        order = CONTENDERS[i % 3:] + CONTENDERS[:i % 3]
+        order = CONTENDERS[i % len(CONTENDERS):] + CONTENDERS[:i % len(CONTENDERS)]
         for contender in order:
-            spec = {**paths, "workdir": str(workdir / name), "settings": settings, "seed": i, "threads": THREADS}
+            spec = {**paths, "workdir": str(workdir / name), "settings": settings, "seed": i, "threads": THREADS,
+                    "extra": OURS_VARIANTS.get(contender, [])}
             spec_path = workdir / name / f"spec-{contender}-{i}.json"
             spec_path.write_text(json.dumps(spec))
-            if contender == "ours":
+            if contender in OURS_VARIANTS:
                 argv = [sys.executable, "-m", "bench.ppo_vs_trl", "--child", str(spec_path)]
             else:
                 argv = [str(common.PEER_PYTHON), "-m", "bench.trl_peer", str(spec_path),
@@ -163,8 +227,13 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
     for contender in CONTENDERS:
         summaries = [summarise_run(r, settings["warmup"]) for r in per_run[contender]]
         line[contender] = {k: round(common.median([s[k] for s in summaries]), 4) for k in [*PHASES, "peak_rss_mb"]}
+        line[contender]["spread"] = {k: [round(min(s[k] for s in summaries), 4), round(max(s[k] for s in summaries), 4)]
+                                     for k in ("sec_per_update", "generation_s", "training_s", "peak_rss_mb")}
+        line[contender]["floors"] = phase_floors(shape, settings, paths["query_tokens"], line[contender], rates)
     ours, peer, nogc = line["ours"], line["peer"], line["peer_nogc"]
     line["ratios"] = {
+        "time_vs_ours_adapters": round(ours["sec_per_update"] / line["ours_adapters"]["sec_per_update"], 3),
+        "generation_vs_ours_adapters": round(ours["generation_s"] / line["ours_adapters"]["generation_s"], 3),
         "time_vs_peer": round(ours["sec_per_update"] / peer["sec_per_update"], 3),
         "time_vs_peer_nogc": round(ours["sec_per_update"] / nogc["sec_per_update"], 3),
         "mem_vs_peer": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
@@ -181,6 +250,7 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
                                "first_half": round(sum(curve[:half]) / len(curve[:half]), 4),
                                "second_half": round(sum(curve[half:] or curve) / len(curve[half:] or curve), 4)}
                            for c, curve in curves.items()}
+    line["machine_rates"] = rates
     detail = {"settings": settings, "query_tokens": paths["query_tokens"], "model_path": paths["model_path"],
               "runs": {c: [{k: v for k, v in r.items() if k != "batch_size"} for r in per_run[c]] for c in CONTENDERS}}
     return line, detail
@@ -189,11 +259,14 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, help="runs per contender (default: the workload's, 5 tiny, 2 SmolLM2)")
+    parser.add_argument("--rates", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help="runs per contender (default: the workload's, 5 tiny, 3 SmolLM2)")
     parser.add_argument("--workloads", default="tiny,smollm2")
     args = parser.parse_args()
     if args.child:
         return ours_child(args.child)
+    if args.rates:
+        return rates_child(args.rates)
     if not common.PEER_PYTHON.exists():
         sys.exit(f"{common.PEER_PYTHON} missing: run `make bench` (it sets up the peer venv) first")
     machine = common.machine()
