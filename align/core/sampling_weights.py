@@ -3,14 +3,15 @@ CPU laid out once for the few-row products of decoding (issue #24).
 
 A decoding step multiplies a handful of rows (one per sequence) by every weight of the model, so it is bound
 by reading the weights. With a LoRA adapter each linear layer also runs the adapter's two small products and
-their adds, unmerged, one dispatch after another. And on the CPU, MKL's fp32 GEMM repacks the weight matrix
-on every call when the rows are few: with SmolLM2's shapes, 8 rows and one thread, `F.linear` read a
-576 x 1536 weight from memory at 5 GB/s against 9 GB/s for the same product on a weight packed once by
-oneDNN, and the 49152 x 576 output layer took 32 ms against 12 (bench/generation.py's `layouts`).
+their adds, unmerged, one dispatch after another. And on the CPU, MKL's fp32 GEMM reads the weight slowly when
+the rows are few (our reading: it packs the weight matrix again on every call): with SmolLM2's shapes, 8 rows and one thread, `F.linear` read the up
+projection's weight from memory at 5.6 GB/s against 9.1 GB/s for the same product on a weight packed once by
+oneDNN, and the 49152-row output layer took 28.7 ms against 11.0 (bench/README.md, section 4).
 
 Inside `sampling_weights(model, rows)` each plain linear layer, and each LoRA layer over one, runs on its
 copy: W + Σ_a s_a B_a A_a over the layer's active adapters (none when adapters are disabled), packed by
-oneDNN for `rows` rows on the CPU in fp32, else a plain merged tensor for LoRA layers only. The model's own
+oneDNN for `rows` rows on the CPU in fp32 (from PACKED_FROM_ROWS rows), else a plain merged tensor for LoRA
+layers only. The model's own
 weights and adapters are untouched (no merge and unmerge, whose rounding would creep into the base that is
 also PPO's reference), and the copy is freed on exit. It is built on entry from the adapters as they are
 then: enter it after an update, never across one. Layers it cannot copy keep their own forward: quantised
@@ -33,11 +34,17 @@ from torch.nn import functional as F
 from align.core.memory import FP32, Shape
 
 
+PACKED_FROM_ROWS = 4
+"""Fewer rows keep the stored layout (LoRA layers still merged): at 1 row MKL's matrix-vector product reads the
+weight faster than the packed product (0.27 against 0.32 ms for SmolLM2's up projection), and at batch 2 a rollout on the packed
+copy took longer than through the adapters (2.27 against 2.09 s), at batch 4 less (2.52 against 3.06 s;
+SmolLM2, 24 tokens, bench/results/generation.json of 2026-12-06 12:30)."""
+
+
 def packs(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
-    """Whether oneDNN's packed layout serves: fp32 on the CPU, several rows (one row: MKL's own
-    matrix-vector product reads the weight as fast, 0.29 against 0.34 ms on 576 x 1536)."""
-    return (device.type == "cpu" and dtype == torch.float32 and rows > 1 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    """Whether oneDNN's packed layout serves: fp32 on the CPU, at least PACKED_FROM_ROWS rows."""
+    return (device.type == "cpu" and dtype == torch.float32 and rows >= PACKED_FROM_ROWS
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 @contextlib.contextmanager
