@@ -56,6 +56,8 @@ def sampling_weights(model: nn.Module, rows: int) -> Iterator[int]:
     try:
         with torch.no_grad():
             for module in _layers(model):
+                if "forward" in vars(module):
+                    continue  # already replaced (an enclosing copy, accelerate's device hooks): left as it is
                 forward = _copy_forward(module, rows, scratch)
                 if forward is not None:
                     module.forward = forward  # the instance's attribute: nn.Module.__call__ runs it
@@ -64,7 +66,7 @@ def sampling_weights(model: nn.Module, rows: int) -> Iterator[int]:
         yield len(patched)
     finally:
         for module in patched:
-            del module.forward  # the class's forward again; the copy goes with the closure
+            vars(module).pop("forward", None)  # the class's forward again; the copy goes with the closure
 
 
 def _layers(model: nn.Module) -> Iterator[nn.Module]:
@@ -103,22 +105,29 @@ def _copy_forward(module: nn.Module, rows: int, scratch: dict[tuple, torch.Tenso
         return None  # a plain layer gains nothing from a copy of itself
     if adapters:
         # into a reused buffer when it is packed next: a fresh one a layer would be page-faulted in every time
-        merged = scratch.setdefault((weight.shape, weight.dtype, weight.device), torch.empty_like(weight)) \
-            if pack else torch.empty_like(weight)
+        key = (weight.shape, weight.dtype, weight.device)
+        if pack and key not in scratch:
+            scratch[key] = torch.empty_like(weight)
+        merged = scratch[key] if pack else torch.empty_like(weight)
         merged.copy_(weight)
         for a in adapters:  # peft's get_delta_weight, s B A, without its (out x in) temporary
             merged.addmm_(module.lora_B[a].weight.to(weight.dtype), module.lora_A[a].weight.to(weight.dtype),
                           alpha=module.scaling[a])
         weight = merged
+    own = module.forward  # for calls the copy does not serve: keyword arguments (peft's adapter_names), other dtypes
     if pack:
         packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows)
 
         def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if args or kwargs or x.dtype != torch.float32:
+                return own(x, *args, **kwargs)
             return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
         return forward
 
     def plain(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args or kwargs:
+            return own(x, *args, **kwargs)
         return F.linear(x.to(weight.dtype), weight, bias)
 
     return plain
@@ -127,9 +136,9 @@ def _copy_forward(module: nn.Module, rows: int, scratch: dict[tuple, torch.Tenso
 def _mergeable_adapters(layer: Any) -> list[str] | None:
     """The LoRA adapters whose update a copy of this layer merges (empty: the base alone), or None where
     the merged weight would not give the layer's own output."""
-    if getattr(layer, "fan_in_fan_out", False):
-        return None
-    if layer.disable_adapters or layer.merged:  # the base alone, or the adapters already in the base weight
+    if getattr(layer, "fan_in_fan_out", False) or layer.merged:  # merged: peft unmerges when disabled, runs
+        return None  # the rest unmerged; its own forward knows which
+    if layer.disable_adapters:  # the base alone
         return []
     adapters = [a for a in layer.active_adapters if a in layer.lora_A]
     for a in adapters:

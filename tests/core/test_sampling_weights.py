@@ -126,3 +126,68 @@ def test_the_sampling_copy_is_sized_from_the_shape(tiny_model_dir):
     norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
     assert shape.tied and copy_bytes(shape, quantised=False) == pytest.approx((linear + norms) * 4, rel=0.01)  # + the file header
     assert copy_bytes(shape, quantised=True) == shape.vocab * shape.hidden * 4
+
+
+class TwoLayers(nn.Module):
+    """Linear layers with biases (the tiny Llama has none), under LoRA adapters."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(32, 8)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def two_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["a", "b"])
+    model = get_peft_model(TwoLayers(), config, adapter_name="one")
+    model.add_adapter("two", config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_biases_and_several_active_adapters_are_in_the_copy():
+    model = two_adapters()
+    model.base_model.set_adapter(["one", "two"])
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        own = model(x)
+        model.base_model.set_adapter("one")
+        one_only = model(x)
+        model.base_model.set_adapter(["one", "two"])
+        with sampling_weights(model, 4) as copied:
+            assert copied == 2
+            torch.testing.assert_close(model(x), own, rtol=1e-5, atol=1e-5)
+    assert (own - one_only).abs().max() > 1e-2  # the second adapter counts
+
+
+def test_merged_adapters_nested_copies_and_keyword_calls_keep_the_layers_own_forward():
+    model = two_adapters()
+    x = torch.randn(4, 16)
+    layer = model.base_model.model.a
+    with torch.no_grad():
+        model.base_model.set_adapter("two")
+        by_two = layer(x)
+        model.base_model.set_adapter("one")
+        with sampling_weights(model, 4) as outer:
+            with sampling_weights(model, 4) as inner:  # already on their copies: left alone, not undone
+                assert (outer, inner) == (2, 0)
+            # rows that name another adapter (peft's mixed batches) are not the copy's: the layer's own forward
+            torch.testing.assert_close(layer(x, adapter_names=["two"] * 4), by_two, rtol=1e-5, atol=1e-5)
+            assert (layer(x) - by_two).abs().max() > 1e-2
+        assert not any("forward" in vars(m) for m in model.modules())
+        model.merge_adapter()  # the adapter in the base weight: peft's own forward knows how to take it out
+        merged = model(x)
+        with sampling_weights(model, 4) as copied:
+            assert copied == 0
+            torch.testing.assert_close(model(x), merged)
+            with model.disable_adapter():
+                base = model(x)
+        assert (merged - base).abs().max() > 1e-2
