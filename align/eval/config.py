@@ -37,10 +37,11 @@ class GenerationSettings:
     """Prompts per generate call (each with its samples)."""
     max_prompt_length: int = 256
     """Prompts longer than this (in tokens) keep their end."""
-    working_copy: bool = True
+    working_copy: bool = False
     """Answer on a working copy of each model's linear weights, its LoRA adapter merged in and on the CPU packed
-    for few-row products (core/sampling_weights.py; PPO's generation.working_copy): faster answers for a copy
-    of the unquantised weights held while a model answers. The answers agree up to float rounding."""
+    for few-row products (core/sampling_weights.py; PPO's generation.working_copy). Off by default: on the demo's
+    evaluation (75 rows a sampled pass, two threads) answering took 65 s against 66 s while the peak grew from
+    2.7 to 3.9 GB (2026-12-06). It pays at batch 4-8 on one thread (1.2-1.4x, bench/README.md section 4)."""
 
     def __post_init__(self):
         check(self.max_new_tokens > 0, "generation.max_new_tokens", "must be > 0")

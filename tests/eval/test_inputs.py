@@ -52,6 +52,23 @@ def test_every_model_samples_with_the_same_seeds(eval_dirs, heldout):
     assert first.sampled[0][0].token_ids != first.sampled[0][1].token_ids  # two samples of one prompt differ
 
 
+def test_answers_on_the_working_copy_are_the_models_own(eval_dirs, heldout):
+    """generation.working_copy: the SFT adapter merged into a packed copy (2 prompts x 2 samples = 4 rows) gives the
+    same answers token for token, and log-probs within rounding."""
+    from dataclasses import replace
+
+    from align.core.records import load_records
+
+    prompts = load_records(heldout, "prompts")[:4]
+    pool = ModelPool({"sft": resolve("sft", str(eval_dirs["sft"]))}, "none")
+    settings = GenerationSettings(max_new_tokens=6, samples_per_prompt=2, batch_size=2)
+    own = generate.answer(pool.view("sft"), prompts, settings, 2)
+    copied = generate.answer(pool.view("sft"), prompts, replace(settings, working_copy=True), 2)
+    pairs = [*zip(own.greedy, copied.greedy), *zip(sum(own.sampled, []), sum(copied.sampled, []))]
+    assert all(a.token_ids == b.token_ids for a, b in pairs)
+    assert max(abs(a.logprob - b.logprob) for a, b in pairs) < 1e-3
+
+
 def test_cut_at_eos():
     assert generate.cut_at_eos([4, 5, 2, 7, 2], [2]) == ([4, 5, 2], True)
     assert generate.cut_at_eos([4, 5], [2]) == ([4, 5], False)
