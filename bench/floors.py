@@ -13,6 +13,9 @@ spent on padding or done twice counts against it.
     gemm_gflops      this machine's fp32 GEMM rate on the model's own shapes (measured)
     copy_gbps        this machine's memory bandwidth: bytes read and written a second by a large copy
                      (measured, STREAM's convention)
+    machine_rates    both measured rates, as the reports record them
+    achieved         a phase's FLOPs over its seconds, and its share of the GEMM rate
+    sampling_report  sampling's seconds against its floors: achieved rate, FLOP and bandwidth floors, x_floor
 """
 
 from __future__ import annotations
@@ -70,6 +73,30 @@ def sampling_floor_s(shape: Shape, prompt_lengths: Sequence[int], steps: int, ba
 def significant(x: float, digits: int = 3) -> float:
     """x to `digits` significant figures: a tiny model's floors are microseconds, not 0.0."""
     return float(f"{x:.{digits}g}")
+
+
+def machine_rates(shape: Shape) -> dict[str, float]:
+    """This machine's GEMM rate on the model's shapes and its copy bandwidth, with torch's current threads."""
+    return {"gemm_gflops": round(gemm_gflops(shape), 2), "copy_gbps": round(copy_gbps(), 2)}
+
+
+def achieved(flops: int, seconds: float, rates: dict[str, float]) -> dict[str, float | None]:
+    """GFLOP, achieved GFLOP/s and its share of the GEMM rate (None for a phase that took under 1 ms)."""
+    rate = flops / seconds / 1e9 if seconds > 1e-3 else None
+    return {"gflop": significant(flops / 1e9), "achieved_gflops": None if rate is None else round(rate, 2),
+            "share_of_gemm_rate": None if rate is None else round(rate / rates["gemm_gflops"], 3)}
+
+
+def sampling_report(shape: Shape, prompt_lengths: Sequence[int], steps: int, lora_r: int, seconds: float,
+                    rates: dict[str, float]) -> dict[str, float | None]:
+    """Sampling `steps` tokens after these prompts in `seconds`, against its floors: the achieved rate, the FLOP
+    floor at the GEMM rate, the bandwidth floor at the copy rate, and seconds over the larger floor."""
+    flops = sampling_flops(shape, prompt_lengths, steps, lora_r)
+    flop_floor = flops / (rates["gemm_gflops"] * 1e9)
+    bandwidth_floor = sampling_floor_s(shape, prompt_lengths, steps, rates["copy_gbps"], lora_r=lora_r)
+    return {**achieved(flops, seconds, rates), "flop_floor_s": significant(flop_floor),
+            "bandwidth_floor_s": significant(bandwidth_floor),
+            "x_floor": round(seconds / max(flop_floor, bandwidth_floor), 2)}
 
 
 def gemm_gflops(shape: Shape, tokens: int = 256, seconds: float = 1.0) -> float:

@@ -133,7 +133,7 @@ def main() -> None:
     differs = sum(not torch.equal(together[i][:len(alone[i])], alone[i]) for i in range(len(batch))) / len(batch)
 
     shape = model_shape(modeling.resolve_model_path(config.name))
-    rates = {"gemm_gflops": round(floors.gemm_gflops(shape), 2), "copy_gbps": round(floors.copy_gbps(), 2)}
+    rates = floors.machine_rates(shape)
     layout_rows = [b for b in sizes if b in (1, 8, 32)] or sizes[:1]
     layout_figures = {str(rows): linear_layouts(shape, rows) for rows in layout_rows}
     print(f"# layouts {json.dumps(layout_figures)}", file=sys.stderr)
@@ -207,19 +207,10 @@ def one_layout(out_features: int, in_features: int, rows: int, megabytes: int, r
 
 def sampling_floors(shape: Any, lora_r: int, work: list[tuple[list[int], int]], seconds: float,
                     rates: dict[str, float]) -> dict[str, float]:
-    """Ours' sampling at one batch size against its floors: the FLOPs of its real prompts and its median
-    steps, achieved GFLOP/s, the FLOP floor at the GEMM rate, the bandwidth floor, and seconds over the
-    larger floor."""
-    prompt_lengths = work[0][0]
+    """Ours' sampling at one batch size against its floors (floors.sampling_report), on its real prompts and
+    its median steps."""
     steps = round(common.median([s for _, s in work]))
-    flops = floors.sampling_flops(shape, prompt_lengths, steps, lora_r)
-    achieved = flops / seconds / 1e9
-    flop_floor = flops / (rates["gemm_gflops"] * 1e9)
-    bandwidth_floor = floors.sampling_floor_s(shape, prompt_lengths, steps, rates["copy_gbps"], lora_r=lora_r)
-    return {"steps": steps, "gflop": floors.significant(flops / 1e9), "achieved_gflops": round(achieved, 2),
-            "share_of_gemm_rate": round(achieved / rates["gemm_gflops"], 3),
-            "flop_floor_s": floors.significant(flop_floor), "bandwidth_floor_s": floors.significant(bandwidth_floor),
-            "x_floor": round(seconds / max(flop_floor, bandwidth_floor), 2)}
+    return {"steps": steps, **floors.sampling_report(shape, work[0][0], steps, lora_r, seconds, rates)}
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ THREADS = 1
 # identical for both trainers. A run is `updates` updates; the first `warmup` are not timed. SmolLM2 runs
 # one timed update after a warm-up pass (one no-grad forward of every model the process holds, on the
 # batch: weights paged in, allocator grown), and 3 runs per contender to tiny's 5 (issue #24: medians of at
-# least 3), which keeps `make bench` within its time budget (a SmolLM2 run is 20-50 s, a tiny one 7-25 s). Tiny's ratio to the peer without gc
-# swung from 0.68x to 0.99x between three runs of one `make bench` (2026-12-02): 5 runs steady its median.
+# least 3), which keeps `make bench` within its time budget (a SmolLM2 run is 20-50 s, a tiny one 7-25 s).
+# Tiny's ratio to the peer without gc swung from 0.68x to 0.99x between three runs of one `make bench`
+# (2026-12-02): 5 runs steady its median.
 SETTINGS = {
     "tiny": {"batch_size": 8, "mini_batch_size": 4, "ppo_epochs": 4, "max_new_tokens": 24, "temperature": 0.7,
              "learning_rate": 1e-3, "adam_eps": 1e-5, "kl_coef": 0.05, "lora_r": 8, "lora_alpha": 16,
@@ -146,7 +147,7 @@ def rates_child(model_dir: str) -> None:
 
     torch.set_num_threads(THREADS)
     shape = model_shape(model_dir)
-    common.report({"gemm_gflops": round(floors.gemm_gflops(shape), 2), "copy_gbps": round(floors.copy_gbps(), 2)})
+    common.report(floors.machine_rates(shape))
 
 
 def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
@@ -166,29 +167,19 @@ def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
 def phase_floors(shape: Any, s: dict[str, Any], query_tokens: list[int], figures: dict[str, float],
                  rates: dict[str, float]) -> dict[str, dict[str, float]]:
     """Each phase's FLOPs on the workload's real tokens, its achieved GFLOP/s and share of the GEMM rate;
-    generation's bandwidth floor and x_floor (see the module's docstring)."""
+    generation's floors and x_floor (see the module's docstring)."""
     steps = max(1, round(figures["response_length"]))
-    rows = [q + steps for q in query_tokens[:s["batch_size"]]]
-    one_pass = sum(floors.forward_flops(shape, n, logits=0, lora_r=s["lora_r"]) for n in rows)
-    with_logits = sum(floors.forward_flops(shape, n, logits=steps, lora_r=s["lora_r"]) for n in rows)
-    work = {"generation_s": floors.sampling_flops(shape, query_tokens[:s["batch_size"]], steps, s["lora_r"]),
-            "forward_s": with_logits + one_pass,  # π_ref (its logits on the response) and V
-            "scoring_s": one_pass,
-            "training_s": s["ppo_epochs"] * 2 * (with_logits + one_pass)}  # π and V, forward and back (2x)
-    out = {}
+    prompts = query_tokens[:s["batch_size"]]
+    one_pass = sum(floors.forward_flops(shape, q + steps, logits=0, lora_r=s["lora_r"]) for q in prompts)
+    with_logits = sum(floors.forward_flops(shape, q + steps, logits=steps, lora_r=s["lora_r"]) for q in prompts)
+    work = {"forward": with_logits + one_pass,  # π_ref (its logits on the response) and V
+            "scoring": one_pass,
+            "training": s["ppo_epochs"] * 2 * (with_logits + one_pass)}  # π and V, forward and back (2x)
+    out = {"generation": {"seconds": round(figures["generation_s"], 3),
+                          **floors.sampling_report(shape, prompts, steps, s["lora_r"], figures["generation_s"], rates)}}
     for phase, flops in work.items():
-        seconds = figures[phase]
-        achieved = flops / seconds / 1e9 if seconds > 1e-3 else None
-        out[phase.removesuffix("_s")] = {"gflop": floors.significant(flops / 1e9), "seconds": round(seconds, 3),
-                                         "achieved_gflops": None if achieved is None else round(achieved, 2),
-                                         "share_of_gemm_rate": None if achieved is None else
-                                         round(achieved / rates["gemm_gflops"], 3)}
-    bandwidth = floors.sampling_floor_s(shape, query_tokens[:s["batch_size"]], steps, rates["copy_gbps"],
-                                        lora_r=s["lora_r"])
-    generation = out["generation"]
-    generation["flop_floor_s"] = floors.significant(work["generation_s"] / (rates["gemm_gflops"] * 1e9))
-    generation["bandwidth_floor_s"] = floors.significant(bandwidth)
-    generation["x_floor"] = round(figures["generation_s"] / max(generation["flop_floor_s"], bandwidth), 2)
+        seconds = figures[f"{phase}_s"]
+        out[phase] = {"seconds": round(seconds, 3), **floors.achieved(flops, seconds, rates)}
     return out
 
 
