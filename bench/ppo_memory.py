@@ -33,7 +33,6 @@ keeps; the results file is then named after the threshold. Not for training: 28%
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import sys
@@ -136,8 +135,7 @@ def four_models_class():
 
         def generate(self, input_ids, attention_mask, working_copy=False, **kwargs):
             # the policy samples as the shared stack's does, on a working copy of its weights when asked
-            weights = sampling_weights(self.peft, input_ids.shape[0]) if working_copy else contextlib.nullcontext()
-            with weights:
+            with sampling_weights(self.peft, input_ids.shape[0], enabled=working_copy):
                 return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     return FourModels

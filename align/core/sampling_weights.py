@@ -1,22 +1,22 @@
-"""Sampling on a working copy of a model's linear weights: every active LoRA adapter merged in, and on the
-CPU laid out once for the few-row products of decoding (issue #24).
+"""Sampling on a working copy of a model's linear weights: every active LoRA adapter merged in, and on the CPU laid
+out once for the few-row products of decoding (issue #24).
 
-A decoding step multiplies a handful of rows (one per sequence) by every weight of the model, so it is bound
-by reading the weights. With a LoRA adapter each linear layer also runs the adapter's two small products and
-their adds, unmerged, one dispatch after another. And on the CPU, MKL's fp32 GEMM reads the weight slowly when
-the rows are few (our reading: it packs the weight matrix again on every call): with SmolLM2's shapes, 8 rows and one thread, `F.linear` read the up
-projection's weight from memory at 5.6 GB/s against 9.1 GB/s for the same product on a weight packed once by
-oneDNN, and the 49152-row output layer took 28.7 ms against 11.0 (bench/README.md, section 4).
+A decoding step multiplies a handful of rows (one per sequence) by every weight of the model, so it is bound by
+reading the weights. With a LoRA adapter each linear layer also runs the adapter's two small products and their
+adds, unmerged, one dispatch after another. And on the CPU, MKL's fp32 GEMM reads the weight slowly when the rows
+are few (our reading: it packs the weight matrix again on every call): with SmolLM2's shapes, 8 rows and one
+thread, `F.linear` read the up projection's weight from memory at 5.6 GB/s against 9.1 GB/s for the same product on
+a weight packed once by oneDNN, and the 49152-row output layer took 28.7 ms against 11.0 (bench/README.md,
+section 4).
 
-Inside `sampling_weights(model, rows)` each plain linear layer, and each LoRA layer over one, runs on its
-copy: W + Σ_a s_a B_a A_a over the layer's active adapters (none when adapters are disabled), packed by
-oneDNN for `rows` rows on the CPU in fp32 (from PACKED_FROM_ROWS rows), else a plain merged tensor for LoRA
-layers only. The model's own
-weights and adapters are untouched (no merge and unmerge, whose rounding would creep into the base that is
-also PPO's reference), and the copy is freed on exit. It is built on entry from the adapters as they are
-then: enter it after an update, never across one. Layers it cannot copy keep their own forward: quantised
-bases (a 4-bit layer's copy would be the full-precision weight the quantisation saves), DoRA and other LoRA
-variants, LoRA biases, transposed (Conv1D) weights, and dropout that is live in training mode.
+Inside `sampling_weights(model, rows)` each plain linear layer, and each LoRA layer over one, runs on its copy:
+W + Σ_a s_a B_a A_a over the layer's active adapters (none when adapters are disabled), packed by oneDNN for `rows`
+rows on the CPU in fp32 (from PACKED_FROM_ROWS rows), else a plain merged tensor for LoRA layers only. The model's
+own weights and adapters are untouched (no merge and unmerge, whose rounding would creep into the base that is also
+PPO's reference), and the copy is freed on exit. It is built on entry from the adapters as they are then: enter it
+after an update, never across one. Layers it cannot copy keep their own forward: quantised bases (a 4-bit layer's
+copy would be the full-precision weight the quantisation saves), DoRA and other LoRA variants, LoRA biases,
+transposed (Conv1D) weights, and dropout that is live in training mode.
 
     sampling_weights   context manager: the model's linear layers on their working copies
     copy_bytes         the copy's size for a model shape: the memory estimates' term
@@ -36,9 +36,9 @@ from align.core.memory import FP32, Shape
 
 PACKED_FROM_ROWS = 4
 """Fewer rows keep the stored layout (LoRA layers still merged): at 1 row MKL's matrix-vector product reads the
-weight faster than the packed product (0.27 against 0.32 ms for SmolLM2's up projection), and at batch 2 a rollout on the packed
-copy took longer than through the adapters (2.27 against 2.09 s), at batch 4 less (2.52 against 3.06 s;
-SmolLM2, 24 tokens, bench/results/generation.json of 2026-12-06 12:30)."""
+weight faster than the packed product (0.27 against 0.32 ms for SmolLM2's up projection), and at batch 2 a
+rollout on the packed copy took longer than through the adapters (2.27 against 2.09 s), at batch 4 less (2.52
+against 3.06 s; SmolLM2, 24 tokens, bench/results/generation.json of 2026-12-06 12:30)."""
 
 
 def packs(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
@@ -48,9 +48,13 @@ def packs(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
 
 
 @contextlib.contextmanager
-def sampling_weights(model: nn.Module, rows: int) -> Iterator[int]:
+def sampling_weights(model: nn.Module, rows: int, enabled: bool = True) -> Iterator[int]:
     """Run `model`'s linear layers on their working copies until exit; yields how many layers got one.
-    `rows`: the rows a decoding step multiplies (batch x sequences per prompt)."""
+    `rows`: the rows a decoding step multiplies (batch x sequences per prompt); `enabled` false: none does
+    (the settings' `working_copy`, as torch.autocast's `enabled`)."""
+    if not enabled:
+        yield 0
+        return
     patched: list[nn.Module] = []
     scratch: dict[tuple, torch.Tensor] = {}  # a merged weight before packing, one buffer per shape
     try:
@@ -90,7 +94,8 @@ def _lora_layer_class() -> type | None:
     return LoraLayer
 
 
-def _copy_forward(module: nn.Module, rows: int, scratch: dict[tuple, torch.Tensor]) -> Callable[..., torch.Tensor] | None:
+def _copy_forward(module: nn.Module, rows: int,
+                  scratch: dict[tuple, torch.Tensor]) -> Callable[..., torch.Tensor] | None:
     """The forward on the layer's working copy, or None where the layer keeps its own."""
     if type(module) is nn.Linear:
         weight, bias, adapters = module.weight, module.bias, []

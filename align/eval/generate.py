@@ -3,7 +3,6 @@ batches. P prompts, S sampled answers per prompt, Q prompt tokens (left-padded),
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -83,7 +82,7 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
     greedy: list[Answer] = []
     sampled: list[list[Answer]] = [[] for _ in prompts]
     rows = settings.batch_size * max(1, samples_per_seed)  # a sampled pass's rows (the greedy one: batch_size)
-    with view.active() as model, sampling_weights(model, rows) if settings.working_copy else nullcontext():
+    with view.active() as model, sampling_weights(model, rows, enabled=settings.working_copy):
         for start in range(0, len(prompts), settings.batch_size):
             batch = Batch(model, tokenizer, prompt_ids[start:start + settings.batch_size], view.eos_ids, settings)
             greedy += batch.generate(1, do_sample=False)

@@ -391,10 +391,9 @@ class PolicyStack(nn.Module):
         from the adapter as it is now and freed on return."""
         self.use(POLICY)
         rows = input_ids.shape[0] * kwargs.get("num_return_sequences", 1)
-        weights = sampling_weights(self.peft, rows) if working_copy else contextlib.nullcontext()
         # sampling needs no autograd bookkeeping at all (13% faster than no_grad on the tiny model);
         # clones are normal tensors again, which the update may index and embed under autograd
-        with torch.inference_mode(), weights:
+        with torch.inference_mode(), sampling_weights(self.peft, rows, enabled=working_copy):
             out = self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         if isinstance(out, torch.Tensor):
             return out.clone()
