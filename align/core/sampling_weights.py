@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from align.core.fused_lora import plain_adapters
 from align.core.memory import FP32, Shape
 
 
@@ -55,22 +56,26 @@ def sampling_weights(model: nn.Module, rows: int, enabled: bool = True) -> Itera
     if not enabled:
         yield 0
         return
-    patched: list[nn.Module] = []
+    patched: list[tuple[nn.Module, Callable | None]] = []  # each layer with the instance forward it had
     scratch: dict[tuple, torch.Tensor] = {}  # a merged weight before packing, one buffer per shape
     try:
         with torch.no_grad():
             for module in _layers(model):
-                if "forward" in vars(module):
-                    continue  # already replaced (an enclosing copy, accelerate's device hooks): left as it is
+                replaced = vars(module).get("forward")
+                if replaced is not None and not getattr(replaced, "fused_lora", False):
+                    continue  # an enclosing copy's, accelerate's device hooks: left as it is
                 forward = _copy_forward(module, rows, scratch)
                 if forward is not None:
                     module.forward = forward  # the instance's attribute: nn.Module.__call__ runs it
-                    patched.append(module)
+                    patched.append((module, replaced))
         scratch.clear()
         yield len(patched)
     finally:
-        for module in patched:
-            vars(module).pop("forward", None)  # the class's forward again; the copy goes with the closure
+        for module, replaced in patched:  # the forward it had again; the copy goes with the closure
+            if replaced is None:
+                vars(module).pop("forward", None)
+            else:
+                module.forward = replaced
 
 
 def _layers(model: nn.Module) -> Iterator[nn.Module]:
@@ -101,7 +106,7 @@ def _copy_forward(module: nn.Module, rows: int,
         weight, bias, adapters = module.weight, module.bias, []
     else:
         base = module.get_base_layer()
-        adapters = _mergeable_adapters(module)
+        adapters = plain_adapters(module)
         if type(base) is not nn.Linear or adapters is None:
             return None
         weight, bias = base.weight, base.bias
@@ -136,23 +141,6 @@ def _copy_forward(module: nn.Module, rows: int,
         return F.linear(x.to(weight.dtype), weight, bias)
 
     return plain
-
-
-def _mergeable_adapters(layer: Any) -> list[str] | None:
-    """The LoRA adapters whose update a copy of this layer merges (empty: the base alone), or None where
-    the merged weight would not give the layer's own output."""
-    if getattr(layer, "fan_in_fan_out", False) or layer.merged:  # merged: peft unmerges when disabled, runs
-        return None  # the rest unmerged; its own forward knows which
-    if layer.disable_adapters:  # the base alone
-        return []
-    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-    for a in adapters:
-        if (getattr(layer, "use_dora", {}).get(a) or getattr(layer, "lora_bias", {}).get(a)
-                or getattr(layer, "lora_variant", {}).get(a) is not None
-                or (layer.training and not isinstance(layer.lora_dropout[a], nn.Identity)
-                    and layer.lora_dropout[a].p > 0)):
-            return None
-    return adapters
 
 
 def copy_bytes(shape: Shape, quantised: bool) -> int:

@@ -23,6 +23,7 @@ from torch import nn
 
 from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
+from align.core.fused_lora import backward_dtype, fuse_lora
 from align.core.model_config import ModelConfig
 from align.core.sampling_weights import sampling_weights
 from align.reward.ensemble import Objective, combine
@@ -207,7 +208,7 @@ class PolicyStack(nn.Module):
 
     def __init__(self, model_config: ModelConfig, tokenizer: Any, reward_path: str | None, *,
                  gradient_checkpointing: bool = False, ensemble_objective: Objective = "mean",
-                 uwo_lambda: float = 1.0):
+                 uwo_lambda: float = 1.0, backward_precision: str = "auto"):
         super().__init__()
         if model_config.tuning != "lora":
             raise AlignError(f"PPO trains LoRA adapters on a shared base; model.tuning={model_config.tuning!r} is not supported")
@@ -231,11 +232,11 @@ class PolicyStack(nn.Module):
         self._params = {name: [p for n, p in self.peft.named_parameters()
                                if f".lora_A.{name}." in n or f".lora_B.{name}." in n]
                         for name in (POLICY, VALUE, REWARD, REF, *members)}
-        self._settle()
+        self._settle(backward_precision)
 
-    def _settle(self) -> None:
+    def _settle(self, backward_precision: str) -> None:
         """Heads on the base's device; trained adapters in fp32 (on GPUs too); our requires_grad; the LoRA
-        layers found once, for use() and base_only()."""
+        layers found once, for use() and base_only(), and fused (core/fused_lora.py)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         device = next(self.peft.parameters()).device
@@ -246,6 +247,7 @@ class PolicyStack(nn.Module):
         tuning.cast_to_fp32(p for name in TRAINABLE for p in self._params[name])
         # the LoRA layers, found once: adapters switch on every pass of an update (see use())
         self._adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
+        fuse_lora(self.peft, backward_dtype(backward_precision, device))
         self._trainable: dict[str, nn.Parameter] | None = None
         for adapter, params in self._params.items():
             for p in params:

@@ -148,7 +148,8 @@ class PPOTrainer:
                                  config.reward.model if config.reward.function is None else None,
                                  gradient_checkpointing=config.training.gradient_checkpointing,
                                  ensemble_objective=config.reward.ensemble_objective,
-                                 uwo_lambda=config.reward.uwo_lambda)
+                                 uwo_lambda=config.reward.uwo_lambda,
+                                 backward_precision=config.training.backward_precision)
         if self.stack.device.type == "cpu":  # freed KV caches and activations go back to the OS (core/heap.py)
             heap.large_buffers_from_mmap()
         p = config.training

@@ -1,5 +1,5 @@
 """PolicyStack: fast adapter switching gives what peft's own set_adapter / disable_adapter give, to the
-bit; the reward read from the reference pass equals a pass of its own; sampling under inference mode."""
+bit, and its fused LoRA layers peft's gradients; the reward read from the reference pass equals a pass of its own; sampling under inference mode."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def stack_with_distinct_adapters(model_dir) -> PolicyStack:
     return stack
 
 
+def unfused(stack: PolicyStack) -> PolicyStack:
+    """The stack's LoRA layers on peft's own forward (PolicyStack fuses them: core/fused_lora.py)."""
+    layers = [m for m in stack.peft.modules() if getattr(vars(m).get("forward"), "fused_lora", False)]
+    assert len(layers) == 14  # the tiny model's 2 blocks x 7 projections
+    for layer in layers:
+        vars(layer).pop("forward")
+    return stack
+
+
 def batch():
     ids = torch.tensor([[3, 3, 40, 41, 42, 43, 44, 45], [50, 51, 52, 53, 54, 55, 56, 57]])
     mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8])
@@ -38,7 +47,7 @@ def peft_logits(stack, ids, mask, adapter):
 
 
 def test_fast_switching_gives_peft_outputs_in_any_order(tiny_model_dir):
-    fast, slow = stack_with_distinct_adapters(tiny_model_dir), stack_with_distinct_adapters(tiny_model_dir)
+    fast, slow = stack_with_distinct_adapters(tiny_model_dir), unfused(stack_with_distinct_adapters(tiny_model_dir))
     ids, mask = batch()
     with torch.no_grad():
         expected = {name: peft_logits(slow, ids, mask, name) for name in (POLICY, VALUE, None)}
@@ -63,6 +72,20 @@ def test_fast_switching_keeps_our_requires_grad_and_the_right_gradients(tiny_mod
     assert all(p.grad is not None for p in stack._params[VALUE])
     assert all(p.grad is None for p in stack._params[POLICY])
     assert stack.peft.active_adapter == VALUE
+
+
+def test_fused_layers_give_peft_gradients_for_policy_and_value(tiny_model_dir):
+    fused, own = stack_with_distinct_adapters(tiny_model_dir), unfused(stack_with_distinct_adapters(tiny_model_dir))
+    ids, mask = batch()
+    grads = []
+    for stack in (fused, own):
+        stack.policy_logits(ids, mask, 4).logsumexp(-1).sum().backward()
+        stack.values(ids, mask, 4).pow(2).sum().backward()
+        grads.append({n: p.grad for n, p in stack.named_trainable().items()})
+    assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[0].values())
+    for name, g in grads[0].items():
+        # rounding alone (sums in another order): ~1e-6 of the gradient's norm; a lost scale or term is ~1
+        assert (g - grads[1][name]).norm() <= 1e-5 * grads[1][name].norm(), name
 
 
 def head_on_base_reward(model_dir, directory):

@@ -1,0 +1,175 @@
+"""LoRA layers as one autograd node (core/fused_lora.py): peft's outputs and gradients, its own forward where
+the fused one would not give them, and the bf16 input gradient where it is asked for and pays."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from align.core import fused_lora
+from align.core.fused_lora import backward_dtype, fuse_lora, lora_linear
+from align.core.sampling_weights import sampling_weights
+
+
+class Block(nn.Module):
+    def __init__(self, width: int = 16, bias: bool = True):
+        super().__init__()
+        self.up = nn.Linear(width, 2 * width, bias=bias)
+        self.down = nn.Linear(2 * width, width, bias=bias)
+
+    def forward(self, x):
+        return self.down(torch.tanh(self.up(x)))
+
+
+def lora_block(*, width: int = 16, dropout: float = 0.0, bias: bool = True) -> nn.Module:
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["up", "down"])
+    peft = get_peft_model(Block(width, bias), config, adapter_name="one")
+    peft.add_adapter("two", config)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    for name, p in peft.named_parameters():
+        p.requires_grad_("lora_" in name)
+    return peft
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def output_and_grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    out = model(x)
+    out.pow(2).sum().backward()
+    grads = [p.grad.clone() for n, p in model.named_parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return [out.detach(), x.grad, *grads]
+
+
+def assert_all_close(a: list[torch.Tensor], b: list[torch.Tensor], **tol) -> None:
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, **tol)
+
+
+def test_fused_layers_give_peft_outputs_and_gradients_for_each_adapter_and_the_base():
+    model, x = lora_block(), torch.randn(3, 5, 16)
+    own = {}
+    for adapter in ("one", "two"):
+        model.set_adapter(adapter)
+        own[adapter] = output_and_grads(model, x)
+    with model.disable_adapter():
+        own_base = output_and_grads(model, x)[:2]
+    assert fuse_lora(model) == 2
+    assert fuse_lora(model) == 0  # already fused: left as it is
+    for adapter in ("one", "two"):
+        model.set_adapter(adapter)
+        fused = output_and_grads(model, x)
+        assert_all_close(fused, own[adapter], rtol=1e-6, atol=1e-6)
+        assert len(fused) == 2 + 4  # x, and A and B of both layers: the active adapter's
+    with model.disable_adapter():
+        assert_all_close(output_and_grads(model, x)[:2], own_base, rtol=1e-6, atol=1e-6)
+    assert own["one"][0].sub(own["two"][0]).abs().max() > 1e-2  # the two adapters are told apart
+
+
+def test_the_function_is_the_sum_of_its_products_with_and_without_a_bias():
+    torch.manual_seed(1)
+    x, w, a, b = torch.randn(6, 8), torch.randn(5, 8), torch.randn(3, 8), torch.randn(5, 3)
+    for bias in (None, torch.randn(5)):
+        expected = x @ w.T + 2.5 * (x @ a.T) @ b.T + (0 if bias is None else bias)
+        torch.testing.assert_close(lora_linear(x, w, bias, a, b, 2.5), expected)
+
+
+def test_calls_it_does_not_serve_go_to_peft_forward():
+    x = torch.randn(2, 16)
+    # live dropout in training mode: peft's forward draws the same masks from the same seed
+    model = lora_block(dropout=0.5).train()
+    torch.manual_seed(3)
+    expected = model(x)
+    fuse_lora(model)
+    torch.manual_seed(3)
+    assert torch.equal(model(x), expected)
+    # two adapters active at once
+    model = lora_block().eval()
+    for layer in lora_layers(model):
+        layer.set_adapter(["one", "two"])
+    expected = model(x)
+    fuse_lora(model)
+    assert torch.equal(model(x), expected)
+    # adapters in another dtype than the input: peft casts between them
+    model = lora_block().eval()
+    for layer in lora_layers(model):
+        layer.lora_A["one"].double()
+        layer.lora_B["one"].double()
+    expected = model(x)
+    fuse_lora(model)
+    assert torch.equal(model(x), expected)
+
+
+def test_bf16_input_gradients_where_they_pay_and_fp32_elsewhere():
+    width, rows = 256, 256  # 256 rows x 256 x 512 multiply-adds: past both thresholds
+    assert rows >= fused_lora.BF16_FROM_ROWS and rows * width * 2 * width >= fused_lora.BF16_FROM_MACS
+    model, x = lora_block(width=width), torch.randn(rows, width)
+    exact = output_and_grads(model, x)
+    fuse_lora(model, backward=torch.bfloat16)
+    rounded = output_and_grads(model, x)
+    torch.testing.assert_close(rounded[0], exact[0], rtol=1e-6, atol=1e-6)  # the forward pass: fp32
+    x_grad_error = (rounded[1] - exact[1]).norm() / exact[1].norm()
+    assert 1e-5 < x_grad_error < 1e-2  # bf16: not fp32's answer, and near it
+    for got, want in zip(rounded[2:], exact[2:]):  # the adapters' gradients, downstream of it
+        assert (got - want).norm() / want.norm() < 1e-2
+    # too few rows for the casts to pay: fp32
+    few = x[: fused_lora.BF16_FROM_ROWS - 1]
+    model_fp32 = lora_block(width=width)
+    assert_all_close(output_and_grads(model, few), output_and_grads(model_fp32, few), rtol=1e-6, atol=1e-6)
+
+
+def test_backward_dtype_settings(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert backward_dtype("fp32", cpu) is None
+    assert backward_dtype("bf16", cpu) is torch.bfloat16 and backward_dtype("bf16", cuda) is torch.bfloat16
+    assert backward_dtype("auto", cuda) is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert backward_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert backward_dtype("auto", cpu) is None
+
+
+def test_a_working_copy_replaces_fused_layers_while_sampling_and_gives_them_back():
+    model, x = lora_block().eval(), torch.randn(4, 16)
+    fuse_lora(model)
+    fused = {id(layer): vars(layer)["forward"] for layer in lora_layers(model)}
+    with torch.no_grad():
+        expected = model(x)
+        with sampling_weights(model, rows=4) as copied:
+            assert copied == 2
+            assert all(vars(layer)["forward"] is not fused[id(layer)] for layer in lora_layers(model))
+            torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert all(vars(layer)["forward"] is fused[id(layer)] for layer in lora_layers(model))
+
+
+def test_layers_over_hooked_or_non_linear_bases_keep_their_forward():
+    model = lora_block()
+    layers = lora_layers(model)
+    layers[0].get_base_layer().register_forward_hook(lambda *args: None)
+    assert fuse_lora(model) == 1
+    assert "forward" not in vars(layers[0]) and "forward" in vars(layers[1])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradient_checkpointed_passes_give_the_same_gradients(bias):
+    from torch.utils.checkpoint import checkpoint
+
+    model, x = lora_block(bias=bias), torch.randn(3, 16)
+    fuse_lora(model)
+    plain = output_and_grads(model, x)
+    x = x.clone().requires_grad_(True)
+    checkpoint(model.base_model.model, x, use_reentrant=False).pow(2).sum().backward()
+    grads = [x.grad, *[p.grad for p in model.parameters() if p.grad is not None]]
+    assert_all_close(grads, plain[1:], rtol=1e-6, atol=1e-6)
