@@ -413,7 +413,7 @@ def section_trl(spec: dict[str, Any], budget: float) -> dict[str, Any]:
         ppo_vs_trl.SETTINGS[name] = {**ppo_vs_trl.SETTINGS[name], "updates": 2, "warmup": 1, "ppo_epochs": 1}
     line, detail = ppo_vs_trl.run_workload(name, spec["settings"]["trl"]["runs"], workdir / "trl")
     return {"trl_version": why, "workload": name,
-            **{k: line[k] for k in ("ours", "ours_adapters", "peer", "peer_nogc", "ratios")}}
+            **{k: line[k] for k in ("ours", "ours_fp32", "ours_adapters", "peer", "peer_nogc", "ratios")}}
 
 
 # ------------------------------------------------------------------ the sections, each in its own process

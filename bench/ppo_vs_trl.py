@@ -2,12 +2,14 @@
 
     .venv/bin/python -m bench.ppo_vs_trl [--runs N] [--workloads tiny,smollm2]
 
-Per workload, three contenders, each run in a fresh process of its own and interleaved run by run
+Per workload, five contenders, each run in a fresh process of its own and interleaved run by run
 (the machine is shared, so timings are noisy):
 
     ours       align.ppo.train.PPOTrainer.run: one base, policy + value adapters, reference = the
                base with adapters off, reward = the same head on the base; sampling on the working copy
                of the weights (generation.working_copy, the default since 2026-12-06)
+    ours_fp32  ours with the backward pass's input gradients in fp32 (training.backward_precision=fp32):
+               TRL's precision throughout; ours takes them in bf16 on a CPU with AMX (core/fused_lora.py)
     ours_adapters  the same sampling through the unmerged adapter (generation.working_copy=false): ours
                before the working copy, in the same interleaving
     peer       TRL 1.12.0 as shipped (bench/trl_peer.py): the policy with a LoRA peft_config (reference
@@ -64,8 +66,9 @@ SETTINGS = {
 }
 PHASES = ["sec_per_update", "cpu_s_per_update", "generation_s", "forward_s", "scoring_s", "training_s", "gc_s", "other_s",
           "tokens_per_s", "response_length"]
-CONTENDERS = ("ours", "ours_adapters", "peer", "peer_nogc")
-OURS_VARIANTS = {"ours": [], "ours_adapters": ["generation.working_copy=false"]}
+CONTENDERS = ("ours", "ours_fp32", "ours_adapters", "peer", "peer_nogc")
+OURS_VARIANTS = {"ours": [], "ours_fp32": ["training.backward_precision=fp32"],
+                 "ours_adapters": ["generation.working_copy=false"]}
 
 
 def our_config(paths: dict[str, Any], s: dict[str, Any], out_dir: Path | str, *extra: str) -> Any:
@@ -223,6 +226,8 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
         line[contender]["floors"] = phase_floors(shape, settings, paths["query_tokens"], line[contender], rates)
     ours, peer, nogc = line["ours"], line["peer"], line["peer_nogc"]
     line["ratios"] = {
+        "time_vs_ours_fp32": round(ours["sec_per_update"] / line["ours_fp32"]["sec_per_update"], 3),
+        "ours_fp32_vs_peer": round(line["ours_fp32"]["sec_per_update"] / peer["sec_per_update"], 3),
         "time_vs_ours_adapters": round(ours["sec_per_update"] / line["ours_adapters"]["sec_per_update"], 3),
         "generation_vs_ours_adapters": round(ours["generation_s"] / line["ours_adapters"]["generation_s"], 3),
         "time_vs_peer": round(ours["sec_per_update"] / peer["sec_per_update"], 3),

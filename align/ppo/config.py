@@ -155,11 +155,11 @@ class PPOSettings:
     """Recompute the base's activations in the backward of the policy and value passes: the training
     activations, not the weights, are most of PPO's memory at real batch sizes; about 30% more time."""
     backward_precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Precision of the backward pass's products through the frozen base weights (the input gradients of LoRA
-    layers over a full-precision base; core/fused_lora.py). `auto`: bf16 on a CPU with AMX, where they run ~3x
-    faster with both casts (a SmolLM2 update's training phase 5.9 -> 5.2 s), else fp32. The forward pass, and so
-    log-probs, ratios and losses, stays fp32; gradients move by ~0.3% a layer, the precision a 4-bit base's
-    backward pass has anyway. `fp32` for gradients exact to fp32 rounding."""
+    """Precision of the backward pass's products through the frozen base weights (the input gradients of the
+    LoRA layers; core/fused_lora.py). `auto`: bf16 on a CPU with AMX, where they run ~3x faster with both casts
+    (SmolLM2's update, training phase: 5.94 -> 5.23 s), else fp32. The forward pass, and so log-probs, ratios
+    and losses, stays in the model's dtype; gradients move by ~0.3% a layer, the precision of any backward pass
+    through a bf16 base. `fp32` for gradients exact to fp32 rounding."""
     ptx_coef: float = 0.0
     """PPO-ptx (InstructGPT): weight of a language-modelling loss on `ptx_data`; 0 = off."""
     ptx_data: InputPath | None = None

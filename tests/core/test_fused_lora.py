@@ -80,10 +80,11 @@ def test_fused_layers_give_peft_outputs_and_gradients_for_each_adapter_and_the_b
 
 def test_the_function_is_the_sum_of_its_products_with_and_without_a_bias():
     torch.manual_seed(1)
-    x, w, a, b = torch.randn(6, 8), torch.randn(5, 8), torch.randn(3, 8), torch.randn(5, 3)
-    for bias in (None, torch.randn(5)):
-        expected = x @ w.T + 2.5 * (x @ a.T) @ b.T + (0 if bias is None else bias)
-        torch.testing.assert_close(lora_linear(x, w, bias, a, b, 2.5), expected)
+    x, a, b = torch.randn(6, 8), torch.randn(3, 8), torch.randn(5, 3)
+    for bias in (False, True):
+        base = nn.Linear(8, 5, bias=bias)
+        expected = x @ base.weight.T + 2.5 * (x @ a.T) @ b.T + (0 if base.bias is None else base.bias)
+        torch.testing.assert_close(lora_linear(x, base, a, b, 2.5), expected)
 
 
 def test_calls_it_does_not_serve_go_to_peft_forward():

@@ -3,16 +3,17 @@ bit, and its fused LoRA layers peft's gradients; the reward read from the refere
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from align.core import modeling
 from align.ppo.models import POLICY, REF, REWARD, TRAINABLE, VALUE, PolicyStack, position_ids, shared_base
 
 
-def stack_with_distinct_adapters(model_dir) -> PolicyStack:
+def stack_with_distinct_adapters(model_dir, quantization: str = "none") -> PolicyStack:
     """LoRA B starts at zero, which would hide a wrong switch: give every adapter its own weights."""
     tokenizer = modeling.load_tokenizer(str(model_dir))
-    stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization="none"), tokenizer, None)
+    stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization=quantization), tokenizer, None)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for params in stack._params.values():
@@ -74,14 +75,21 @@ def test_fast_switching_keeps_our_requires_grad_and_the_right_gradients(tiny_mod
     assert stack.peft.active_adapter == VALUE
 
 
-def test_fused_layers_give_peft_gradients_for_policy_and_value(tiny_model_dir):
-    fused, own = stack_with_distinct_adapters(tiny_model_dir), unfused(stack_with_distinct_adapters(tiny_model_dir))
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_fused_layers_give_peft_outputs_and_gradients_for_policy_and_value(tiny_model_dir, quantization):
+    fused = stack_with_distinct_adapters(tiny_model_dir, quantization)
+    own = unfused(stack_with_distinct_adapters(tiny_model_dir, quantization))
     ids, mask = batch()
-    grads = []
+    grads, outputs = [], []
     for stack in (fused, own):
-        stack.policy_logits(ids, mask, 4).logsumexp(-1).sum().backward()
-        stack.values(ids, mask, 4).pow(2).sum().backward()
+        logits = stack.policy_logits(ids, mask, 4)
+        logits.logsumexp(-1).sum().backward()
+        values = stack.values(ids, mask, 4)
+        values.pow(2).sum().backward()
+        outputs.append((logits.detach(), values.detach()))
         grads.append({n: p.grad for n, p in stack.named_trainable().items()})
+    for got, want in zip(*outputs):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert grads[0].keys() == grads[1].keys() and all(g is not None for g in grads[0].values())
     for name, g in grads[0].items():
         # rounding alone (sums in another order): ~1e-6 of the gradient's norm; a lost scale or term is ~1
