@@ -82,7 +82,7 @@ def machine_rates(shape: Shape) -> dict[str, float]:
 
 def achieved(flops: int, seconds: float, rates: dict[str, float]) -> dict[str, float | None]:
     """GFLOP, achieved GFLOP/s and its share of the GEMM rate (None for a phase that took under 1 ms)."""
-    rate = flops / seconds / 1e9 if seconds > 1e-3 else None
+    rate = flops / seconds / 1e9 if seconds > 1e-3 and flops else None
     return {"gflop": significant(flops / 1e9), "achieved_gflops": None if rate is None else round(rate, 2),
             "share_of_gemm_rate": None if rate is None else round(rate / rates["gemm_gflops"], 3)}
 

@@ -168,15 +168,16 @@ def summarise_run(run: dict[str, Any], warmup: int) -> dict[str, float]:
 
 
 def phase_floors(shape: Any, s: dict[str, Any], query_tokens: list[int], figures: dict[str, float],
-                 rates: dict[str, float]) -> dict[str, dict[str, float]]:
+                 rates: dict[str, float], reward_off_reference: bool) -> dict[str, dict[str, float]]:
     """Each phase's FLOPs on the workload's real tokens, its achieved GFLOP/s and share of the GEMM rate;
-    generation's floors and x_floor (see the module's docstring)."""
+    generation's floors and x_floor (see the module's docstring). reward_off_reference: the contender reads
+    the reward off the reference pass (ours), so scoring needs no FLOPs of its own."""
     steps = max(1, round(figures["response_length"]))
     prompts = query_tokens[:s["batch_size"]]
     one_pass = sum(floors.forward_flops(shape, q + steps, logits=0, lora_r=s["lora_r"]) for q in prompts)
     with_logits = sum(floors.forward_flops(shape, q + steps, logits=steps, lora_r=s["lora_r"]) for q in prompts)
     work = {"forward": with_logits + one_pass,  # π_ref (its logits on the response) and V
-            "scoring": one_pass,
+            "scoring": 0 if reward_off_reference else one_pass,
             "training": s["ppo_epochs"] * 2 * (with_logits + one_pass)}  # π and V, forward and back (2x)
     out = {"generation": {"seconds": round(figures["generation_s"], 3),
                           **floors.sampling_report(shape, prompts, steps, s["lora_r"], figures["generation_s"], rates)}}
@@ -223,7 +224,8 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
         line[contender] = {k: round(common.median([s[k] for s in summaries]), 4) for k in [*PHASES, "peak_rss_mb"]}
         line[contender]["spread"] = {k: [round(min(s[k] for s in summaries), 4), round(max(s[k] for s in summaries), 4)]
                                      for k in ("sec_per_update", "generation_s", "training_s", "peak_rss_mb")}
-        line[contender]["floors"] = phase_floors(shape, settings, paths["query_tokens"], line[contender], rates)
+        line[contender]["floors"] = phase_floors(shape, settings, paths["query_tokens"], line[contender], rates,
+                                                 reward_off_reference=contender in OURS_VARIANTS)
     ours, peer, nogc = line["ours"], line["peer"], line["peer_nogc"]
     line["ratios"] = {
         "time_vs_ours_fp32": round(ours["sec_per_update"] / line["ours_fp32"]["sec_per_update"], 3),
