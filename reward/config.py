@@ -64,6 +64,11 @@ class RewardTraining:
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about 30% more time. A batch holds every
     completion of every ranking, so on GPUs with long texts this is usually on."""
+    backward_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Precision of the backward pass's products through the frozen base weights (the LoRA layers' input
+    gradients; core/fused_lora.py). `auto`: bf16 on a CPU with AMX, where they run ~3x faster, else fp32. The
+    forward pass, and so rewards and the loss, stays in the model's dtype. `fp32` for gradients exact to fp32
+    rounding."""
     seed: int = 42
     """Seeds the held-out split, a fresh head's or adapter's initial weights and each epoch's shuffle."""
     ensemble: int = 1

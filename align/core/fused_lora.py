@@ -18,16 +18,18 @@ small for the casts to pay (BF16_FROM_ROWS, BF16_FROM_MACS) stay in fp32.
 
 `fuse_lora(model)` gives every LoRA layer over an nn.Linear or a bitsandbytes 4-bit layer this forward for the
 model's life (a 4-bit base's product is its own inference kernel, and its backward pass dequantises the weight
-as bitsandbytes' does: SmolLM2 NF4, policy and value forward and back on 4 x 77 tokens, 3.37 s through peft,
-3.00 fused, 2.61 with bf16 input gradients). It reads the layer's state on every call, as peft's forward
+as bitsandbytes' does: SmolLM2 NF4, policy and value forward and back on 4 x 77 tokens, 3.22 s through peft,
+2.78 fused, 2.40 with bf16 input gradients; fp32 base 2.69, 2.54, 2.21; bench/fused_lora.py). It reads the layer's state on every call, as peft's forward
 does, so switching adapters, disabling them (the reference) and sampling on a working copy
 (core.sampling_weights) keep working. Calls it does not serve go to peft's forward: several active adapters,
-DoRA and other variants, LoRA biases, live dropout, merged adapters, keyword arguments (peft's
-`adapter_names`), mixed dtypes, autocast.
+DoRA and other variants, LoRA biases, merged adapters, keyword arguments (peft's `adapter_names`), mixed
+dtypes, autocast. Live dropout (training mode) is drawn as torch's dropout draws it (bernoulli_ of 1 - p from
+the same generator): from the same seed, the same masks as peft's nn.Dropout.
 
     fuse_lora        install the fused forward on a model's LoRA layers
     lora_linear      the fused product (an autograd function's apply)
-    plain_adapters   a LoRA layer's active adapters whose output is s B A x, or None
+    plain_adapters   a LoRA layer's active adapters whose output is s B A drop(x), or None
+    live_dropout     the dropout an adapter's input gets now
     backward_dtype   a `backward_precision` setting as the dtype fuse_lora takes
 """
 
@@ -57,32 +59,42 @@ def backward_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class _LoraLinear(torch.autograd.Function):
-    """x Wᵀ + b + s (x Aᵀ) Bᵀ with W and b frozen: gradients for x, A and B only."""
+    """x Wᵀ + b + s (drop(x) Aᵀ) Bᵀ with W and b frozen: gradients for x, A and B only."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor,
-                scale: float, backward: torch.dtype | None) -> torch.Tensor:
+                scale: float, backward: torch.dtype | None, dropout: float) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        hidden = (rows @ lora_a.t()).mul_(scale)  # (tokens, r), scaled here rather than the (tokens, out) sum
+        keep = None
+        dropped = rows
+        if dropout > 0:  # inverted dropout on the adapter's input, as peft's nn.Dropout draws it
+            keep = torch.empty(rows.shape, dtype=torch.bool, device=rows.device).bernoulli_(1 - dropout)
+            dropped = rows * keep / (1 - dropout)
+        hidden = (dropped @ lora_a.t()).mul_(scale)  # (tokens, r), scaled here rather than the (tokens, out) sum
         out = base(rows)  # autograd is off in here: a 4-bit layer runs its inference kernel
         out.addmm_(hidden, lora_b.t())
-        ctx.save_for_backward(rows, hidden, lora_a, lora_b)
-        ctx.base, ctx.scale, ctx.in_shape, ctx.backward = base, scale, x.shape, backward
+        ctx.save_for_backward(dropped, hidden, lora_a, lora_b, keep)
+        ctx.base, ctx.scale, ctx.in_shape, ctx.backward, ctx.dropout = base, scale, x.shape, backward, dropout
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        rows, hidden, lora_a, lora_b = ctx.saved_tensors
+        dropped, hidden, lora_a, lora_b, keep = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_hidden = (grad_rows @ lora_b).mul_(ctx.scale)  # (tokens, r): the gradient at x Aᵀ
+        grad_hidden = (grad_rows @ lora_b).mul_(ctx.scale)  # (tokens, r): the gradient at drop(x) Aᵀ
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad(grad_rows, ctx.base, ctx.backward).addmm_(grad_hidden, lora_a).view(ctx.in_shape)
+            grad_x = _input_grad(grad_rows, ctx.base, ctx.backward)
+            if keep is None:
+                grad_x.addmm_(grad_hidden, lora_a)
+            else:
+                grad_x.add_((grad_hidden @ lora_a).mul_(keep), alpha=1 / (1 - ctx.dropout))
+            grad_x = grad_x.view(ctx.in_shape)
         if ctx.needs_input_grad[2]:
-            grad_a = grad_hidden.t() @ rows
+            grad_a = grad_hidden.t() @ dropped
         if ctx.needs_input_grad[3]:
             grad_b = grad_rows.t() @ hidden
-        return grad_x, None, grad_a, grad_b, None, None
+        return grad_x, None, grad_a, grad_b, None, None, None
 
 
 def _input_grad(grad_rows: torch.Tensor, base: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
@@ -103,28 +115,32 @@ def _dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
 
 
 def lora_linear(x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float,
-                backward: torch.dtype | None = None) -> torch.Tensor:
-    """base(x) + scale * F.linear(F.linear(x, lora_a), lora_b) as one autograd node, `base` an nn.Linear or a
-    bitsandbytes 4-bit layer, frozen (no gradient for its weight or bias). `backward`: the dtype of the input
-    gradient's product through the base weight (None: x's own)."""
-    return _LoraLinear.apply(x, base, lora_a, lora_b, scale, backward)
+                backward: torch.dtype | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """base(x) + scale * F.linear(F.linear(F.dropout(x, dropout), lora_a), lora_b) as one autograd node, `base`
+    an nn.Linear or a bitsandbytes 4-bit layer, frozen (no gradient for its weight or bias). `backward`: the
+    dtype of the input gradient's product through the base weight (None: x's own)."""
+    return _LoraLinear.apply(x, base, lora_a, lora_b, scale, backward, dropout)
 
 
 def plain_adapters(layer: Any) -> list[str] | None:
-    """The LoRA layer's active adapters, each giving s B A x (empty: the base alone), or None where its output
-    is something else (merged or transposed weights, DoRA and other variants, LoRA biases, live dropout)."""
+    """The LoRA layer's active adapters, each giving s B A drop(x) (empty: the base alone), or None where its
+    output is something else (merged or transposed weights, DoRA and other variants, LoRA biases)."""
     if getattr(layer, "fan_in_fan_out", False) or layer.merged:  # merged: peft unmerges when disabled, runs
         return None  # the rest unmerged; its own forward knows which
     if layer.disable_adapters:  # the base alone
         return []
     adapters = [a for a in layer.active_adapters if a in layer.lora_A]
     for a in adapters:
-        dropout = layer.lora_dropout[a]
         if (getattr(layer, "use_dora", {}).get(a) or getattr(layer, "lora_bias", {}).get(a)
-                or getattr(layer, "lora_variant", {}).get(a) is not None
-                or (dropout.training and not isinstance(dropout, nn.Identity) and dropout.p > 0)):
+                or getattr(layer, "lora_variant", {}).get(a) is not None):
             return None
     return adapters
+
+
+def live_dropout(layer: Any, adapter: str) -> float:
+    """The dropout probability the adapter's input gets now: 0 unless its nn.Dropout is in training mode."""
+    dropout = layer.lora_dropout[adapter]
+    return dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
 
 
 def fuse_lora(model: nn.Module, backward: torch.dtype | None = None) -> int:
@@ -174,7 +190,7 @@ def _fused_forward(layer: Any, backward: torch.dtype | None) -> Callable[..., to
         a, b = layer.lora_A[adapters[0]].weight, layer.lora_B[adapters[0]].weight
         if not (x.dtype == a.dtype == b.dtype and _computes_in(base, x.dtype)):
             return own(x)  # peft casts between the base's dtype and the adapter's
-        return lora_linear(x, base, a, b, layer.scaling[adapters[0]], backward)
+        return lora_linear(x, base, a, b, layer.scaling[adapters[0]], backward, live_dropout(layer, adapters[0]))
 
     forward.fused_lora = True  # core.sampling_weights replaces it while sampling, then puts it back
     return forward

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from align.core.fused_lora import plain_adapters
+from align.core.fused_lora import live_dropout, plain_adapters
 from align.core.memory import FP32, Shape
 
 
@@ -107,8 +107,8 @@ def _copy_forward(module: nn.Module, rows: int,
     else:
         base = module.get_base_layer()
         adapters = plain_adapters(module)
-        if type(base) is not nn.Linear or adapters is None:
-            return None
+        if type(base) is not nn.Linear or adapters is None or any(live_dropout(module, a) for a in adapters):
+            return None  # a merged weight cannot drop the adapter's input
         weight, bias = base.weight, base.bias
     pack = packs(weight.device, weight.dtype, rows)
     if not adapters and not pack:

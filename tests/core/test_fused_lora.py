@@ -87,15 +87,21 @@ def test_the_function_is_the_sum_of_its_products_with_and_without_a_bias():
         torch.testing.assert_close(lora_linear(x, base, a, b, 2.5), expected)
 
 
-def test_calls_it_does_not_serve_go_to_peft_forward():
-    x = torch.randn(2, 16)
-    # live dropout in training mode: peft's forward draws the same masks from the same seed
+def test_live_dropout_draws_peft_masks_and_gives_its_gradients():
+    x = torch.randn(6, 16)
     model = lora_block(dropout=0.5).train()
     torch.manual_seed(3)
-    expected = model(x)
+    own = output_and_grads(model, x)
     fuse_lora(model)
     torch.manual_seed(3)
-    assert torch.equal(model(x), expected)
+    fused = output_and_grads(model, x)
+    assert_all_close(fused, own, rtol=1e-6, atol=1e-6)  # bernoulli_(1 - p) from the same generator: the same masks
+    model.eval()  # no dropout: another output
+    assert not torch.allclose(model(x), fused[0], rtol=1e-3, atol=1e-3)
+
+
+def test_calls_it_does_not_serve_go_to_peft_forward():
+    x = torch.randn(2, 16)
     # two adapters active at once
     model = lora_block().eval()
     for layer in lora_layers(model):
