@@ -173,7 +173,10 @@ def _is_4bit(module: nn.Module) -> bool:
 
 
 def _computes_in(base: nn.Module, dtype: torch.dtype) -> bool:
-    """Whether the base layer's product takes and gives `dtype` as it is (a 4-bit layer: its compute dtype)."""
+    """Whether the base layer's product takes and gives `dtype` as it is (a 4-bit layer: its compute dtype),
+    from a weight the backward pass can read (not one DeepSpeed ZeRO-3 gathers only around the layer's call)."""
+    if hasattr(base.weight, "ds_id"):
+        return False
     return (base.weight.dtype if type(base) is nn.Linear else base.compute_dtype) == dtype
 
 

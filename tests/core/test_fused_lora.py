@@ -161,6 +161,18 @@ def test_a_working_copy_replaces_fused_layers_while_sampling_and_gives_them_back
     assert all(vars(layer)["forward"] is fused[id(layer)] for layer in lora_layers(model))
 
 
+def test_a_zero3_partitioned_base_weight_goes_to_peft_forward():
+    model, x = lora_block().eval(), torch.randn(3, 16)
+    expected = model(x)
+    fuse_lora(model)
+    layer = lora_layers(model)[0]
+    layer.get_base_layer().weight.ds_id = 7  # as DeepSpeed marks the parameters it partitions
+    seen = []
+    layer.lora_A["one"].register_forward_hook(lambda *args: seen.append(1))  # only peft's forward calls lora_A
+    torch.testing.assert_close(model(x), expected, rtol=1e-6, atol=1e-6)
+    assert seen == [1]
+
+
 def test_layers_over_hooked_or_non_linear_bases_keep_their_forward():
     model = lora_block()
     layers = lora_layers(model)
