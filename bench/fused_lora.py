@@ -26,6 +26,7 @@ def measure(quantization: str, reps: int, model_path: str) -> dict[str, dict[str
     import torch
 
     from align.core import modeling
+    from align.core.fused_lora import is_fused
     from align.core.model_config import LoraSettings
     from align.ppo.models import PolicyStack
 
@@ -34,7 +35,7 @@ def measure(quantization: str, reps: int, model_path: str) -> dict[str, dict[str
                                  lora=LoraSettings(r=16, alpha=32, dropout=0.0))
     stacks = {precision: PolicyStack(model, tokenizer, None, backward_precision=precision) for precision in ("fp32", "bf16")}
     fused = [(m, vars(m)["forward"]) for m in stacks["fp32"].peft.modules()
-             if getattr(vars(m).get("forward"), "fused_lora", False)]
+             if is_fused(vars(m).get("forward"))]
     ids = torch.randint(100, 40000, (4, 77), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
 

@@ -18,8 +18,8 @@ small for the casts to pay (BF16_FROM_ROWS, BF16_FROM_MACS) stay in fp32.
 
 `fuse_lora(model)` gives every LoRA layer over an nn.Linear or a bitsandbytes 4-bit layer this forward for the
 model's life (a 4-bit base's product is its own inference kernel, and its backward pass dequantises the weight
-as bitsandbytes' does: SmolLM2 NF4, policy and value forward and back on 4 x 77 tokens, 3.22 s through peft,
-2.78 fused, 2.40 with bf16 input gradients; fp32 base 2.69, 2.54, 2.21; bench/fused_lora.py). It reads the layer's state on every call, as peft's forward
+as bitsandbytes' does: SmolLM2 NF4, policy and value forward and back on 4 x 77 tokens, 3.00 s through peft,
+2.82 fused, 2.44 with bf16 input gradients; fp32 base 2.69, 2.60, 2.23; bench/fused_lora.py). It reads the layer's state on every call, as peft's forward
 does, so switching adapters, disabling them (the reference) and sampling on a working copy
 (core.sampling_weights) keep working. Calls it does not serve go to peft's forward: several active adapters,
 DoRA and other variants, LoRA biases, merged adapters, keyword arguments (peft's `adapter_names`), mixed
@@ -30,13 +30,15 @@ the same generator): from the same seed, the same masks as peft's nn.Dropout.
     lora_linear      the fused product (an autograd function's apply)
     plain_adapters   a LoRA layer's active adapters whose output is s B A drop(x), or None
     live_dropout     the dropout an adapter's input gets now
+    is_fused         whether a layer's instance forward is fuse_lora's
     backward_dtype   a `backward_precision` setting as the dtype fuse_lora takes
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+import types
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,20 +73,30 @@ class _LoraLinear(torch.autograd.Function):
             keep = torch.empty(rows.shape, dtype=torch.bool, device=rows.device).bernoulli_(1 - dropout)
             dropped = rows * keep / (1 - dropout)
         hidden = (dropped @ lora_a.t()).mul_(scale)  # (tokens, r), scaled here rather than the (tokens, out) sum
-        out = base(rows)  # autograd is off in here: a 4-bit layer runs its inference kernel
-        out.addmm_(hidden, lora_b.t())
-        ctx.save_for_backward(dropped, hidden, lora_a, lora_b, keep)
+        # the output a tensor of its own, not a view made in here (F.linear's N-d result is one): callers may add
+        # into it in place, as into peft's
+        out = torch.empty((*x.shape[:-1], base.out_features), dtype=x.dtype, device=x.device)
+        flat = out.view(-1, base.out_features)
+        if type(base) is nn.Linear and base.bias is None:
+            torch.mm(rows, base.weight.t(), out=flat)
+        elif type(base) is nn.Linear:
+            torch.addmm(base.bias, rows, base.weight.t(), out=flat)
+        else:
+            flat.copy_(base(rows))  # autograd is off in here: a 4-bit layer runs its inference kernel
+        flat.addmm_(hidden, lora_b.t())
+        # an nn.Linear's weight is saved, so a weight changed in place before backward fails as autograd's own check
+        ctx.save_for_backward(dropped, hidden, lora_a, lora_b, keep, base.weight if type(base) is nn.Linear else None)
         ctx.base, ctx.scale, ctx.in_shape, ctx.backward, ctx.dropout = base, scale, x.shape, backward, dropout
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        dropped, hidden, lora_a, lora_b, keep = ctx.saved_tensors
+        dropped, hidden, lora_a, lora_b, keep, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
         grad_hidden = (grad_rows @ lora_b).mul_(ctx.scale)  # (tokens, r): the gradient at drop(x) Aᵀ
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _input_grad(grad_rows, ctx.base, ctx.backward)
+            grad_x = _input_grad(grad_rows, ctx.base, weight, ctx.backward)
             if keep is None:
                 grad_x.addmm_(grad_hidden, lora_a)
             else:
@@ -97,21 +109,18 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, None, grad_a, grad_b, None, None, None
 
 
-def _input_grad(grad_rows: torch.Tensor, base: nn.Module, dtype: torch.dtype | None) -> torch.Tensor:
-    """grad_rows @ W, in `dtype` where the product is large enough for the casts to pay; a 4-bit weight
-    dequantised (as bitsandbytes' own backward does), straight to that dtype."""
+def _input_grad(grad_rows: torch.Tensor, base: nn.Module, weight: torch.Tensor | None,
+                dtype: torch.dtype | None) -> torch.Tensor:
+    """grad_rows @ W, in `dtype` where the product is large enough for the casts to pay; W the saved weight of
+    an nn.Linear, or the 4-bit layer's dequantised (as bitsandbytes' own backward does)."""
     rows, (out, inp) = grad_rows.shape[0], (base.out_features, base.in_features)
     if dtype is None or dtype == grad_rows.dtype or rows < BF16_FROM_ROWS or rows * out * inp < BF16_FROM_MACS:
         dtype = grad_rows.dtype
-    return (grad_rows.to(dtype) @ _dense_weight(base, dtype)).to(grad_rows.dtype)
+    if weight is None:
+        import bitsandbytes.functional as bnb_functional
 
-
-def _dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    if type(base) is nn.Linear:
-        return base.weight.to(dtype)
-    import bitsandbytes.functional as bnb_functional
-
-    return bnb_functional.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
+        weight = bnb_functional.dequantize_4bit(base.weight.data, base.weight.quant_state)
+    return (grad_rows.to(dtype) @ weight.to(dtype)).to(grad_rows.dtype)
 
 
 def lora_linear(x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float,
@@ -144,18 +153,26 @@ def live_dropout(layer: Any, adapter: str) -> float:
 
 
 def fuse_lora(model: nn.Module, backward: torch.dtype | None = None) -> int:
-    """Give each LoRA layer over an nn.Linear or a 4-bit layer the fused forward (an instance attribute, for
-    the model's life); returns how many got it. Layers whose forward is already replaced are left as they are.
-    `backward`: the input gradient's dtype through the base weights (backward_dtype), None for x's own."""
+    """Give each LoRA layer over an nn.Linear or a 4-bit layer the fused forward (a method bound to the layer
+    as its instance attribute, for the model's life: a deep copy's is bound to the copy); returns how many got
+    it. Layers whose forward is already replaced are left as they are. `backward`: the input gradient's dtype
+    through the base weights (backward_dtype), None for x's own."""
     from peft.tuners.lora import LoraLayer
 
     fused = 0
     for module in model.modules():
         if (isinstance(module, LoraLayer) and "forward" not in vars(module)
                 and _fusable_base(module.get_base_layer())):
-            module.forward = _fused_forward(module, backward)
+            module.fused_backward = backward
+            module.forward = types.MethodType(_fused_forward, module)
             fused += 1
     return fused
+
+
+def is_fused(forward: Any) -> bool:
+    """Whether a layer's instance `forward` is fuse_lora's (core.sampling_weights replaces it while sampling,
+    then puts it back)."""
+    return getattr(forward, "__func__", None) is _fused_forward
 
 
 def _fusable_base(module: nn.Module) -> bool:
@@ -172,28 +189,27 @@ def _is_4bit(module: nn.Module) -> bool:
     return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
 
 
-def _computes_in(base: nn.Module, dtype: torch.dtype) -> bool:
-    """Whether the base layer's product takes and gives `dtype` as it is (a 4-bit layer: its compute dtype),
-    from a weight the backward pass can read (not one DeepSpeed ZeRO-3 gathers only around the layer's call)."""
-    if hasattr(base.weight, "ds_id"):
+def _serves(base: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether the fused product gives the base's part of the output and all its gradients: the base computes
+    in `dtype` as it is (a 4-bit layer: its compute dtype), trains nothing of its own (peft's `bias="all"`
+    would), and its weight is there for the backward pass (not one DeepSpeed ZeRO-3 gathers only around the
+    layer's call)."""
+    weight, bias = base.weight, base.bias
+    if hasattr(weight, "ds_id") or weight.requires_grad or (bias is not None and bias.requires_grad):
         return False
-    return (base.weight.dtype if type(base) is nn.Linear else base.compute_dtype) == dtype
+    return (weight.dtype if type(base) is nn.Linear else base.compute_dtype) == dtype
 
 
-def _fused_forward(layer: Any, backward: torch.dtype | None) -> Callable[..., torch.Tensor]:
-    own = layer.forward  # peft's, for the calls this one does not serve
-    base = layer.get_base_layer()
-
-    def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        adapters = None if args or kwargs or torch.is_autocast_enabled(x.device.type) else plain_adapters(layer)
-        if adapters is None or len(adapters) > 1:
-            return own(x, *args, **kwargs)
+def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """The layer's forward (bound to it by fuse_lora): one fused product where it serves, else peft's own."""
+    adapters = None if args or kwargs or torch.is_autocast_enabled(x.device.type) else plain_adapters(layer)
+    if adapters is not None and len(adapters) <= 1:
+        base = layer.get_base_layer()
         if not adapters:
             return base(x)
         a, b = layer.lora_A[adapters[0]].weight, layer.lora_B[adapters[0]].weight
-        if not (x.dtype == a.dtype == b.dtype and _computes_in(base, x.dtype)):
-            return own(x)  # peft casts between the base's dtype and the adapter's
-        return lora_linear(x, base, a, b, layer.scaling[adapters[0]], backward, live_dropout(layer, adapters[0]))
-
-    forward.fused_lora = True  # core.sampling_weights replaces it while sampling, then puts it back
-    return forward
+        dropout = live_dropout(layer, adapters[0])
+        # other dtypes: peft casts between the base's and the adapter's
+        if x.dtype == a.dtype == b.dtype and dropout < 1 and _serves(base, x.dtype):
+            return lora_linear(x, base, a, b, layer.scaling[adapters[0]], layer.fused_backward, dropout)
+    return type(layer).forward(layer, x, *args, **kwargs)

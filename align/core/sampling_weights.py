@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from align.core.fused_lora import live_dropout, plain_adapters
+from align.core.fused_lora import is_fused, live_dropout, plain_adapters
 from align.core.memory import FP32, Shape
 
 
@@ -62,7 +62,7 @@ def sampling_weights(model: nn.Module, rows: int, enabled: bool = True) -> Itera
         with torch.no_grad():
             for module in _layers(model):
                 replaced = vars(module).get("forward")
-                if replaced is not None and not getattr(replaced, "fused_lora", False):
+                if replaced is not None and not is_fused(replaced):
                     continue  # an enclosing copy's, accelerate's device hooks: left as it is
                 forward = _copy_forward(module, rows, scratch)
                 if forward is not None:

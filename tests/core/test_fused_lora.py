@@ -192,3 +192,60 @@ def test_gradient_checkpointed_passes_give_the_same_gradients(bias):
     checkpoint(model.base_model.model, x, use_reentrant=False).pow(2).sum().backward()
     grads = [x.grad, *[p.grad for p in model.parameters() if p.grad is not None]]
     assert_all_close(grads, plain[1:], rtol=1e-6, atol=1e-6)
+
+
+def test_a_base_that_trains_its_own_bias_goes_to_peft_forward():
+    """peft's bias="all": the base's bias is trainable, and the fused product (the base run without autograd)
+    would leave it without a gradient."""
+    torch.manual_seed(0)
+    model = get_peft_model(Block(), LoraConfig(r=4, lora_alpha=8, target_modules=["up", "down"], bias="all"))
+    x = torch.randn(3, 16)
+    own = output_and_grads(model, x)
+    fuse_lora(model)
+    fused = output_and_grads(model, x)
+    assert len(fused) == len(own) == 2 + 4 + 2  # x, A and B of two layers, two biases
+    assert_all_close(fused, own, rtol=1e-6, atol=1e-6)
+
+
+def test_the_output_is_a_tensor_of_its_own_that_callers_may_change_in_place():
+    model, x = lora_block(), torch.randn(2, 3, 16, requires_grad=True)
+    fuse_lora(model)
+    up = lora_layers(model)[0]
+    y = up(x)
+    y.add_(1.0)  # a residual added in place: a view made inside the function would refuse it
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+def test_a_weight_changed_in_place_before_backward_fails_as_autograd_would():
+    model, x = lora_block(), torch.randn(3, 16, requires_grad=True)
+    fuse_lora(model)
+    y = model(x).sum()
+    with torch.no_grad():
+        lora_layers(model)[1].get_base_layer().weight.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+def test_a_deep_copy_computes_with_its_own_weights():
+    import copy
+
+    model, x = lora_block().eval(), torch.randn(3, 16)
+    fuse_lora(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+        expected = twin(x)
+        for layer in lora_layers(twin):
+            vars(layer).pop("forward")  # peft's own forward on the copy's weights
+        torch.testing.assert_close(expected, twin(x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(model(x), expected)
+
+
+def test_dropout_of_one_goes_to_peft_forward():
+    model, x = lora_block(dropout=1.0).train(), torch.randn(3, 16)
+    expected = model(x)
+    fuse_lora(model)
+    torch.testing.assert_close(model(x), expected)
+    assert torch.isfinite(model(x)).all()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from align.core import modeling
+from align.core.fused_lora import is_fused
 from align.ppo.models import POLICY, REF, REWARD, TRAINABLE, VALUE, PolicyStack, position_ids, shared_base
 
 
@@ -25,7 +26,7 @@ def stack_with_distinct_adapters(model_dir, quantization: str = "none") -> Polic
 
 def unfused(stack: PolicyStack) -> PolicyStack:
     """The stack's LoRA layers on peft's own forward (PolicyStack fuses them: core/fused_lora.py)."""
-    layers = [m for m in stack.peft.modules() if getattr(vars(m).get("forward"), "fused_lora", False)]
+    layers = [m for m in stack.peft.modules() if is_fused(vars(m).get("forward"))]
     assert len(layers) == 14  # the tiny model's 2 blocks x 7 projections
     for layer in layers:
         vars(layer).pop("forward")
