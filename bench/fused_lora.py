@@ -33,7 +33,8 @@ def measure(quantization: str, reps: int, model_path: str) -> dict[str, dict[str
     tokenizer = modeling.load_tokenizer(model_path)
     model = modeling.ModelConfig(name=model_path, quantization=quantization,
                                  lora=LoraSettings(r=16, alpha=32, dropout=0.0))
-    stacks = {precision: PolicyStack(model, tokenizer, None, backward_precision=precision) for precision in ("fp32", "bf16")}
+    stacks = {precision: PolicyStack(model, tokenizer, None, backward_precision=precision)
+              for precision in ("fp32", "bf16")}
     fused = [(m, vars(m)["forward"]) for m in stacks["fp32"].peft.modules()
              if is_fused(vars(m).get("forward"))]
     ids = torch.randint(100, 40000, (4, 77), generator=torch.Generator().manual_seed(0))
@@ -78,9 +79,10 @@ def main() -> None:
             line = {"quantization": quantization, **measure(quantization, args.reps, model_path)}
             common.emit(line)
             results.append(line)
-    common.save("fused_lora", {"machine": machine, "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
-                               "note": "policy + value forward and back, 4 x 77 tokens, one thread; medians after the first repetition",
-                               "results": results})
+    common.save("fused_lora", {
+        "machine": machine, "versions": common.versions("torch", "transformers", "peft", "bitsandbytes"),
+        "note": "policy + value forward and back, 4 x 77 tokens, one thread; medians after the first repetition",
+        "results": results})
 
 
 if __name__ == "__main__":

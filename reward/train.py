@@ -170,7 +170,7 @@ def _build_learner(config: RewardConfig, train_groups: int, member: int = 0) -> 
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from align.core.fused_lora import backward_dtype, fuse_lora
+    from align.core.fused_lora import fuse_lora
 
     t = config.training
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
@@ -179,7 +179,7 @@ def _build_learner(config: RewardConfig, train_groups: int, member: int = 0) -> 
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name), config.model.trust_remote_code)
     model = modeling.load_base(config.model, tokenizer, head="score")
     model = modeling.attach_tuning(model, config.model, task_type="SEQ_CLS", gradient_checkpointing=t.gradient_checkpointing)
-    fuse_lora(model, backward_dtype(t.backward_precision, next(model.parameters()).device))
+    fuse_lora(model, t.backward_precision)
     trainable, total = modeling.count_parameters(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=t.learning_rate,
                                   weight_decay=t.weight_decay)

@@ -10,28 +10,29 @@ way, so no (tokens x features) tensor is scaled or added. Outputs and gradients 
 same order.
 
 On a CPU with AMX the backward pass can take the input gradient through the frozen base weight in bf16
-(`backward=torch.bfloat16`): the product AMX runs at ~6x the fp32 rate (SmolLM2's up projection, 308 rows:
-0.49 against 3.1 ms; with both casts 1.0 ms), its output ~0.3% off fp32's, the precision of any backward pass
-through a bf16 base (QLoRA on a GPU computes in bf16). The forward pass, and with it every log-prob, ratio and loss, stays in the input's
-dtype, and so do the adapter's own gradients (computed from the incoming gradient as it is). Products too
-small for the casts to pay (BF16_FROM_ROWS, BF16_FROM_MACS) stay in fp32.
+(`fuse_lora(model, "bf16")`, or "auto"): the product AMX runs at ~6x the fp32 rate (SmolLM2's up projection, 308
+rows: 0.49 against 3.1 ms; with both casts 1.0 ms), its output ~0.3% off fp32's, the precision of any backward
+pass through a bf16 base (QLoRA on a GPU computes in bf16). The forward pass, and with it every log-prob, ratio
+and loss, stays in the input's dtype, and so do the adapter's own gradients (computed from the incoming gradient
+as it is). Products too small for the casts to pay (BF16_FROM_ROWS, BF16_FROM_MACS) stay in fp32.
 
 `fuse_lora(model)` gives every LoRA layer over an nn.Linear or a bitsandbytes 4-bit layer this forward for the
 model's life (a 4-bit base's product is its own inference kernel, and its backward pass dequantises the weight
 as bitsandbytes' does: SmolLM2 NF4, policy and value forward and back on 4 x 77 tokens, 3.00 s through peft,
-2.82 fused, 2.44 with bf16 input gradients; fp32 base 2.69, 2.60, 2.23; bench/fused_lora.py). It reads the layer's state on every call, as peft's forward
-does, so switching adapters, disabling them (the reference) and sampling on a working copy
-(core.sampling_weights) keep working. Calls it does not serve go to peft's forward: several active adapters,
-DoRA and other variants, LoRA biases, merged adapters, keyword arguments (peft's `adapter_names`), mixed
-dtypes, autocast. Live dropout (training mode) is drawn as torch's dropout draws it (bernoulli_ of 1 - p from
-the same generator): from the same seed, the same masks as peft's nn.Dropout.
+2.82 fused, 2.44 with bf16 input gradients; fp32 base 2.69, 2.60, 2.23; bench/fused_lora.py). It reads the
+layer's state on every call, as peft's forward does, so switching adapters, disabling them (the reference) and
+sampling on a working copy (core.sampling_weights) keep working. Calls it does not serve go to peft's forward:
+several active adapters, DoRA and other variants, LoRA biases, merged adapters, keyword arguments (peft's
+`adapter_names`), mixed dtypes, autocast, bases that train their own bias, weights ZeRO-3 partitions. Live
+dropout (training mode) is drawn as torch's dropout draws it (bernoulli_ of 1 - p from the same generator): from
+the same seed, the same masks as peft's nn.Dropout.
 
     fuse_lora        install the fused forward on a model's LoRA layers
     lora_linear      the fused product (an autograd function's apply)
     plain_adapters   a LoRA layer's active adapters whose output is s B A drop(x), or None
     live_dropout     the dropout an adapter's input gets now
     is_fused         whether a layer's instance forward is fuse_lora's
-    backward_dtype   a `backward_precision` setting as the dtype fuse_lora takes
+    backward_dtype   a `backward_precision` setting as the dtype of the input gradients' products
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class _LoraLinear(torch.autograd.Function):
         dropped = rows
         if dropout > 0:  # inverted dropout on the adapter's input, as peft's nn.Dropout draws it
             keep = torch.empty(rows.shape, dtype=torch.bool, device=rows.device).bernoulli_(1 - dropout)
-            dropped = rows * keep / (1 - dropout)
+            dropped = (rows * keep).div_(1 - dropout)
         hidden = (dropped @ lora_a.t()).mul_(scale)  # (tokens, r), scaled here rather than the (tokens, out) sum
         # the output a tensor of its own, not a view made in here (F.linear's N-d result is one): callers may add
         # into it in place, as into peft's
@@ -152,13 +153,15 @@ def live_dropout(layer: Any, adapter: str) -> float:
     return dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
 
 
-def fuse_lora(model: nn.Module, backward: torch.dtype | None = None) -> int:
+def fuse_lora(model: nn.Module, backward_precision: str = "fp32") -> int:
     """Give each LoRA layer over an nn.Linear or a 4-bit layer the fused forward (a method bound to the layer
     as its instance attribute, for the model's life: a deep copy's is bound to the copy); returns how many got
-    it. Layers whose forward is already replaced are left as they are. `backward`: the input gradient's dtype
-    through the base weights (backward_dtype), None for x's own."""
+    it. Layers whose forward is already replaced are left as they are. `backward_precision`: the stages'
+    setting of that name, for the input gradients' products through the base weights on the model's device
+    (backward_dtype)."""
     from peft.tuners.lora import LoraLayer
 
+    backward = backward_dtype(backward_precision, next(model.parameters()).device)
     fused = 0
     for module in model.modules():
         if (isinstance(module, LoraLayer) and "forward" not in vars(module)

@@ -23,7 +23,7 @@ from torch import nn
 
 from align.core import base_model, model_paths, saved_models, tuning
 from align.core.errors import AlignError
-from align.core.fused_lora import backward_dtype, fuse_lora
+from align.core.fused_lora import fuse_lora
 from align.core.model_config import ModelConfig
 from align.core.sampling_weights import sampling_weights
 from align.reward.ensemble import Objective, combine
@@ -247,7 +247,7 @@ class PolicyStack(nn.Module):
         tuning.cast_to_fp32(p for name in TRAINABLE for p in self._params[name])
         # the LoRA layers, found once: adapters switch on every pass of an update (see use())
         self._adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
-        fuse_lora(self.peft, backward_dtype(backward_precision, device))
+        fuse_lora(self.peft, backward_precision)
         self._trainable: dict[str, nn.Parameter] | None = None
         for adapter, params in self._params.items():
             for p in params:

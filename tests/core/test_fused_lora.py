@@ -124,7 +124,7 @@ def test_bf16_input_gradients_where_they_pay_and_fp32_elsewhere():
     assert rows >= fused_lora.BF16_FROM_ROWS and rows * width * 2 * width >= fused_lora.BF16_FROM_MACS
     model, x = lora_block(width=width), torch.randn(rows, width)
     exact = output_and_grads(model, x)
-    fuse_lora(model, backward=torch.bfloat16)
+    fuse_lora(model, "bf16")
     rounded = output_and_grads(model, x)
     torch.testing.assert_close(rounded[0], exact[0], rtol=1e-6, atol=1e-6)  # the forward pass: fp32
     x_grad_error = (rounded[1] - exact[1]).norm() / exact[1].norm()
