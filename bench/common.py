@@ -117,8 +117,19 @@ def hwm_mb() -> float:
 
 
 def report(result: dict[str, Any]) -> None:
-    """A child's last act: its result as one JSON line on stdout (the parent adds its peak RSS)."""
-    print(json.dumps(result), flush=True)
+    """A child's last act: its result as one JSON line on stdout, with the malloc it ran on (the parent adds
+    its peak RSS)."""
+    maps = Path("/proc/self/maps")  # as core.malloc.in_use reads it: bench.trl_peer imports nothing of align
+    on_tbb = maps.exists() and "libtbbmalloc_proxy" in maps.read_text()
+    print(json.dumps({**result, "malloc": "tbbmalloc" if on_tbb else "system"}), flush=True)
+
+
+def as_align_runs(env: dict[str, str]) -> dict[str, str]:
+    """A child's environment for running align as its command does: on tbbmalloc where `align` re-executes
+    itself on it (core.malloc)."""
+    from align.core import malloc
+
+    return {k: v for k, v in malloc.preload_env(env).items() if k in ("LD_PRELOAD", *env)}
 
 
 def median(values: list[float]) -> float:

@@ -213,7 +213,9 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
             else:
                 argv = [str(common.PEER_PYTHON), "-m", "bench.trl_peer", str(spec_path),
                         "shipped" if contender == "peer" else "nogc"]
-            result = common.run_child(argv, env={"OMP_NUM_THREADS": str(THREADS)})
+            env = {"OMP_NUM_THREADS": str(THREADS)}
+            # ours as the `align` command runs it (core.malloc); TRL on the system's malloc, as its users run it
+            result = common.run_child(argv, env=common.as_align_runs(env) if contender in OURS_VARIANTS else env)
             result["batch_size"] = settings["batch_size"]
             per_run[contender].append(result)
             print(f"# {name} run {i} {contender}: {result['process_wall_s']} s, "

@@ -510,6 +510,7 @@ def contender_figures(task: str, data: dict[str, Any], run: dict[str, Any], grou
         "process_wall_s": run["process_wall_s"],
         "padded_tokens": tokens["padded"], "real_tokens": tokens["real"],
         "padding_share": round(1 - tokens["real"] / max(1, tokens["padded"]), 4),
+        "malloc": run.get("malloc"),
     }
     if "nograd_padded" in tokens:
         figures["nograd_padded_tokens"] = tokens["nograd_padded"]
@@ -562,8 +563,10 @@ def targets(hh: dict[str, Any]) -> dict[str, Any]:
 
 def child(role: str, spec: dict[str, Any], path: Path, args: argparse.Namespace) -> dict[str, Any]:
     path.write_text(json.dumps(spec))
+    env = {"OMP_NUM_THREADS": str(args.threads)}
+    # ours as the `align` command runs it; TRL as its users run it, on the system's malloc
     return common.run_child([sys.executable, "-m", "bench.rm_quality", "--child", role, str(path)],
-                            timeout=args.child_timeout, env={"OMP_NUM_THREADS": str(args.threads)})
+                            timeout=args.child_timeout, env=common.as_align_runs(env) if role != "trl" else env)
 
 
 def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, workload: dict[str, Any], work: Path,

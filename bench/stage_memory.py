@@ -113,7 +113,7 @@ def main() -> None:
         config_args = [f"out_dir={work / stage}", *overrides(stage, data, args.steps, args.max_length, reward_dir, args.model)]
         try:
             result = common.run_child([common.python_main(), "-m", "bench.stage_memory", "--child", stage, *config_args],
-                                      timeout=1800)
+                                      timeout=1800, env=common.as_align_runs({}))
         except RuntimeError as e:
             result = {"stage": stage, "error": [line for line in str(e).splitlines() if line.strip()][-1][:300]}
         result.update(batch=batch, **{k: round(v) for k, v in lengths.items()})

@@ -45,6 +45,7 @@ def devices() -> list[str]:
 
 def report() -> str:
     """`align env`, as `trl env` reports: paste it into an issue."""
+    from align.core import malloc
     from align.core.memory import available_bytes
     from align.core.model_paths import cache_root
 
@@ -54,6 +55,8 @@ def report() -> str:
     available = available_bytes()
     if available is not None:
         lines.append(f"- memory available: {available / 2**30:.1f} GiB")
+    allocator = "tbbmalloc" if malloc.in_use() else "the system's"
+    lines.append(f"- malloc: {allocator} ({malloc.ENV}={os.environ.get(malloc.ENV, '(unset)')})")
     lines.append(f"- align cache (ALIGN_CACHE): {cache_root()}")
     lines.append(f"- Hugging Face cache (HF_HOME): {os.environ.get('HF_HOME', os.path.expanduser('~/.cache/huggingface'))}")
     for name in ("HF_HUB_OFFLINE", "WANDB_MODE", "CUDA_VISIBLE_DEVICES"):
