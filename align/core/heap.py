@@ -100,7 +100,8 @@ def large_buffers_from_mmap() -> None:
     SmolLM2-135M NF4 (2026-12-05) one forward + backward of 4 x 512 tokens with recomputed activations
     left the process 3.9 GB above its weights with the dynamic threshold, 0.33 GB with 1 MB fixed (what
     autograd holds: 0.16 MB a token), at 10-30% more time for the page faults; without recomputation,
-    1 x 512 tokens 1.75 -> 1.15 GB."""
+    1 x 512 tokens 1.75 -> 1.15 GB. A process on tbbmalloc (core.malloc, the `align` command's on a CPU) has
+    neither cost and ignores the setting: its allocator is not glibc's."""
     libc = _libc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, LARGE_BUFFER_BYTES)
