@@ -121,10 +121,12 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[t
     torch's own bernoulli_ makes a draw and a double-precision compare per element: 4.0 against 1.7 ms for
     1024 x 576 on one thread of this project's CPU, 840 masks a SmolLM2 reward step."""
     drop_below = round(p * DROPOUT_LEVELS)
+    if not 0 <= drop_below < DROPOUT_LEVELS:
+        raise ValueError(f"dropout {p}: keep_mask needs 0 <= p < 1 - 1/{2 * DROPOUT_LEVELS}")
     n = 1
     for size in shape:
         n *= size
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()  # 31 random bits each
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_(0, 2**31)  # 31 random bits each
     keep = torch.empty(((n + 1) // 2, 2), dtype=torch.bool, device=device)
     torch.ge(bits & (DROPOUT_LEVELS - 1), drop_below, out=keep[:, 0])
     torch.ge(bits >> 16, drop_below, out=keep[:, 1])
@@ -234,7 +236,7 @@ def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         a, b = layer.lora_A[adapters[0]].weight, layer.lora_B[adapters[0]].weight
         dropout = live_dropout(layer, adapters[0])
         # other dtypes: peft casts between the base's and the adapter's
-        # a dropout that keeps nothing at keep_mask's steps: peft's (x 0 / 0)
+        # a dropout that keeps nothing at keep_mask's steps: peft's (zeros)
         if x.dtype == a.dtype == b.dtype and round(dropout * DROPOUT_LEVELS) < DROPOUT_LEVELS and _serves(base, x.dtype):
             return lora_linear(x, base, a, b, layer.scaling[adapters[0]], layer.fused_backward, dropout)
     return type(layer).forward(layer, x, *args, **kwargs)

@@ -32,10 +32,16 @@ def _libc():
     return libc
 
 
+def _tbbmalloc(libc: ctypes.CDLL) -> bool:
+    """Whether tbbmalloc serves this process (core.malloc): glibc's heap calls then see glibc's idle heap."""
+    return hasattr(libc, "scalable_allocation_command")  # preloaded: in the global scope
+
+
 def free_mb() -> float | None:
-    """Bytes the heap holds free (glibc's mallinfo2 `fordblks`), in MB; None where unknown."""
+    """Bytes the heap holds free (glibc's mallinfo2 `fordblks`), in MB; None where unknown (not glibc's, or
+    tbbmalloc's)."""
     libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
+    if libc is None or not hasattr(libc, "mallinfo2") or _tbbmalloc(libc):
         return None
     return libc.mallinfo2().fordblks / 2**20
 
@@ -50,7 +56,7 @@ def trim(min_free_mb: float = 0.0) -> None:
     recomputed activations, trimmed after every micro-batch: 1629 to 1380 MB); on the tests' 2-layer
     model, with 7 MB free, it only slowed the step. Measured 2026-12-02."""
     libc = _libc()
-    if libc is None:
+    if libc is None or _tbbmalloc(libc):  # tbbmalloc keeps freed blocks for reuse and returns them itself
         return
     free = free_mb() if min_free_mb > 0 else None
     if free is None or free >= min_free_mb:
@@ -66,7 +72,7 @@ def release() -> None:
     gc.collect()
     trim()
     libc = _libc()
-    if libc is not None and hasattr(libc, "scalable_allocation_command"):  # preloaded: in the global scope
+    if libc is not None and _tbbmalloc(libc):
         libc.scalable_allocation_command(TBBMALLOC_CLEAN_ALL_BUFFERS, None)
 
 

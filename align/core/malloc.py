@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 ENV = "ALIGN_MALLOC"  # "system": glibc's malloc
-_STARTED_WITH = "ALIGN_MALLOC_USER_PRELOAD"  # across the re-exec: the LD_PRELOAD the process was started with
+_STARTED_WITH = "ALIGN_MALLOC_USER_PRELOAD"  # across the re-exec: "pid:the LD_PRELOAD the process was started with"
 _LIBRARIES = ("libtbbmalloc.so.2", "libtbbmalloc_proxy.so.2")  # the proxy needs the first and has no RUNPATH
 
 
@@ -45,7 +45,8 @@ def libraries() -> list[str] | None:
         return None
     found = {Path(str(f)).name: f for f in files if Path(str(f)).name in _LIBRARIES}
     paths = [Path(found[name].locate()).resolve() for name in _LIBRARIES if name in found]
-    if len(paths) < len(_LIBRARIES) or not all(p.is_file() for p in paths):
+    # ld.so splits LD_PRELOAD at spaces as well as colons
+    if len(paths) < len(_LIBRARIES) or not all(p.is_file() and not set(" :") & set(str(p)) for p in paths):
         return None
     return [str(p) for p in paths]
 
@@ -59,39 +60,50 @@ def in_use() -> bool:
 
 
 def _applies() -> bool:
-    return (sys.platform == "linux" and os.environ.get(ENV, "tbbmalloc").lower() != "system"
-            and not Path("/dev/nvidiactl").exists())
+    """Linux, no NVIDIA driver, and ALIGN_MALLOC (this process's) unset or `tbbmalloc`; `system` or anything
+    else keeps the system's malloc (anything else with a warning)."""
+    choice = os.environ.get(ENV, "tbbmalloc")
+    if choice.lower() not in ("tbbmalloc", "system"):
+        print(f"align: {ENV}={choice}: expected tbbmalloc or system; running on the system's malloc", file=sys.stderr)
+        return False
+    return sys.platform == "linux" and choice.lower() == "tbbmalloc" and not Path("/dev/nvidiactl").exists()
 
 
 def preload_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` (default: this process's) with tbbmalloc preloaded ahead of what it preloads, where that applies
-    and the libraries are installed; else `env` as it is."""
+    (judged by this process's environment) and the libraries are installed; else `env` as it is."""
     env = dict(os.environ if env is None else env)
     libs = libraries() if _applies() else None
-    if libs is None or any("libtbbmalloc_proxy" in p for p in env.get("LD_PRELOAD", "").split(":")):
+    if libs is None or "libtbbmalloc_proxy" in env.get("LD_PRELOAD", ""):
         return env
-    env[_STARTED_WITH] = env.get("LD_PRELOAD", "")
-    env["LD_PRELOAD"] = ":".join([*libs, *filter(None, [env[_STARTED_WITH]])])
+    env["LD_PRELOAD"] = ":".join([*libs, *filter(None, [env.get("LD_PRELOAD", "")])])
     return env
 
 
 def reexec() -> None:
     """Re-execute this process, as it was started (sys.orig_argv), on tbbmalloc, where that applies, the
     libraries are installed and it does not run on it yet; after the re-exec, restore the LD_PRELOAD it was
-    started with, so its children (git, compilers, data workers) get the system's malloc. Call it before
-    anything is imported that threads or holds files: the process image is replaced."""
-    if _STARTED_WITH in os.environ:  # the re-executed process
-        before = os.environ.pop(_STARTED_WITH)
+    started with, so its children (git, compilers, data workers) get the system's malloc. For a program's
+    entry point, before anything is imported that threads or holds files: the process image is replaced."""
+    mark = os.environ.pop(_STARTED_WITH, None)
+    pid, _, before = (mark or "").partition(":")
+    if pid == str(os.getpid()):  # this process, re-executed (execve keeps the pid); another's mark is dropped
         if before:
             os.environ["LD_PRELOAD"] = before
         else:
             os.environ.pop("LD_PRELOAD", None)
         return
-    env = preload_env()
-    if _STARTED_WITH not in env or in_use():
+    # a program read from stdin cannot be read again; a frozen one has no interpreter to restart
+    if sys.orig_argv[1:2] == ["-"] or not sys.argv[0] or getattr(sys, "frozen", False) or in_use():
         return
-    sys.stdout.flush(), sys.stderr.flush()
-    try:
-        os.execve(sys.executable, sys.orig_argv, env)
-    except OSError:  # not executable here: go on with glibc's malloc
+    env = preload_env()
+    if env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
+        return
+    env[_STARTED_WITH] = f"{os.getpid()}:{os.environ.get('LD_PRELOAD', '')}"
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    try:  # the interpreter by its full path: a bare argv[0] would be looked up on PATH, outside a venv
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError:  # not executable here: go on with the system's malloc
         return

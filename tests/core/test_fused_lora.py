@@ -95,6 +95,8 @@ class MaskDropout(nn.Module):
         self.p = p
 
     def forward(self, x):
+        if not self.training:
+            return x
         keep, share = fused_lora.keep_mask(x.reshape(-1, x.shape[-1]).shape, self.p, x.device)
         return x * keep.view(x.shape) / share
 
@@ -132,6 +134,12 @@ def test_dropout_masks_keep_one_minus_p_in_every_position_independently(p):
         assert ((u * v).mean() - u.mean() * v.mean()).abs().item() < 5 * sigma
     torch.manual_seed(0)
     assert torch.equal(fused_lora.keep_mask((999, 1001), p, torch.device("cpu"))[0], keep)  # the seed decides
+
+
+def test_dropout_masks_refuse_a_p_that_keeps_nothing_or_is_negative():
+    for p in (1.0, 1 - 1e-6, -0.1):
+        with pytest.raises(ValueError, match="keep_mask needs 0 <= p"):
+            fused_lora.keep_mask((4, 4), p, torch.device("cpu"))
 
 
 def test_calls_it_does_not_serve_go_to_peft_forward():

@@ -26,10 +26,14 @@ print(malloc.in_use(), repr(os.environ.get("LD_PRELOAD")), child, os.environ.get
 """
 
 
+def clean_env(**env: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV, malloc._STARTED_WITH)}
+    return {**base, "PYTHONPATH": str(ROOT), **env}
+
+
 def probe(**env: str) -> list[str]:
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV)}
-    done = subprocess.run([sys.executable, "-c", PROBE], env={**base, "PYTHONPATH": str(ROOT), **env},
-                          capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", PROBE], env=clean_env(**env), capture_output=True, text=True,
+                          check=True, cwd=ROOT, timeout=120)
     return done.stdout.split()
 
 
@@ -49,10 +53,30 @@ def test_align_malloc_system_keeps_the_system_malloc():
 
 
 @on_tbb
+def test_an_unknown_align_malloc_keeps_the_system_malloc_and_says_so():
+    done = subprocess.run([sys.executable, "-c", PROBE], env=clean_env(ALIGN_MALLOC="jemalloc"), capture_output=True,
+                          text=True, check=True, cwd=ROOT, timeout=120)
+    assert done.stdout.split() == ["False", "None", "False", "None"]
+    assert "ALIGN_MALLOC=jemalloc: expected tbbmalloc or system" in done.stderr
+
+
+@on_tbb
+def test_a_mark_inherited_from_another_process_is_dropped_not_trusted():
+    # a parent's re-exec mark names the parent's pid: this process re-executes on its own and restores its own
+    assert probe(ALIGN_MALLOC_USER_PRELOAD="1:libm.so.6") == ["True", "None", "False", "None"]
+
+
+@on_tbb
+def test_a_program_read_from_stdin_is_not_re_executed():
+    done = subprocess.run([sys.executable, "-"], input=PROBE, env=clean_env(), capture_output=True, text=True,
+                          check=True, cwd=ROOT, timeout=120)
+    assert done.stdout.split() == ["False", "None", "False", "None"]
+
+
+@on_tbb
 def test_the_align_command_runs_on_tbbmalloc():
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", malloc.ENV)}
-    out = subprocess.run([sys.executable, "-m", "align", "env"], env={**base, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, "-m", "align", "env"], env=clean_env(), capture_output=True, text=True,
+                         check=True, cwd=ROOT, timeout=300).stdout
     assert "- malloc: tbbmalloc (ALIGN_MALLOC=(unset))" in out
 
 
