@@ -126,7 +126,9 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[t
     n = 1
     for size in shape:
         n *= size
-    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_(0, 2**31)  # 31 random bits each
+    # random_() without bounds: [0, 2**31 - 1] for int32 (torch's documented default), 31 random bits each; with
+    # the bounds spelled out torch takes a modulo path, 2.6 against 1.6-1.8 ms for 1024 x 576 / 2
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()
     keep = torch.empty(((n + 1) // 2, 2), dtype=torch.bool, device=device)
     torch.ge(bits & (DROPOUT_LEVELS - 1), drop_below, out=keep[:, 0])
     torch.ge(bits >> 16, drop_below, out=keep[:, 1])
