@@ -129,7 +129,7 @@ def as_align_runs(env: dict[str, str]) -> dict[str, str]:
     itself on it (core.malloc)."""
     from align.core import malloc
 
-    return {k: v for k, v in malloc.preload_env(env).items() if k in ("LD_PRELOAD", *env)}
+    return malloc.preload_env(env)
 
 
 def median(values: list[float]) -> float:

@@ -38,6 +38,7 @@ dropout (keep_mask); its 1 / (1 - p) scales the rank-r products, not the input.
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from typing import Any
@@ -123,9 +124,7 @@ def keep_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[t
     drop_below = round(p * DROPOUT_LEVELS)
     if not 0 <= drop_below < DROPOUT_LEVELS:
         raise ValueError(f"dropout {p}: keep_mask needs 0 <= p < 1 - 1/{2 * DROPOUT_LEVELS}")
-    n = 1
-    for size in shape:
-        n *= size
+    n = math.prod(shape)
     # random_() without bounds: [0, 2**31 - 1] for int32 (torch's documented default), 31 random bits each; with
     # the bounds spelled out torch takes a modulo path, 2.6 against 1.6-1.8 ms for 1024 x 576 / 2
     bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=device).random_()

@@ -10,6 +10,8 @@ import functools
 import gc
 from typing import TYPE_CHECKING
 
+from align.core import malloc
+
 if TYPE_CHECKING:
     import torch
 
@@ -32,16 +34,11 @@ def _libc():
     return libc
 
 
-def _tbbmalloc(libc: ctypes.CDLL) -> bool:
-    """Whether tbbmalloc serves this process (core.malloc): glibc's heap calls then see glibc's idle heap."""
-    return hasattr(libc, "scalable_allocation_command")  # preloaded: in the global scope
-
-
 def free_mb() -> float | None:
     """Bytes the heap holds free (glibc's mallinfo2 `fordblks`), in MB; None where unknown (not glibc's, or
     tbbmalloc's)."""
     libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2") or _tbbmalloc(libc):
+    if libc is None or not hasattr(libc, "mallinfo2") or malloc.in_use():  # glibc's calls: glibc's idle heap
         return None
     return libc.mallinfo2().fordblks / 2**20
 
@@ -56,7 +53,7 @@ def trim(min_free_mb: float = 0.0) -> None:
     recomputed activations, trimmed after every micro-batch: 1629 to 1380 MB); on the tests' 2-layer
     model, with 7 MB free, it only slowed the step. Measured 2026-12-02."""
     libc = _libc()
-    if libc is None or _tbbmalloc(libc):  # tbbmalloc keeps freed blocks for reuse and returns them itself
+    if libc is None or malloc.in_use():  # tbbmalloc keeps freed blocks for reuse and returns them itself
         return
     free = free_mb() if min_free_mb > 0 else None
     if free is None or free >= min_free_mb:
@@ -70,10 +67,11 @@ def release() -> None:
     """Collect what Python no longer reaches (models, tensors in reference cycles), then trim; on tbbmalloc
     (core.malloc) also hand back the free blocks it keeps for reuse."""
     gc.collect()
-    trim()
     libc = _libc()
-    if libc is not None and _tbbmalloc(libc):
+    if libc is not None and malloc.in_use():  # preloaded, so its library's symbols are in the global scope
         libc.scalable_allocation_command(TBBMALLOC_CLEAN_ALL_BUFFERS, None)
+    else:
+        trim()
 
 
 # a training step frees hundreds of MB on SmolLM2 and under 10 on the tests' 2-layer model

@@ -25,6 +25,7 @@ left as they are: there the large buffers are the GPU's, in torch's own caching 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def libraries() -> list[str] | None:
     return [str(p) for p in paths]
 
 
+@functools.cache  # a process's malloc is fixed when it starts
 def in_use() -> bool:
     """Whether this process runs on tbbmalloc (its proxy is mapped)."""
     try:
