@@ -6,15 +6,18 @@ SmolLM2-135M (fp32) with the policy's LoRA adapter enabled, as PPO samples from 
 temperature 0.7 from the demo prompts in the chat template. Per batch size, interleaved repeat by
 repeat, the median of (2 repeats up to batch 8, one from 16, so `make bench` stays within 20 minutes):
 
-    ours        what make_rollout does: left-padded prompts, KV cache, every EOS id of the model,
-                generation stopping once every sequence has ended, the tail after the first EOS
-                padded out (truncate_at_eos), all under the same grad mode as the rollout; on the
-                working copy of the weights (generation.working_copy, core/sampling_weights.py: the
-                adapter merged in, packed for the batch's rows), its building timed in
-    adapters    ours before 2026-12-06: the same through the unmerged adapter (generation.working_copy=false)
+    ours        what make_rollout does (core/decoding.py, since 2026-12-06 evening): the prompts' shared prefix
+                run once and their own tokens in one packed row, then our decode loop (inverse-CDF draws, a KV
+                cache with room for the answer, log π_old kept), stopping once every sequence has ended, the
+                tail after the first EOS padded out (truncate_at_eos), under torch.inference_mode, on the
+                working copy of the weights (generation.working_copy, core/sampling_weights.py: the adapter
+                merged in, packed for the batch's rows), its building timed in
+    generate    ours before the decode loop: transformers' generate on the same working copy, left-padded
+                prompts, every EOS id of the model
+    adapters    ours before 2026-12-06: transformers' generate through the unmerged adapter
     defaults    model.generate(**tokenizer(prompts, padding=True), max_new_tokens=24, do_sample=True):
                 the tokenizer's own padding side (right) and the model's generation config, nothing else
-    no_cache    ours with use_cache=False (every step recomputes the whole sequence): an ablation,
+    no_cache    adapters with use_cache=False (every step recomputes the whole sequence): an ablation,
                 batch sizes up to 2, one repeat
 
 tokens/s counts real response tokens (up to and including the first EOS) over wall time. Right
@@ -22,8 +25,9 @@ padding puts pad tokens between a short prompt and its answer, so `defaults` als
 of its answers differ from what the same prompt gives alone (left-padded), as a share.
 
 Floors (bench/floors.py, issue #24): this machine's fp32 GEMM rate on the model's shapes and its copy
-bandwidth are measured once; per batch size, ours' sampling FLOPs (real prompt tokens, the steps it
-took) give its achieved GFLOP/s and the FLOP floor, the weights read every step (and the KV cache) the
+bandwidth are measured once; per batch size, ours' sampling FLOPs (every real prompt token prefilled, the
+steps it took: ours runs the shared prefix once, so part of its lead on this floor is work it does not do)
+give its achieved GFLOP/s and the FLOP floor, the weights read every step (and the KV cache) the
 bandwidth floor, and `x_floor` is ours' seconds over the larger of the two.
 
 Layouts (`layouts`): one product of `rows` x in by each weight shape of the model, the weights read from
@@ -61,7 +65,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from align.core import modeling
     from align.core.memory import model_shape
-    from align.ppo.models import PolicyStack
+    from align.core.sampling_weights import sampling_weights
+    from align.ppo.models import POLICY, PolicyStack
     from align.ppo.rollout import truncate_at_eos
     from bench.workloads import DEMO
 
@@ -83,16 +88,23 @@ def main() -> None:
 
     work: dict[int, list[tuple[list[int], int]]] = {}
 
-    def ours(batch: list[str], use_cache: bool = True, working_copy: bool = True) -> tuple[torch.Tensor, int]:
+    def ours(batch: list[str]) -> tuple[torch.Tensor, int]:
         enc = encode(batch, "left")
-        with torch.no_grad():  # make_rollout's grad mode
-            out = stack.generate(enc["input_ids"], enc["attention_mask"], do_sample=True, temperature=TEMPERATURE,
-                                 top_p=1.0, top_k=0, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_id=eos_ids, use_cache=use_cache, working_copy=working_copy)
+        out = stack.sample(enc["input_ids"], enc["attention_mask"], temperature=TEMPERATURE, top_p=1.0,
+                           max_new_tokens=MAX_NEW_TOKENS, pad_id=tokenizer.pad_token_id, eos_ids=eos_ids, working_copy=True)
+        responses, mask, _ = truncate_at_eos(out.tokens, eos_ids, tokenizer.pad_token_id)
+        # the floors' work: the real prompt tokens, and the steps sampling took
+        work.setdefault(len(batch), []).append((enc["attention_mask"].sum(1).tolist(), out.tokens.shape[1]))
+        return responses, int(mask.sum())
+
+    def generate(batch: list[str], use_cache: bool = True, working_copy: bool = True) -> tuple[torch.Tensor, int]:
+        enc = encode(batch, "left")
+        stack.use(POLICY)
+        with torch.inference_mode(), sampling_weights(stack.peft, len(batch), enabled=working_copy):
+            out = stack.peft.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True,
+                                      temperature=TEMPERATURE, top_p=1.0, top_k=0, max_new_tokens=MAX_NEW_TOKENS,
+                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, use_cache=use_cache)
         responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
-        if use_cache and working_copy:  # the floors' work: the real prompt tokens, and the steps sampling took
-            work.setdefault(len(batch), []).append((enc["attention_mask"].sum(1).tolist(),
-                                                    out.shape[1] - enc["input_ids"].shape[1]))
         return responses, int(mask.sum())
 
     def defaults(batch: list[str]) -> tuple[torch.Tensor, int]:
@@ -101,8 +113,8 @@ def main() -> None:
         responses, mask, _ = truncate_at_eos(out[:, enc["input_ids"].shape[1]:], eos_ids, tokenizer.pad_token_id)
         return responses, int(mask.sum())
 
-    variants = {"ours": ours, "adapters": lambda b: ours(b, working_copy=False), "defaults": defaults,
-                "no_cache": lambda b: ours(b, use_cache=False, working_copy=False)}
+    variants = {"ours": ours, "generate": generate, "adapters": lambda b: generate(b, working_copy=False),
+                "defaults": defaults, "no_cache": lambda b: generate(b, use_cache=False, working_copy=False)}
     ours(texts[:1])  # warm-up: first-call allocations and lazy initialisation
     work.clear()
     raw: dict[str, dict[int, list[dict[str, float]]]] = {v: {} for v in variants}
@@ -148,12 +160,14 @@ def main() -> None:
                           "seconds": round(common.median([r["seconds"] for r in runs]), 3),
                           "tokens": common.median([r["tokens"] for r in runs])}
         line["ratios"] = {"throughput_vs_defaults": round(line["ours"]["tokens_per_s"] / line["defaults"]["tokens_per_s"], 3),
+                          "seconds_generate_over_ours": round(line["generate"]["seconds"] / line["ours"]["seconds"], 3),
                           "throughput_vs_adapters": round(line["ours"]["tokens_per_s"] / line["adapters"]["tokens_per_s"], 3),
                           "seconds_adapters_over_ours": round(line["adapters"]["seconds"] / line["ours"]["seconds"], 3)}
         if "no_cache" in line:
             line["ratios"]["throughput_vs_no_cache"] = round(line["ours"]["tokens_per_s"] / line["no_cache"]["tokens_per_s"], 3)
         line["floors"] = sampling_floors(shape, config.lora.r, work[batch_size], line["ours"]["seconds"], rates)
-        line["floors_adapters"] = sampling_floors(shape, config.lora.r, work[batch_size], line["adapters"]["seconds"], rates)
+        for name in ("generate", "adapters"):
+            line[f"floors_{name}"] = sampling_floors(shape, config.lora.r, work[batch_size], line[name]["seconds"], rates)
         common.emit(line)
         lines.append(line)
     common.save("generation", {
@@ -162,7 +176,7 @@ def main() -> None:
         "machine_rates": rates,
         "layouts": layout_figures,
         "settings": {"model": "smollm2-135m-instruct", "dtype": "float32",
-                     "adapter": "LoRA r=16, enabled; ours on the working copy, adapters through it unmerged",
+                     "adapter": "LoRA r=16, enabled; ours and generate on the working copy, adapters through it unmerged",
                      "max_new_tokens": MAX_NEW_TOKENS, "temperature": TEMPERATURE, "repeats": args.repeats,
                      "one_repeat_from_batch": args.one_repeat_from,
                      "threads": args.threads},

@@ -187,7 +187,7 @@ def phase_floors(shape: Any, s: dict[str, Any], query_tokens: list[int], figures
     return out
 
 
-def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
+def run_workload(name: str, runs: int, workdir: Path, contenders: tuple[str, ...] = CONTENDERS) -> dict[str, Any]:
     from align.core.memory import model_shape
     from bench import workloads
 
@@ -199,10 +199,10 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
     rates = common.run_child([sys.executable, "-m", "bench.ppo_vs_trl", "--rates", paths["model_path"]],
                              env={"OMP_NUM_THREADS": str(THREADS)})
     rates = {k: rates[k] for k in ("gemm_gflops", "copy_gbps")}
-    per_run: dict[str, list[dict[str, Any]]] = {c: [] for c in CONTENDERS}
+    per_run: dict[str, list[dict[str, Any]]] = {c: [] for c in contenders}
     for i in range(runs):
         # rotate the order so no contender always runs first (or right after the heaviest one)
-        order = CONTENDERS[i % len(CONTENDERS):] + CONTENDERS[:i % len(CONTENDERS)]
+        order = contenders[i % len(contenders):] + contenders[:i % len(contenders)]
         for contender in order:
             spec = {**paths, "workdir": str(workdir / name), "settings": settings, "seed": i, "threads": THREADS,
                     "extra": OURS_VARIANTS.get(contender, [])}
@@ -221,7 +221,7 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
             print(f"# {name} run {i} {contender}: {result['process_wall_s']} s, "
                   f"{summarise_run(result, settings['warmup'])['sec_per_update']:.3f} s/update", file=sys.stderr)
     line: dict[str, Any] = {"workload": name}
-    for contender in CONTENDERS:
+    for contender in contenders:
         summaries = [summarise_run(r, settings["warmup"]) for r in per_run[contender]]
         line[contender] = {k: round(common.median([s[k] for s in summaries]), 4) for k in [*PHASES, "peak_rss_mb"]}
         line[contender]["spread"] = {k: [round(min(s[k] for s in summaries), 4), round(max(s[k] for s in summaries), 4)]
@@ -230,10 +230,6 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
                                                  reward_off_reference=contender in OURS_VARIANTS)
     ours, peer, nogc = line["ours"], line["peer"], line["peer_nogc"]
     line["ratios"] = {
-        "time_vs_ours_fp32": round(ours["sec_per_update"] / line["ours_fp32"]["sec_per_update"], 3),
-        "ours_fp32_vs_peer": round(line["ours_fp32"]["sec_per_update"] / peer["sec_per_update"], 3),
-        "time_vs_ours_adapters": round(ours["sec_per_update"] / line["ours_adapters"]["sec_per_update"], 3),
-        "generation_vs_ours_adapters": round(ours["generation_s"] / line["ours_adapters"]["generation_s"], 3),
         "time_vs_peer": round(ours["sec_per_update"] / peer["sec_per_update"], 3),
         "time_vs_peer_nogc": round(ours["sec_per_update"] / nogc["sec_per_update"], 3),
         "mem_vs_peer": round(ours["peak_rss_mb"] / peer["peak_rss_mb"], 3),
@@ -241,9 +237,16 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
         "cpu_time_vs_peer": round(ours["cpu_s_per_update"] / peer["cpu_s_per_update"], 3),
         "cpu_time_vs_peer_nogc": round(ours["cpu_s_per_update"] / nogc["cpu_s_per_update"], 3),
     }
+    if "ours_fp32" in line:
+        line["ratios"]["time_vs_ours_fp32"] = round(ours["sec_per_update"] / line["ours_fp32"]["sec_per_update"], 3)
+        line["ratios"]["ours_fp32_vs_peer"] = round(line["ours_fp32"]["sec_per_update"] / peer["sec_per_update"], 3)
+    if "ours_adapters" in line:
+        adapters = line["ours_adapters"]
+        line["ratios"]["time_vs_ours_adapters"] = round(ours["sec_per_update"] / adapters["sec_per_update"], 3)
+        line["ratios"]["generation_vs_ours_adapters"] = round(ours["generation_s"] / adapters["generation_s"], 3)
     # objective/scores per update, the mean over runs; and its mean over the first and second half
     curves = {c: [sum(r["updates"][u]["scores"] for r in per_run[c]) / runs for u in range(settings["updates"])]
-              for c in CONTENDERS}
+              for c in contenders}
     line["reward_curve"] = {c: [round(x, 4) for x in curve] for c, curve in curves.items()}
     half = max(1, settings["updates"] // 2)
     line["reward_mean"] = {c: {"all": round(sum(curve) / len(curve), 4),
@@ -252,7 +255,7 @@ def run_workload(name: str, runs: int, workdir: Path) -> dict[str, Any]:
                            for c, curve in curves.items()}
     line["machine_rates"] = rates
     detail = {"settings": settings, "query_tokens": paths["query_tokens"], "model_path": paths["model_path"],
-              "runs": {c: [{k: v for k, v in r.items() if k != "batch_size"} for r in per_run[c]] for c in CONTENDERS}}
+              "runs": {c: [{k: v for k, v in r.items() if k != "batch_size"} for r in per_run[c]] for c in contenders}}
     return line, detail
 
 
@@ -262,6 +265,8 @@ def main() -> None:
     parser.add_argument("--rates", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help="runs per contender (default: the workload's, 5 tiny, 3 SmolLM2)")
     parser.add_argument("--workloads", default="tiny,smollm2")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help="a subset of the five (ours, peer and peer_nogc always run: the ratios need them)")
     args = parser.parse_args()
     if args.child:
         return ours_child(args.child)
@@ -273,7 +278,9 @@ def main() -> None:
     lines, details = [], {}
     with tempfile.TemporaryDirectory(prefix="align-bench-") as tmp:
         for name in args.workloads.split(","):
-            line, detail = run_workload(name, args.runs or SETTINGS[name]["runs"], Path(tmp))
+            contenders = tuple(c for c in CONTENDERS
+                               if c in args.contenders.split(",") or c in ("ours", "peer", "peer_nogc"))
+            line, detail = run_workload(name, args.runs or SETTINGS[name]["runs"], Path(tmp), contenders)
             common.emit(line)
             lines.append(line)
             details[name] = detail

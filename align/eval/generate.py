@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
+from align.core import decoding
 from align.core.sampling_weights import sampling_weights
 from align.eval.config import GenerationSettings
 from align.eval.models import View
-from align.eval.prefix import cache_name, prefill
 
 
 @dataclass
@@ -85,12 +85,11 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
     with view.active() as model, sampling_weights(model, rows, enabled=settings.working_copy):
         for start in range(0, len(prompts), settings.batch_size):
             batch = Batch(model, tokenizer, prompt_ids[start:start + settings.batch_size], view.eos_ids, settings)
-            greedy += batch.generate(1, do_sample=False)
+            greedy += batch.generate(1, greedy=True)
             _tick(progress, len(batch.rows))
             for seed in settings.seeds if samples_per_seed else ():
                 torch.manual_seed(seed_for(seed, start))
-                out = batch.generate(samples_per_seed, do_sample=True, top_k=0, temperature=settings.temperature,
-                                     top_p=settings.top_p)
+                out = batch.generate(samples_per_seed)
                 for i in range(len(batch.rows)):  # each prompt's samples come out together
                     sampled[start + i] += out[i * samples_per_seed:(i + 1) * samples_per_seed]
                 _tick(progress, len(batch.rows) * samples_per_seed)
@@ -98,60 +97,26 @@ def answer(view: View, prompts: list, settings: GenerationSettings, samples_per_
 
 
 class Batch:
-    """Prompts run through the model once (their shared prefix once for all): every generate call
-    starts from a copy of that cache, so the greedy pass and each sampled pass skip the prompts."""
+    """Prompts run through the model once (core.decoding.prompt: their shared prefix once for all): the greedy
+    pass and each sampled pass decode from copies of that cache."""
 
     def __init__(self, model: Any, tokenizer: Any, rows: list[list[int]], eos_ids: list[int],
                  settings: GenerationSettings):
         self.model, self.tokenizer, self.rows, self.eos_ids, self.settings = model, tokenizer, rows, eos_ids, settings
-        self.prefilled = prefill(model, rows, tokenizer.pad_token_id)
+        self.prompted = decoding.prompt(model, rows, tokenizer.pad_token_id)
 
-    def generate(self, n: int, **sampling: Any) -> list[Answer]:
-        """n answers per prompt, prompt by prompt."""
-        from transformers import LogitsProcessorList
-
-        ids, mask, cache = self.prefilled.expanded(n)
-        kwargs = {cache_name(self.model): cache} if cache is not None else {}
-        recorder = TokenLogprobs(self.settings.temperature)
-        out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.settings.max_new_tokens,
-                                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
-                                  logits_processor=LogitsProcessorList([recorder]), **kwargs, **sampling)
-        tokens = out[:, ids.shape[1]:]  # (B·n, T)
-        logps = recorder.result(tokens).tolist()  # (B·n, T)
+    def generate(self, n: int, greedy: bool = False) -> list[Answer]:
+        """n answers per prompt, prompt by prompt, each with log π_T of its tokens."""
+        settings = self.settings
+        out = decoding.sample(self.model, self.prompted, max_new_tokens=settings.max_new_tokens,
+                              temperature=settings.temperature, top_p=settings.top_p, greedy=greedy, n=n,
+                              eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id)
         answers = []
-        for row, logp in zip(tokens.tolist(), logps):
+        for row, logp in zip(out.tokens.tolist(), out.logprobs.tolist()):
             kept, has_eos = cut_at_eos(row, self.eos_ids)
             text = self.tokenizer.decode(kept, skip_special_tokens=True).strip()
             answers.append(Answer(text, kept, has_eos, float(sum(logp[:len(kept)]))))
         return answers
-
-
-class TokenLogprobs:
-    """A logits processor that records log π_T(a_t | x, a_<t) of each generated token.
-
-    transformers runs user processors on the raw logits, before its temperature and top-p warpers,
-    so dividing by T here gives the tempered distribution the sample came from (top_p = 1). The token
-    drawn at step t is only known at step t+1 (the last of input_ids), or after generate returns."""
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.steps: list[torch.Tensor] = []  # (B,) each
-        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the step whose token is not seen yet
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self._resolve(input_ids[:, -1])
-        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def _resolve(self, tokens: torch.Tensor) -> None:
-        if self.pending is not None:
-            self.steps.append(self.pending.gather(1, tokens[:, None]).squeeze(1))
-            self.pending = None
-
-    def result(self, generated: torch.Tensor) -> torch.Tensor:
-        """(B, T) log-probs of `generated` (B, T), the tokens generate returned."""
-        self._resolve(generated[:, -1])
-        return torch.stack(self.steps, dim=1).cpu() if self.steps else torch.zeros(generated.shape[0], 0)
 
 
 def _tick(progress: Any, n: int) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from align.eval.models import View
-from align.eval.prefix import cache_name, left_pad, position_ids, prefill, right_pad
+from align.core.prefix import cache_name, left_pad, position_ids, prefill, right_pad
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

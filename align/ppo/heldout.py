@@ -76,13 +76,12 @@ class HeldOut:
                       do_sample: bool) -> dict[str, torch.Tensor]:
         temperature = self.sampling.temperature
         self.stack.peft.eval()
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": self.sampling.top_p, "top_k": 0} \
-            if do_sample else {"do_sample": False}
-        out = self.stack.generate(query_ids, query_mask, max_new_tokens=self.sampling.max_new_tokens,
-                                  pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
-                                  working_copy=self.sampling.working_copy, **sampling)
-        responses, response_mask, has_eos = truncate_at_eos(out[:, query_ids.shape[1]:], self.eos_ids, self.pad_id)
+        out = self.stack.sample(query_ids, query_mask, max_new_tokens=self.sampling.max_new_tokens,
+                                temperature=temperature, top_p=self.sampling.top_p, greedy=not do_sample,
+                                eos_ids=self.eos_ids, pad_id=self.pad_id, working_copy=self.sampling.working_copy)
+        responses, response_mask, has_eos = truncate_at_eos(out.tokens, self.eos_ids, self.pad_id)
         r = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)
+        # log π from a pass of its own, as π_ref's: the held-out KL is then exactly 0 while the policy is the reference
         no_grad_passes(self.stack, r, messages, self.score, temperature, self.max_tokens, self.max_rows,
                        policy=True, values=False)
         scores = self.normaliser(r.raw_scores.float())

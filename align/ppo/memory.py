@@ -7,9 +7,9 @@ the weights as loaded (4-bit linear layers at ~0.56 bytes a weight, the rest fp3
 three phases, one at a time:
 
     generation   batch_size / processes rows x (data.max_prompt_length + generation.max_new_tokens) of KV
-                 cache, the prompts' prefill, the sampling logits (rows x max_new_tokens x vocab)
-                 that log π_old is read from, and with generation.working_copy the copy of the weights
-                 sampling runs on (core.sampling_weights.copy_bytes)
+                 cache, the prompts' prefill and its packed pass's attention mask (core.decoding), a step's
+                 logits with what the draw derives from them, and with generation.working_copy the copy of
+                 the weights sampling runs on (core.sampling_weights.copy_bytes)
     no-grad      a micro-batch of the passes over the rollout (π_old, π_ref, V, r): one layer's
                  activations at a time, and its logits (rows x response tokens x vocab) in three copies
     update       a micro-batch's activations kept for backward (core.token_batches.activation_bytes),
@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 from align.core.memory import (FP32, RUNTIME_BYTES, Shape, available_bytes, check_fits as refuse, loading_bytes,
                                lora_weights, model_shape, on_cuda, weight_bytes)
-from align.core import sampling_weights
+from align.core import decoding, sampling_weights
 from align.core.token_batches import activation_bytes
 
 LORA_ADAPTERS = 4  # policy, value, reward, reference (the last two only with an SFT or reward adapter)
@@ -71,9 +71,11 @@ def estimate(config, shape: Shape, processes: int = 1) -> Estimate:
     longest = config.data.max_prompt_length + s.max_new_tokens
     kv_cache = rows * longest * 2 * L * shape.kv_width * FP32
     prefill = rows * config.data.max_prompt_length * forward_values
-    sampled_logits = rows * s.max_new_tokens * V * FP32 if s.logprobs_from_sampling else 0
+    packed = min(rows * config.data.max_prompt_length, decoding.PACKED_TOKENS)  # a longer row runs alone, unmasked
+    packed_mask = packed * (packed + config.data.max_prompt_length) * (1 + FP32)  # boolean, and SDPA's float copy
     copy = sampling_weights.copy_bytes(shape, config.model.quantization != "none") if s.working_copy else 0
-    generation = kv_cache + prefill + sampled_logits + rows * V * FP32 * 2 + copy  # + a step's logits being sampled
+    step_logits = rows * V * (3 * FP32 + 2 * 8)  # logits, log-softmax, probabilities; float64 ones and their sums
+    generation = kv_cache + prefill + packed_mask + step_logits + copy
 
     micro_rows = p.mini_batch_size // processes // p.grad_accum
     tokens = max(p.max_tokens_per_batch, longest)  # a row over the budget goes alone

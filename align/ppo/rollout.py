@@ -97,19 +97,15 @@ def make_rollout(
     """
     start = time.perf_counter()
     stack.peft.eval()
-    out = stack.generate(
-        query_ids, query_mask, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-        max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids, use_cache=True,
-        output_logits=sampling.logprobs_from_sampling, return_dict_in_generate=True, working_copy=sampling.working_copy,
-    )
-    responses, response_mask, has_eos = truncate_at_eos(out.sequences[:, query_ids.shape[1]:], eos_ids, pad_id)
+    out = stack.sample(query_ids, query_mask, max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                       top_p=sampling.top_p, eos_ids=eos_ids, pad_id=pad_id, working_copy=sampling.working_copy)
+    responses, response_mask, has_eos = truncate_at_eos(out.tokens, eos_ids, pad_id)
     timings["time/generation_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
     rollout = Rollout(query_ids, query_mask, responses, response_mask, *(None,) * 6)  # filled below
     if sampling.logprobs_from_sampling:
-        rollout.logprobs = sampled_logprobs(out.logits, responses, sampling.temperature) * response_mask
-    del out  # the sampling logits, (B, V) x T, before the passes below
+        rollout.logprobs = out.logprobs * response_mask
     scoring_s = no_grad_passes(stack, rollout, prompts, score, sampling.temperature, max_tokens, max_rows,
                                policy=not sampling.logprobs_from_sampling, values=True)
     timings["time/forward_s"] = time.perf_counter() - start - scoring_s
@@ -122,14 +118,6 @@ def make_rollout(
     rollout.scores, rollout.has_eos = scores, has_eos
     stack.peft.train()
     return rollout
-
-
-def sampled_logprobs(step_logits: tuple[torch.Tensor, ...], responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log π_old(a_t) (B, T) from generation's raw logits, (B, V) for each of the T steps, one step at a
-    time: stacking them first would add a (B, T, V) copy and logprobs_of two more (B=32, T=64 on
-    SmolLM2's 49152-token vocabulary: 400 MB each)."""
-    return torch.stack([logprobs_of(z[:, None], responses[:, t, None], temperature)[:, 0]
-                        for t, z in enumerate(step_logits)], 1)
 
 
 def rows_of(rollout: Rollout, rows: torch.Tensor, lengths: tuple[torch.Tensor, torch.Tensor]) -> Rollout:

@@ -132,7 +132,7 @@ def test_shared_prompt_cache_gives_the_same_answer_logprobs(tiny_view):
 
 
 def test_a_prefix_shared_by_every_row_runs_once_and_changes_nothing(tiny_view):
-    from align.eval.prefix import common_prefix
+    from align.core.prefix import common_prefix
 
     prompts = [[5, 6, 7, 8, 9], [5, 6, 7, 11], [5, 6, 12, 13, 14, 15]]
     assert common_prefix(prompts) == 2 and common_prefix([[1, 2], [1, 2]]) == 1  # each row keeps one token

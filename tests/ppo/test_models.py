@@ -131,19 +131,22 @@ def test_the_reward_read_from_the_reference_pass_equals_a_pass_of_its_own(tiny_m
     assert stack._base_pass is None
 
 
-def test_sampling_under_inference_mode_gives_the_same_tokens_as_a_normal_tensor(tiny_model_dir):
+def test_sampling_under_inference_mode_gives_the_same_tokens_as_under_no_grad(tiny_model_dir):
+    from align.core import decoding
+
     stack = stack_with_distinct_adapters(tiny_model_dir)
     ids, mask = batch()
-    settings = {"do_sample": True, "temperature": 0.7, "top_k": 0, "max_new_tokens": 6, "pad_token_id": 3,
-                "use_cache": True}
+    settings = {"temperature": 0.7, "max_new_tokens": 6, "pad_id": 3, "eos_ids": [2]}
     torch.manual_seed(5)
-    out = stack.generate(ids, mask, **settings)
+    out = stack.sample(ids, mask, **settings)
     torch.manual_seed(5)
     with torch.no_grad():
-        expected = stack.peft.generate(input_ids=ids, attention_mask=mask, **settings)
-    assert torch.equal(out, expected) and not out.is_inference()
+        expected = decoding.sample_queries(stack.peft, ids, mask, **settings)
+    assert torch.equal(out.tokens, expected.tokens) and not out.tokens.is_inference()
+    torch.testing.assert_close(out.logprobs, expected.logprobs, rtol=0, atol=0)
     # the update embeds sampled ids with gradients flowing into the adapters
-    stack.policy_logits(out, torch.ones_like(out), 6).sum().backward()
+    sequences = torch.cat([ids, out.tokens], 1)
+    stack.policy_logits(sequences, torch.ones_like(sequences), 6).sum().backward()
     assert all(p.grad is not None for p in stack._params[POLICY])
 
 

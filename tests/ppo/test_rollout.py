@@ -214,20 +214,21 @@ def model_with(tiny_model_dir, tmp_path, *, config=None, generation=None):
 
 
 def test_sampling_ignores_the_checkpoints_own_generation_settings(tiny_model_dir, tmp_path):
-    """A checkpoint that ships repetition_penalty, no_repeat_ngram_size and top_k must not reshape what PPO
-    samples: the distribution drawn from is softmax(logits / T), the one log π_old is read from. transformers
-    fills every setting a generate call leaves unset from the model's generation_config."""
-    model_dir = model_with(tiny_model_dir, tmp_path, generation={"repetition_penalty": 1.5, "no_repeat_ngram_size": 2,
-                                                                 "top_k": 5, "min_new_tokens": 4})
-    tokenizer = modeling.load_tokenizer(str(model_dir))
-    stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization="none"), tokenizer, None)
-    _, ids, mask = prompts_and_queries(tokenizer)
-    torch.manual_seed(0)
-    out = stack.generate(ids, mask, do_sample=True, temperature=0.7, top_p=1.0, top_k=0, max_new_tokens=12,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=[tokenizer.eos_token_id],
-                         return_dict_in_generate=True, output_logits=True, output_scores=True)
-    for raw, used in zip(out.logits, out.scores):  # (B, V) a step: raw logits, and what was sampled from
-        torch.testing.assert_close(used, raw / 0.7, atol=1e-5, rtol=1e-5)
+    """A checkpoint that ships repetition_penalty, no_repeat_ngram_size, top_k and min_new_tokens must not reshape
+    what PPO samples: the distribution drawn from is softmax(logits / T), the one log π_old is read from. The same
+    seed draws the same tokens, with the same log-probs, as from the checkpoint without them."""
+    drawn = []
+    for generation in (None, {"repetition_penalty": 1.5, "no_repeat_ngram_size": 2, "top_k": 5, "min_new_tokens": 4}):
+        model_dir = model_with(tiny_model_dir, tmp_path / str(len(drawn)), generation=generation)
+        tokenizer = modeling.load_tokenizer(str(model_dir))
+        stack = PolicyStack(modeling.ModelConfig(name=str(model_dir), quantization="none"), tokenizer, None)
+        _, ids, mask = prompts_and_queries(tokenizer)
+        torch.manual_seed(0)
+        drawn.append(stack.sample(ids, mask, temperature=0.7, max_new_tokens=12, pad_id=tokenizer.pad_token_id,
+                                  eos_ids=[tokenizer.eos_token_id]))
+    plain, configured = drawn
+    assert torch.equal(plain.tokens, configured.tokens)
+    torch.testing.assert_close(plain.logprobs, configured.logprobs, rtol=0, atol=0)
     assert stack.peft.generation_config.eos_token_id is not None  # the token ids stay
 
 

@@ -23,6 +23,7 @@ import shutil
 import pytest
 import torch
 
+from align.core import decoding
 from align.ppo.models import POLICY, TRAINABLE, PolicyStack
 from tests.ppo.test_models import head_on_base_reward
 from tests.ppo.test_train import step_logs, toy_config
@@ -64,17 +65,17 @@ def previous_code(monkeypatch):
             yield
         peft_use(self, active)
 
-    def generate_no_grad(self, input_ids, attention_mask, working_copy=False, **kwargs):
+    def sample_no_grad(self, query_ids, query_mask, working_copy=False, **settings):
         self.use(POLICY)
         with torch.no_grad():
-            return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            return decoding.sample_queries(self.peft, query_ids, query_mask, **settings)
 
     real_adamw = torch.optim.AdamW
     monkeypatch.setattr(PolicyStack, "use", peft_use)
     monkeypatch.setattr(PolicyStack, "base_only", peft_base_only)
     monkeypatch.setattr(PolicyStack, "_check_fast_switch", lambda self: peft_use(self, POLICY))
     monkeypatch.setattr(PolicyStack, "_kept_base_pass", lambda self, ids, mask: None)
-    monkeypatch.setattr(PolicyStack, "generate", generate_no_grad)
+    monkeypatch.setattr(PolicyStack, "sample", sample_no_grad)
     monkeypatch.setattr(ppo_train.torch.optim, "AdamW", lambda *a, fused=None, **k: real_adamw(*a, **k))
     monkeypatch.setattr(ppo_health, "_clone_tensors", copy.deepcopy)
 

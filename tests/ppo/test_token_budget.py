@@ -17,7 +17,7 @@ from align.core import modeling
 from align.core.errors import AlignError
 from align.ppo.batches import unpadded_columns
 from align.ppo.models import PolicyStack
-from align.ppo.rollout import Sampling, make_rollout, sampled_logprobs, shared_base_scorer, text_scorer
+from align.ppo.rollout import Sampling, make_rollout, shared_base_scorer, text_scorer
 from tests.ppo.test_models import head_on_base_reward
 from tests.ppo.test_rollout import prompts_and_queries
 from tests.conftest import DEMO
@@ -129,15 +129,6 @@ def test_the_no_grad_passes_in_micro_batches_give_the_whole_batchs_figures_and_k
     assert saved  # the check can tell: a pass with autograd on saves tensors
 
 
-def test_log_probs_from_the_sampling_logits_step_by_step_are_the_stacked_ones():
-    torch.manual_seed(0)
-    steps = tuple(torch.randn(4, 300) * 3 for _ in range(6))
-    tokens = torch.randint(0, 300, (4, 6))
-    from align.ppo.losses import logprobs_of
-
-    assert torch.equal(sampled_logprobs(steps, tokens, 0.7), logprobs_of(torch.stack(steps, 1), tokens, 0.7))
-
-
 def test_a_reward_model_of_its_own_scores_in_eval_mode_in_batches_within_the_budget(varied_model):
     """Another base's reward model re-tokenises the texts: its batches stay within the token budget, in
     inference mode (nothing kept for a backward) and eval mode, and scores keep their rows' order."""
@@ -175,8 +166,8 @@ def test_held_out_answers_generated_a_few_at_a_time_give_the_figures_of_all_at_o
     move_off_the_start(trainer)
     prompts = load_records(DEMO / "heldout.jsonl", "prompts")[:6]
     generated = []
-    real_generate = trainer.stack.generate
-    trainer.stack.generate = lambda ids, mask, **k: generated.append(ids.shape[0]) or real_generate(ids, mask, **k)
+    real_sample = trainer.stack.sample
+    trainer.stack.sample = lambda ids, mask, **k: generated.append(ids.shape[0]) or real_sample(ids, mask, **k)
     trainer.heldout.max_generated, trainer.heldout.max_tokens = None, None
     at_once = trainer.evaluate(prompts)
     trainer.heldout.max_generated, trainer.heldout.max_tokens = 4, 30
