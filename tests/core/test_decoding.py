@@ -192,14 +192,15 @@ def test_only_full_attention_without_a_window_is_packed(tiny, tiny_model_dir):
 
 def test_draws_over_a_real_vocabulary_follow_its_softmax():
     """SmolLM2's 49152 tokens, logits spread as a language model's: the frequencies of the 20 likeliest tokens
-    and of the rest match their probabilities (a chi-square test, 20 degrees of freedom)."""
+    and of the rest match their probabilities (a chi-square test, 20 degrees of freedom; 4000 draws expect 22-727
+    of each of the 20)."""
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(49152, generator=generator) * 3
     logprobs = torch.log_softmax(logits, -1)
     top = logprobs.topk(20).indices
-    expected = torch.cat([logprobs[top].exp(), 1 - logprobs[top].exp().sum(0, keepdim=True)]) * 20_000
+    expected = torch.cat([logprobs[top].exp(), 1 - logprobs[top].exp().sum(0, keepdim=True)]) * 4000
     torch.manual_seed(1)
-    drawn = torch.cat([decoding.draw(logprobs.expand(1000, -1)) for _ in range(20)])  # 1000 x 49152 at a time
+    drawn = torch.cat([decoding.draw(logprobs.expand(1000, -1)) for _ in range(4)])  # 1000 x 49152 at a time
     in_top = (drawn[:, None] == top[None]).float()
     observed = torch.cat([in_top.sum(0), (1 - in_top.sum(1)).sum(0, keepdim=True)])
     chi2 = float(((observed - expected) ** 2 / expected).sum())
