@@ -54,9 +54,8 @@ def four_models_class():
     import torch
     from torch import nn
 
-    from align.core import decoding, modeling
-    from align.core.sampling_weights import sampling_weights
-    from align.ppo.models import POLICY, REF, position_ids
+    from align.core import modeling
+    from align.ppo.models import POLICY, REF, PolicyStack, position_ids
     from align.reward.score import HEAD_FILE, Normaliser, weights_dir
 
     class FourModels(nn.Module):
@@ -133,11 +132,8 @@ def four_models_class():
             picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
             return self.reward_head(picked.float()).squeeze(-1)
 
-        def sample(self, query_ids, query_mask, working_copy=False, **settings):
-            # the policy samples as the shared stack's does, on a working copy of its weights when asked
-            with torch.inference_mode(), sampling_weights(self.peft, query_ids.shape[0], enabled=working_copy):
-                out = decoding.sample_queries(self.peft, query_ids, query_mask, **settings)
-            return decoding.Sampled(out.tokens.clone(), out.logprobs.clone())
+        # the policy samples as the shared stack's does (its `use` and `peft` are this class's own)
+        sample = PolicyStack.sample
 
     return FourModels
 

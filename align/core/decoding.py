@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from align.core.prefix import cache_name, cache_of, common_prefix, is_prompt_learning, position_ids, prefill
+from align.core.prefix import (cache_name, cache_of, common_prefix, is_prompt_learning, left_pad, position_ids,
+                               prefill)
 
 
 class GrowingLayer(DynamicLayer):
@@ -125,10 +126,8 @@ def prompt(model: Any, rows: list[list[int]], pad_id: int) -> Prompted:
     own = [r[shared:] for r in rows]
     width = shared + max(len(r) for r in own)
     parts = [_packed_pass(model, name, prefix, own[group], shared, width) for group in _groups(own, PACKED_TOKENS)]
-    mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # [shared prefix][left padding][own tokens]
-    mask[:, :shared] = 1
-    for i, r in enumerate(own):
-        mask[i, width - len(r):] = 1
+    _, own_mask = left_pad(own, pad_id)
+    mask = torch.cat([torch.ones(len(rows), shared, dtype=torch.long), own_mask], 1).to(device)  # [P][padding][own]
     cache = DynamicCache()
     cache.layers = [_RowLayer(torch.cat([p[1][j][0] for p in parts]), torch.cat([p[1][j][1] for p in parts]))
                     for j in range(len(parts[0][1]))]
