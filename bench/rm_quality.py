@@ -61,6 +61,7 @@ default, a 2 MB threshold, or the default trimmed after every backward (settle_h
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import os
 import random
@@ -300,7 +301,6 @@ def trl_dataset(tokenizer: Any, path: str, max_length: int) -> Any:
 def trl_trainer(config: Any, tokenizer: Any, dataset: Any, out_dir: Path, per_device: int) -> Any:
     """TRL's RewardTrainer with every knob ours has set from our config; the rest at TRL's defaults.
     A step is the same batch_size x grad_accum pairs as ours, in forward passes of `per_device` pairs."""
-    import math
 
     import torch
     from trl import RewardConfig, RewardTrainer
@@ -481,6 +481,27 @@ def top1_accuracy(groups: list, rewards: list[list[float]], keep: list[bool]) ->
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
+def paired_tally(groups: list, ours: list[list[float]], trl: list[list[float]], keep: list[bool]) -> dict[str, int]:
+    """The kept groups' pairs by which contender orders them right: both, ours only, TRL only, neither. The
+    discordant counts give the paired difference's interval (McNemar), over one split or pooled over splits."""
+    tally = {"both": 0, "ours_only": 0, "trl_only": 0, "neither": 0}
+    for g, a, b, k in zip(groups, ours, trl, keep):
+        for w, l in g.pairs if k else ():
+            right = (a[w] > a[l], b[w] > b[l])
+            tally[{(True, True): "both", (True, False): "ours_only", (False, True): "trl_only",
+                   (False, False): "neither"}[right]] += 1
+    return tally
+
+
+def paired_difference(tally: dict[str, int]) -> dict[str, Any]:
+    """Ours' accuracy minus TRL's on the same pairs, with a 95% normal interval from the discordant pairs."""
+    n = sum(tally.values())
+    b, c = tally["ours_only"], tally["trl_only"]
+    diff = (b - c) / n
+    half = 1.96 * math.sqrt(max(0.0, b + c - n * diff ** 2)) / n
+    return {"pairs": n, **tally, "difference": round(diff, 4), "interval_95": [round(diff - half, 4), round(diff + half, 4)]}
+
+
 def accuracies(task: str, groups: list, fits: list[bool], before: list, after: list) -> dict[str, Any]:
     """Before/after accuracy on the held-out groups that fit both, the long ones, and all."""
     subsets = {"fit": fits, "long": [not f for f in fits], "all": [True] * len(fits)}
@@ -538,6 +559,8 @@ def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dir
         "bench_accuracy_of_stage_scores_before": pair_accuracy(groups, runs["ours"]["before"], everything),
         "trl_pairs_trained_equals_ours": runs["trl"]["pairs_trained"] == data["train_pairs"],
     }
+    line["paired_fit"] = paired_difference(
+        paired_tally(groups, runs["ours"]["after"], runs["trl"]["after"], data["heldout_fits"]))
     line["raw"] = {c: {k: v for k, v in runs[c].items() if k not in ("before", "after")} for c in CONTENDERS}
     return line
 
@@ -660,7 +683,7 @@ def settings(args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, An
     t = config.training
     return {
         "workload": "tiny" if args.tiny else "smollm2", "preset": str(args.preset), "model": to_dict(config.model),
-        "training": to_dict(t), "max_length": args.max_length, "split_seed": args.seed, "threads": args.threads,
+        "training": to_dict(t), "max_length": args.max_length, "split_seed": args.seed, "split_seeds": args.seeds, "threads": args.threads,
         "hh_file": str(args.hh), "oasst_file": None if args.no_oasst else str(args.oasst),
         "trl": {"per_device_train_batch_size": args.trl_per_device_batch,
                 "gradient_accumulation_steps": t.batch_size * t.grad_accum // args.trl_per_device_batch,
@@ -697,6 +720,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--oasst", type=Path, help="OpenAssistant trees (jsonl or jsonl.gz)")
     parser.add_argument("--preset", type=Path, default=PRESET)
     parser.add_argument("--seed", type=int, help="the held-out split's shuffle; default 0, tiny 2")
+    parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")],
+                        help="several splits, one after another (e.g. 0,1,2): rm_quality-splits.json, rewritten after each "
+                             "split, with the paired accuracy difference pooled over them (HH)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child-timeout", type=float, default=7200)
     parser.add_argument("--out", type=Path, default=common.RESULTS, help="folder for rm_quality[-tiny].json")
@@ -723,6 +749,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# workdir {work}", file=sys.stderr)
     if args.profile:
         args.no_oasst = True
+    if args.seeds:
+        args.seed = args.seeds[0]
     data = prepare(args, workload, work)
     name = "rm_quality" + ("-profile" if args.profile else "") + ("-tiny" if args.tiny else "")
     versions = common.versions("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
@@ -731,8 +759,31 @@ def main(argv: list[str] | None = None) -> None:
               "data": {task: {k: v for k, v in d.items() if k != "heldout_fits"} for task, d in data.items()}}
     if args.profile:
         return write(args, name, {**header, "results": profile(args, workload, data["hh"], work), "note": PROFILE_NOTE})
+    if not args.seeds:
+        results, score_process = run_split(args, workload, data, work)
+        return write(args, name, {**header, "results": results, "score_process": score_process,
+                                  "targets": targets(results["hh"]), "note": NOTE})
+    # several splits: the held-out pairs of one split are too few to tell two trainers 0.01 apart
+    splits = []
+    for n, seed in enumerate(args.seeds):
+        if seed != args.seed:
+            args.seed = seed
+            (work / f"split-{seed}").mkdir(parents=True, exist_ok=True)
+            data = prepare(args, workload, work / f"split-{seed}")
+        results, score_process = run_split(args, workload, data, work / f"split-{seed}", first=n)
+        splits.append({"split_seed": seed, "data": {t: {k: v for k, v in d.items() if k != "heldout_fits"}
+                                                    for t, d in data.items()},
+                       "results": results, "score_process": score_process})
+        write(args, name + "-splits", {**header, "splits": splits, "pooled": pooled(splits), "note": NOTE})
+
+
+def run_split(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, Any], work: Path,
+              first: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both contenders on one split's tasks, then the saved-directory check: figures by task. `first` turns
+    the order in which the contenders take their turns (the split's number when there are several)."""
+    work.mkdir(parents=True, exist_ok=True)
     runs = {}
-    for i, task in enumerate(data):
+    for i, task in enumerate(data, start=first):
         order = CONTENDERS if i % 2 == 0 else CONTENDERS[::-1]  # the machine's load drifts: alternate who goes first
         runs[task] = train_task(task, data[task], args, workload, work, order)
     tasks = {task: {"models": {c: runs[task][c]["out_dir"] for c in CONTENDERS}, "heldout": data[task]["heldout_file"]}
@@ -743,13 +794,29 @@ def main(argv: list[str] | None = None) -> None:
     for task in data:
         results[task] = task_figures(task, data[task], runs[task], from_dirs[task])
         common.emit({"workload": f"rm_quality_{task}", **{c: results[task][c] for c in CONTENDERS}})
-    write(args, name, {
-        **header, "results": results,
-        "score_process": {"peak_rss_mb": from_dirs["peak_rss_mb"], "process_wall_s": from_dirs["process_wall_s"]},
-        "targets": targets(results["hh"]),
-        "note": "2-core machine shared with other engineers' jobs; one run per contender, each in a process of its "
-                "own with one thread; peak RSS via wait4 of each child; timings noisy, memory not.",
-    })
+    return results, {"peak_rss_mb": from_dirs["peak_rss_mb"], "process_wall_s": from_dirs["process_wall_s"]}
+
+
+def pooled(splits: list[dict[str, Any]]) -> dict[str, Any]:
+    """The HH figures over every split so far: the paired difference on all their held-out pairs that fit,
+    the issue's targets on the pooled accuracies and the mean seconds and peaks, and each split's own line."""
+    lines = [s["results"]["hh"] for s in splits]
+    tally = {k: sum(line["paired_fit"][k] for line in lines) for k in ("both", "ours_only", "trl_only", "neither")}
+    mean = {c: {k: round(sum(line[c][k] for line in lines) / len(lines), 4)
+                for k in ("accuracy_before_fit", "accuracy_after_fit", "sec_per_pair", "cpu_s_per_pair", "peak_rss_mb")}
+            for c in CONTENDERS}
+    paired = paired_difference(tally)
+    # the accuracy target on every held-out pair that fits, pooled (a split's mean would weigh its pairs unevenly)
+    for c, alone in (("ours", "ours_only"), ("trl", "trl_only")):
+        mean[c]["accuracy_after_fit"] = round((tally["both"] + tally[alone]) / paired["pairs"], 4)
+    return {"splits": len(splits), "paired_fit": paired, "pooled_and_mean": mean, "targets": targets(mean),
+            "by_split": [{"split_seed": s["split_seed"], **{c: s["results"]["hh"][c]["accuracy_after_fit"]
+                                                            for c in CONTENDERS},
+                          "difference": s["results"]["hh"]["paired_fit"]["difference"]} for s in splits]}
+
+
+NOTE = ("2-core machine shared with other engineers' jobs; one run per contender, each in a process of its own with "
+        "one thread; peak RSS via wait4 of each child; timings noisy, memory not.")
 
 
 PROFILE_NOTE = ("one batch of the first training pairs through reward.micro_batches.backward. shipped: the stage's "
