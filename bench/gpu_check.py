@@ -409,11 +409,12 @@ def section_trl(spec: dict[str, Any], budget: float) -> dict[str, Any]:
         return {"skipped": why}
     common.PEER_PYTHON = Path(python)  # run_workload starts the peer with this
     name = "tiny" if dry else "smollm2"
-    if dry:  # the same code path, 2 updates
+    contenders = ppo_vs_trl.CONTENDERS
+    if dry:  # the same code path, 2 updates; ours' variants are flags of ours' own child
         ppo_vs_trl.SETTINGS[name] = {**ppo_vs_trl.SETTINGS[name], "updates": 2, "warmup": 1, "ppo_epochs": 1}
-    line, detail = ppo_vs_trl.run_workload(name, spec["settings"]["trl"]["runs"], workdir / "trl")
-    return {"trl_version": why, "workload": name,
-            **{k: line[k] for k in ("ours", "ours_fp32", "ours_adapters", "peer", "peer_nogc", "ratios")}}
+        contenders = ("ours", "peer", "peer_nogc")
+    line, detail = ppo_vs_trl.run_workload(name, spec["settings"]["trl"]["runs"], workdir / "trl", contenders)
+    return {"trl_version": why, "workload": name, **{k: line[k] for k in (*contenders, "ratios")}}
 
 
 # ------------------------------------------------------------------ the sections, each in its own process
