@@ -291,3 +291,70 @@ def test_dropout_of_one_goes_to_peft_forward():
     fuse_lora(model)
     torch.testing.assert_close(model(x), expected)
     assert torch.isfinite(model(x)).all()
+
+
+def rows_by_adapter(model: nn.Module, x: torch.Tensor, groups) -> list[torch.Tensor]:
+    with fused_lora.adapters_by_rows(lora_layers(model), groups):
+        return output_and_grads(model, x)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_adapters_by_rows_give_each_row_its_adapters_output_and_each_adapter_its_rows_gradients(bias):
+    """PPO's joint pass: adapter one on the first rows, two on the rest, one forward and one backward; as
+    each adapter alone on its own rows, the two adapters' gradients summed."""
+    model, x = lora_block(bias=bias), torch.randn(5, 4, 16)
+    fuse_lora(model)
+    alone = {}
+    for adapter, rows in (("one", slice(0, 2)), ("two", slice(2, 5))):
+        model.set_adapter(adapter)
+        for name, p in model.named_parameters():  # peft's set_adapter freezes the other adapter
+            p.requires_grad_("lora_" in name)
+        alone[adapter] = output_and_grads(model, x[rows])
+    model.set_adapter("one")  # by rows, the active adapter does not matter
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    assert all(fused_lora.serves_by_rows(layer, ("one", "two")) for layer in lora_layers(model))
+    out, grad_x, *grads = rows_by_adapter(model, x, (("one", 2), ("two", 3)))
+    torch.testing.assert_close(out, torch.cat([alone["one"][0], alone["two"][0]]), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad_x, torch.cat([alone["one"][1], alone["two"][1]]), rtol=1e-6, atol=1e-6)
+    assert len(grads) == 8  # A and B of both adapters in both layers
+    by_adapter = {"one": [], "two": []}
+    for (name, _), g in zip([(n, p) for n, p in model.named_parameters() if "lora_" in n], grads):
+        by_adapter["one" if ".one." in name else "two"].append(g)
+    for adapter in ("one", "two"):
+        assert_all_close(by_adapter[adapter], alone[adapter][2:], rtol=1e-5, atol=1e-6)
+    # the state is gone on leaving: the active adapter on every row again
+    assert not any(hasattr(layer, "by_rows") for layer in lora_layers(model))
+    torch.testing.assert_close(model(x)[:2], alone["one"][0], rtol=1e-6, atol=1e-6)
+
+
+def test_adapters_by_rows_under_gradient_checkpointing_and_dropout():
+    """The recomputation in backward runs inside the context, so it gets the rows' adapters again; dropout
+    masks are each adapter's own draw, the same under the same seed."""
+    from torch.utils.checkpoint import checkpoint
+
+    model, x = lora_block(dropout=0.2).train(), torch.randn(4, 3, 16)
+    fuse_lora(model)
+    groups = (("one", 2), ("two", 2))
+    torch.manual_seed(5)
+    plain = rows_by_adapter(model, x, groups)
+    torch.manual_seed(5)
+    with fused_lora.adapters_by_rows(lora_layers(model), groups):
+        xc = x.clone().requires_grad_(True)
+        out = checkpoint(model.base_model.model, xc, use_reentrant=False)
+        out.pow(2).sum().backward()
+    grads = [xc.grad, *[p.grad for p in model.parameters() if p.grad is not None]]
+    assert_all_close([out.detach(), *grads], plain, rtol=1e-6, atol=1e-6)
+
+
+def test_adapters_by_rows_refuse_what_they_cannot_serve():
+    model, x = lora_block(), torch.randn(4, 16)
+    fuse_lora(model)
+    layers = lora_layers(model)
+    with fused_lora.adapters_by_rows(layers, (("one", 1), ("two", 2))), pytest.raises(RuntimeError, match="by rows"):
+        model(x)  # 3 rows named, 4 given
+    with fused_lora.adapters_by_rows(layers, (("one", 2), ("two", 2))), pytest.raises(RuntimeError, match="by rows"):
+        model(x.double())
+    assert not fused_lora.serves_by_rows(layers[0], ("one", "three"))  # no such adapter
+    unfused = lora_block()
+    assert not fused_lora.serves_by_rows(lora_layers(unfused)[0], ("one", "two"))
