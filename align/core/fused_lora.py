@@ -27,28 +27,20 @@ several active adapters, DoRA and other variants, LoRA biases, merged adapters, 
 dropout (training mode) is drawn from torch's generator at 1/32768 steps of p, 2.3x faster than torch's
 dropout (keep_mask); its 1 / (1 - p) scales the rank-r products, not the input.
 
-`adapters_by_rows` runs two adapters of one base in one pass: the first rows of the batch with one, the next
-with the other (PPO's policy and value passes over the same tokens, stacked: one pass and one backward instead
-of two each, the base's products on twice the rows).
-
     fuse_lora        install the fused forward on a model's LoRA layers
     lora_linear      the fused product (an autograd function's apply)
     plain_adapters   a LoRA layer's active adapters whose output is s B A drop(x), or None
     live_dropout     the dropout an adapter's input gets now
     is_fused         whether a layer's instance forward is fuse_lora's
-    adapters_by_rows within it, fused layers run one adapter on some rows of a pass and another on the next
-    serves_by_rows   whether a layer can
     keep_mask        a dropout mask and the share it keeps
     backward_dtype   a `backward_precision` setting as the dtype of the input gradients' products
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -72,15 +64,19 @@ def backward_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class _LoraLinear(torch.autograd.Function):
-    """x Wᵀ + b + Σ_g s_g (drop_g(x_g) A_gᵀ) B_gᵀ with W and b frozen, x_g the rows of x's first dimension that
-    adapter g reads (one adapter: all of them): gradients for x and each A_g, B_g only. `groups` holds each
-    adapter's (rows, scale, dropout), `weights` its A and B in turn."""
+    """x Wᵀ + b + s (drop(x) Aᵀ) Bᵀ with W and b frozen: gradients for x, A and B only."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, base: nn.Module, backward: torch.dtype | None,
-                groups: tuple[tuple[int, float, float], ...], *weights: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                scale: float, backward: torch.dtype | None, dropout: float) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        per = rows.shape[0] // x.shape[0]  # flat rows to a row of x's first dimension
+        keep, kept_share = None, 1.0
+        dropped = rows
+        if dropout > 0:  # inverted dropout on the adapter's input: its 1 / (1 - p) goes on the rank-r products
+            keep, kept_share = keep_mask(rows.shape, dropout, rows.device)
+            dropped = rows * keep
+        # (tokens, r), scaled here rather than the (tokens, out) sum
+        hidden = (dropped @ lora_a.t()).mul_(scale / kept_share)
         # the output a tensor of its own, not a view made in here (F.linear's N-d result is one): callers may add
         # into it in place, as into peft's
         out = torch.empty((*x.shape[:-1], base.out_features), dtype=x.dtype, device=x.device)
@@ -91,55 +87,30 @@ class _LoraLinear(torch.autograd.Function):
             torch.addmm(base.bias, rows, base.weight.t(), out=flat)
         else:
             flat.copy_(base(rows))  # autograd is off in here: a 4-bit layer runs its inference kernel
-        saved, kept_shares = [], []
-        for span, (_, scale, dropout), lora_a, lora_b in zip(_spans(groups, per), groups, weights[0::2], weights[1::2]):
-            part = rows[span]
-            keep, kept_share = None, 1.0
-            dropped = part
-            if dropout > 0:  # inverted dropout on the adapter's input: its 1 / (1 - p) goes on the rank-r products
-                keep, kept_share = keep_mask(part.shape, dropout, part.device)
-                dropped = part * keep
-            # (tokens, r), scaled here rather than the (tokens, out) sum
-            hidden = (dropped @ lora_a.t()).mul_(scale / kept_share)
-            flat[span].addmm_(hidden, lora_b.t())
-            saved += [dropped, hidden, keep]
-            kept_shares.append(kept_share)
+        flat.addmm_(hidden, lora_b.t())
         # an nn.Linear's weight is saved, so a weight changed in place before backward fails as autograd's own check
-        ctx.save_for_backward(*saved, *weights, base.weight if type(base) is nn.Linear else None)
-        ctx.base, ctx.groups, ctx.per, ctx.in_shape, ctx.backward = base, groups, per, x.shape, backward
-        ctx.kept_shares = kept_shares
+        ctx.save_for_backward(dropped, hidden, lora_a, lora_b, keep, base.weight if type(base) is nn.Linear else None)
+        ctx.base, ctx.scale, ctx.in_shape, ctx.backward, ctx.kept_share = base, scale, x.shape, backward, kept_share
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple:
-        saved, k = ctx.saved_tensors, len(ctx.groups)
-        weights, weight = saved[3 * k:5 * k], saved[5 * k]
+        dropped, hidden, lora_a, lora_b, keep, weight = ctx.saved_tensors
         grad_rows = grad_out.reshape(-1, grad_out.shape[-1])
-        grad_x = _input_grad(grad_rows, ctx.base, weight, ctx.backward) if ctx.needs_input_grad[0] else None
-        grads: list[torch.Tensor | None] = []
-        for g, span in enumerate(_spans(ctx.groups, ctx.per)):
-            (dropped, hidden, keep), (lora_a, lora_b) = saved[3 * g:3 * g + 3], weights[2 * g:2 * g + 2]
-            scale, kept_share, part = ctx.groups[g][1], ctx.kept_shares[g], grad_rows[span]
-            grad_hidden = (part @ lora_b).mul_(scale)  # (tokens, r): the gradient at drop(x) Aᵀ
-            if grad_x is not None:
-                if keep is None:
-                    grad_x[span].addmm_(grad_hidden, lora_a)
-                else:
-                    grad_x[span].add_((grad_hidden @ lora_a).mul_(keep), alpha=1 / kept_share)
-            grads.append((grad_hidden / kept_share).t() @ dropped if ctx.needs_input_grad[4 + 2 * g] else None)
-            grads.append(part.t() @ hidden if ctx.needs_input_grad[5 + 2 * g] else None)
-        if grad_x is not None:
+        grad_hidden = (grad_rows @ lora_b).mul_(ctx.scale)  # (tokens, r): the gradient at drop(x) Aᵀ
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _input_grad(grad_rows, ctx.base, weight, ctx.backward)
+            if keep is None:
+                grad_x.addmm_(grad_hidden, lora_a)
+            else:
+                grad_x.add_((grad_hidden @ lora_a).mul_(keep), alpha=1 / ctx.kept_share)
             grad_x = grad_x.view(ctx.in_shape)
-        return grad_x, None, None, None, *grads
-
-
-def _spans(groups: tuple[tuple[int, float, float], ...], per: int) -> list[slice]:
-    """Each adapter's flat rows, in order."""
-    spans, start = [], 0
-    for rows, _, _ in groups:
-        spans.append(slice(start * per, (start + rows) * per))
-        start += rows
-    return spans
+        if ctx.needs_input_grad[2]:
+            grad_a = (grad_hidden / ctx.kept_share).t() @ dropped
+        if ctx.needs_input_grad[3]:
+            grad_b = grad_rows.t() @ hidden
+        return grad_x, None, grad_a, grad_b, None, None, None
 
 
 DROPOUT_LEVELS = 2**15
@@ -182,7 +153,7 @@ def lora_linear(x: torch.Tensor, base: nn.Module, lora_a: torch.Tensor, lora_b: 
     """base(x) + scale * F.linear(F.linear(F.dropout(x, dropout), lora_a), lora_b) as one autograd node, `base`
     an nn.Linear or a bitsandbytes 4-bit layer, frozen (no gradient for its weight or bias). `backward`: the
     dtype of the input gradient's product through the base weight (None: x's own)."""
-    return _LoraLinear.apply(x, base, backward, ((x.shape[0], scale, dropout),), lora_a, lora_b)
+    return _LoraLinear.apply(x, base, lora_a, lora_b, scale, backward, dropout)
 
 
 def plain_adapters(layer: Any) -> list[str] | None:
@@ -256,57 +227,8 @@ def _serves(base: nn.Module, dtype: torch.dtype) -> bool:
     return (weight.dtype if type(base) is nn.Linear else base.compute_dtype) == dtype
 
 
-@contextlib.contextmanager
-def adapters_by_rows(layers: list[Any], groups: tuple[tuple[str, int], ...]) -> Iterator[None]:
-    """Within: the fused LoRA layers run adapter name_g on the next rows_g rows of their input's first
-    dimension, in the order of `groups` ((name, rows), ...), whatever adapter is active: two adapters of one
-    base in one pass over the rows stacked. Layers must be fused and serve_by_rows (else the pass raises); keep
-    the backward pass inside where gradient checkpointing recomputes the layers in it."""
-    for layer in layers:
-        layer.by_rows = groups
-    try:
-        yield
-    finally:
-        for layer in layers:
-            del layer.by_rows
-
-
-def serves_by_rows(layer: Any, names: tuple[str, ...]) -> bool:
-    """Whether adapters_by_rows can run these adapters on this layer: fused, unmerged, each a plain LoRA
-    adapter in the base's compute dtype over a base the fused product serves."""
-    if not is_fused(vars(layer).get("forward")) or getattr(layer, "fan_in_fan_out", False) or layer.merged:
-        return False
-    base = layer.get_base_layer()
-    dtype = base.weight.dtype if type(base) is nn.Linear else getattr(base, "compute_dtype", None)
-    for name in names:
-        if (name not in layer.lora_A or getattr(layer, "use_dora", {}).get(name)
-                or getattr(layer, "lora_bias", {}).get(name) or getattr(layer, "lora_variant", {}).get(name) is not None
-                or not layer.lora_A[name].weight.dtype == layer.lora_B[name].weight.dtype == dtype
-                or round(live_dropout(layer, name) * DROPOUT_LEVELS) >= DROPOUT_LEVELS):
-            return False
-    return dtype is not None and _serves(base, dtype)
-
-
-def _by_rows_forward(layer: Any, x: torch.Tensor, groups: tuple[tuple[str, int], ...]) -> torch.Tensor:
-    """The layer's output with each adapter on its rows; what serves_by_rows checked once (on the hot path:
-    a pass runs this on every LoRA layer) is taken as settled, the input is checked."""
-    names = tuple(name for name, _ in groups)
-    weights = [w for name in names for w in (layer.lora_A[name].weight, layer.lora_B[name].weight)]
-    if torch.is_autocast_enabled(x.device.type) or x.dtype != weights[0].dtype or layer.merged \
-            or sum(n for _, n in groups) != x.shape[0]:
-        raise RuntimeError(f"{type(layer).__name__} cannot run adapters {names} by rows on this input "
-                           f"({tuple(x.shape)}, {x.dtype})")
-    meta = tuple((n, layer.scaling[name], live_dropout(layer, name)) for name, n in groups)
-    return _LoraLinear.apply(x, layer.get_base_layer(), layer.fused_backward, meta, *weights)
-
-
 def _fused_forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
     """The layer's forward (bound to it by fuse_lora): one fused product where it serves, else peft's own."""
-    groups = getattr(layer, "by_rows", None)
-    if groups is not None:
-        if args or kwargs:
-            raise RuntimeError(f"{type(layer).__name__}: adapters by rows take the input alone")
-        return _by_rows_forward(layer, x, groups)
     adapters = None if args or kwargs or torch.is_autocast_enabled(x.device.type) else plain_adapters(layer)
     if adapters is not None and len(adapters) <= 1:
         base = layer.get_base_layer()

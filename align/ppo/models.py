@@ -24,7 +24,7 @@ from torch import nn
 from align.core import base_model, decoding, model_paths, saved_models, tuning
 from align.core.decoding import Sampled
 from align.core.errors import AlignError
-from align.core.fused_lora import adapters_by_rows, fuse_lora, serves_by_rows
+from align.core.fused_lora import fuse_lora
 from align.core.model_config import ModelConfig
 from align.core.sampling_weights import sampling_weights
 from align.reward.ensemble import Objective, combine
@@ -249,7 +249,6 @@ class PolicyStack(nn.Module):
         # the LoRA layers, found once: adapters switch on every pass of an update (see use())
         self._adapter_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
         fuse_lora(self.peft, backward_precision)
-        self.joint_passes = all(serves_by_rows(layer, (POLICY, VALUE)) for layer in self._adapter_layers)
         self._trainable: dict[str, nn.Parameter] | None = None
         for adapter, params in self._params.items():
             for p in params:
@@ -346,25 +345,6 @@ class PolicyStack(nn.Module):
         out = self.peft(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                         logits_to_keep=n_last + 1)
         return out.logits[:, :-1]  # position t predicts token t+1
-
-    @contextlib.contextmanager
-    def policy_and_value_rows(self, rows: int) -> Iterator[None]:
-        """Within: a pass over 2 x rows rows runs the policy adapter on the first `rows` and the value adapter on
-        the rest (core.fused_lora.adapters_by_rows), for policy_and_values. The backward pass belongs inside
-        (gradient checkpointing recomputes the layers in it). Only where `joint_passes`: every LoRA layer fused."""
-        if not self.joint_passes:
-            raise AlignError("the policy and value passes cannot run as one on this model (a LoRA layer is not fused)")
-        with adapters_by_rows(self._adapter_layers, ((POLICY, rows), (VALUE, rows))):
-            yield
-
-    def policy_and_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          n_last: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """policy_logits and values of the same rows from one pass of the base over them twice (inside
-        policy_and_value_rows(B)): the update's two passes as one forward and one backward, the same maths."""
-        rows = input_ids.shape[0]
-        hidden = self.backbone(input_ids.repeat(2, 1), attention_mask.repeat(2, 1))[:, -n_last - 1:-1]
-        logits = self.peft.get_output_embeddings()(hidden[:rows])  # as the model's forward does (see _logits)
-        return logits, self.value_head(hidden[rows:].float()).squeeze(-1)
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_last: int) -> torch.Tensor:
         """V(s_t) (B, n_last) for the states before each of the last n_last tokens."""

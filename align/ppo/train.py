@@ -350,50 +350,33 @@ class PPOTrainer:
 
             L = Σ [ n/N · L^CLIP  +  ptx_coef · len(i)/mini_batch_size · L^PTX  +  vf_coef · n/N · L^VF ]
 
-        in one backward call for the policy and value terms where the micro-batch fits the token budget
-        twice: one pass of the shared base over its rows twice, the policy adapter on the first copy and
-        the value adapter on the second (PolicyStack.policy_and_values). Otherwise, and for models whose
-        LoRA layers are not all fused, one backward call after each forward pass: the value pass runs
-        another adapter on the shared base, so each graph (the policy's holds (micro, T, V) logits) is
-        freed before the next pass builds its own. The ptx pass reads other texts: a pass and a backward
-        of its own. .grad sums them into ∇L.
+        in three backward calls (two without PPO-ptx), one after each forward pass: the ptx pass reads
+        other texts and the value pass runs another adapter on the shared base, so each graph (the
+        policy's holds (micro, T, V) logits) is freed before the next pass builds its own; memory holds
+        one pass at a time, and .grad sums the three into ∇L.
 
         The micro-batch runs at its own width (unpadded_columns), not the rollout's: prompts and
         responses of real data differ in length far more than the demo's."""
-        p = self.config.training
+        p, temperature = self.config.training, self.sampling.temperature
         seq, resp = unpadded_columns(*lengths, i, rollout.query_ids.shape[1])
         ids, attn, mask = rollout.input_ids[i, seq], rollout.attention_mask[i, seq], rollout.response_mask[i, resp].float()
         T = mask.shape[1]
         share = mask.sum() / n_tokens
-
-        def policy_terms(logits: torch.Tensor) -> tuple[Any, torch.Tensor]:
-            new_logprobs = logprobs_of(logits, rollout.response_ids[i, resp], self.sampling.temperature)
-            pg = policy_loss(new_logprobs, rollout.logprobs[i, resp], advantages[i, resp], mask, p.cliprange)
-            with torch.no_grad():
-                entropy = adv.masked_mean(entropy_from_logits(logits.float() / self.sampling.temperature), mask)
-            return pg, entropy
-
-        def value_terms(values: torch.Tensor) -> Any:
-            return value_loss(values, rollout.values[i, resp], returns[i, resp], mask, p.cliprange_value)
-
-        joint = self.stack.joint_passes and 2 * ids.numel() <= p.max_tokens_per_batch
-        if joint:
-            with self.stack.policy_and_value_rows(len(i)):
-                logits, values = self.stack.policy_and_values(ids, attn, T)
-                (pg, entropy), vf = policy_terms(logits), value_terms(values)
-                del logits  # (micro, T, V) need not outlive the backward
-                ((pg.loss + p.vf_coef * vf.loss) * share).backward()
-        else:
-            pg, entropy = policy_terms(self.stack.policy_logits(ids, attn, T))
-            (pg.loss * share).backward()
+        logits = self.stack.policy_logits(ids, attn, T)
+        new_logprobs = logprobs_of(logits, rollout.response_ids[i, resp], temperature)
+        pg = policy_loss(new_logprobs, rollout.logprobs[i, resp], advantages[i, resp], mask, p.cliprange)
+        with torch.no_grad():
+            entropy = adv.masked_mean(entropy_from_logits(logits.float() / temperature), mask)
+        del logits  # (micro, T, V) need not outlive the backward
+        (pg.loss * share).backward()
         ptx = torch.zeros((), device=ids.device)
         if self.ptx is not None:
             # each process's ptx mean counts by its share of the mini-batch's sequences
             ptx = self.ptx.loss(self.stack, len(i)) * (len(i) / p.mini_batch_size)
             (p.ptx_coef * ptx).backward()
-        if not joint:
-            vf = value_terms(self.stack.values(ids, attn, T))
-            (p.vf_coef * vf.loss * share).backward()
+        values = self.stack.values(ids, attn, T)
+        vf = value_loss(values, rollout.values[i, resp], returns[i, resp], mask, p.cliprange_value)
+        (p.vf_coef * vf.loss * share).backward()
         return MiniBatchStats(
             loss_policy_avg=pg.loss * share, policy_approxkl_avg=pg.approxkl * share,
             policy_clipfrac_avg=pg.clipfrac * share, val_ratio=pg.ratio * share, policy_entropy_avg=entropy * share,

@@ -5,7 +5,6 @@ all of them against a run with the code they replaced.
     reward from the reference pass   <- a base pass of its own
     sampling under inference mode    <- under no_grad
     fused AdamW                      <- the per-tensor loop (the same update up to float rounding)
-    policy and value in one pass     <- a pass and a backward each (where the micro-batch fits twice)
     snapshot by clone()              <- copy.deepcopy
     micro-batches of like-length rows, at their own width <- in shuffled order, at the rollout's width
                                      (tested on its own; the token budget in test_token_budget.py)
@@ -50,7 +49,6 @@ def run(model_dir, out, reward_dir):
 def previous_code(monkeypatch):
     """Put back what each optimisation replaced."""
     import align.ppo.health as ppo_health
-    import align.ppo.models as ppo_models
     import align.ppo.train as ppo_train
 
     def peft_use(self, name):
@@ -80,19 +78,13 @@ def previous_code(monkeypatch):
     monkeypatch.setattr(PolicyStack, "sample", sample_no_grad)
     monkeypatch.setattr(ppo_train.torch.optim, "AdamW", lambda *a, fused=None, **k: real_adamw(*a, **k))
     monkeypatch.setattr(ppo_health, "_clone_tensors", copy.deepcopy)
-    monkeypatch.setattr(ppo_models, "serves_by_rows", lambda layer, names: False)
 
 
 def test_the_optimised_update_gives_the_figures_of_the_code_it_replaced(tiny_model_dir, tmp_path, monkeypatch):
     reward = head_on_base_reward(tiny_model_dir, tmp_path / "reward")
-    joint, real = [], PolicyStack.policy_and_values
-    monkeypatch.setattr(PolicyStack, "policy_and_values", lambda self, *a: joint.append(1) or real(self, *a))
     fast = run(tiny_model_dir, tmp_path / "fast", reward)
-    assert joint  # the policy and value passes did run as one
     previous_code(monkeypatch)
-    joint.clear()
     slow = run(tiny_model_dir, tmp_path / "slow", reward)
-    assert not joint
     assert len(fast) == len(slow) == 3
     # the first update samples and scores before any optimiser step: everything up to the step is exact
     for key in ("objective/scores", "objective/raw_scores", "objective/kl", "objective/entropy",
