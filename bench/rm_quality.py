@@ -596,7 +596,7 @@ def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, worklo
                order: tuple[str, ...]) -> dict[str, Any]:
     """Train each contender in a process of its own; their results by contender."""
     overrides = [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false",
-                 "tracking.logging_steps=1", *workload["extra"]]
+                 "tracking.logging_steps=1", *workload["extra"], *args.set]
     runs = {}
     for contender in order:
         spec = {"preset": str(args.preset), "overrides": overrides, "train": data["train_file"],
@@ -643,7 +643,7 @@ def profile(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, 
     """Ours' step on the first --profile-pairs training pairs, each variant in a process of its own: minimum
     CPU and wall seconds over the repetitions, and the peak RSS of the steps (loading excluded)."""
     overrides = [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false",
-                 *workload["extra"]]
+                 *workload["extra"], *args.set]
     out = {}
     for name in args.profile_variants:
         layout, heap_setting = PROFILE_VARIANTS[name]
@@ -679,10 +679,12 @@ def settings(args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, An
     from align.stages import stage_config
 
     config = stage_config("reward", args.preset, [f"model.name={workload['model']}",
-                                                  f"data.max_length={args.max_length}", *workload["extra"]])
+                                                  f"data.max_length={args.max_length}", *workload["extra"],
+                                                  *args.set])
     t = config.training
     return {
-        "workload": "tiny" if args.tiny else "smollm2", "preset": str(args.preset), "model": to_dict(config.model),
+        "workload": "tiny" if args.tiny else "smollm2", "preset": str(args.preset), "set": args.set,
+        "model": to_dict(config.model),
         "training": to_dict(t), "max_length": args.max_length, "split_seed": args.seed, "split_seeds": args.seeds, "threads": args.threads,
         "hh_file": str(args.hh), "oasst_file": None if args.no_oasst else str(args.oasst),
         "trl": {"per_device_train_batch_size": args.trl_per_device_batch,
@@ -719,6 +721,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--hh", type=Path, help="HH-RLHF transcripts (jsonl or jsonl.gz)")
     parser.add_argument("--oasst", type=Path, help="OpenAssistant trees (jsonl or jsonl.gz)")
     parser.add_argument("--preset", type=Path, default=PRESET)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a preset setting for both contenders (TRL's settings are read from the same config), "
+                             "e.g. --set training.learning_rate=1e-3; repeatable")
     parser.add_argument("--seed", type=int, help="the held-out split's shuffle; default 0, tiny 2")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")],
                         help="several splits, one after another (e.g. 0,1,2): rm_quality-splits.json, rewritten after each "
