@@ -62,3 +62,43 @@ def test_tiny_profile_compares_the_layouts(tmp_path):
         assert figures["micro_batches"] >= 2, name  # the tiny budget cuts the batch
         twice = figures["nograd_padded_tokens"]
         assert twice == (figures["padded_tokens"] if name.startswith("completions_cut") else 0), name
+
+
+def test_the_paired_difference_counts_each_pair_once_and_its_interval_follows_the_discordant_pairs():
+    """bench.rm_quality's accuracy comparison: on the same held-out pairs, ours minus TRL's is (ours only - TRL only)
+    / n, with the normal interval of a mean of +1/0/-1 outcomes; --seeds pools the tallies of its splits."""
+    import math
+
+    from bench.rm_quality import paired_difference, paired_tally, pooled
+    from align.reward.formats import Group
+
+    pair = Group(prompt=({"role": "user", "content": "q"},), completions=("a", "b"), ranks=(0, 1), margin=None,
+                 source="t")
+    ranking = Group(prompt=({"role": "user", "content": "r"},), completions=("a", "b", "c"), ranks=(0, 1, 1),
+                    margin=None, source="t")  # a tie: two pairs, not three
+    groups = [pair, pair, ranking, pair]
+    ours = [[1.0, 0.0], [0.0, 1.0], [2.0, 1.0, 3.0], [1.0, 0.0]]
+    trl = [[1.0, 0.0], [1.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0]]
+    tally = paired_tally(groups, ours, trl, [True, True, True, False])  # the last group is long: left out
+    assert tally == {"both": 1, "ours_only": 1, "trl_only": 1, "neither": 1}
+    figures = paired_difference({"both": 50, "ours_only": 6, "trl_only": 2, "neither": 42})
+    d = 4 / 100
+    half = 1.96 * math.sqrt((8 / 100 - d * d) / 100)
+    assert figures["difference"] == d and figures["pairs"] == 100
+    assert figures["interval_95"] == [round(d - half, 4), round(d + half, 4)]
+
+    def split(seed, tally, ours_acc, trl_acc):
+        line = {c: {"accuracy_before_fit": 0.5, "accuracy_after_fit": a, "sec_per_pair": 1.0 + seed,
+                    "cpu_s_per_pair": 1.0, "peak_rss_mb": 100.0} for c, a in (("ours", ours_acc), ("trl", trl_acc))}
+        line["paired_fit"] = paired_difference(tally)
+        return {"split_seed": seed, "results": {"hh": line}}
+
+    both = pooled([split(0, {"both": 3, "ours_only": 0, "trl_only": 1, "neither": 0}, 0.75, 1.0),
+                   split(1, {"both": 1, "ours_only": 3, "trl_only": 0, "neither": 2}, 0.6667, 0.1667)])
+    # pooled over the 10 pairs: ours 7/10, TRL 5/10, not the mean of the splits' own accuracies (0.708, 0.583)
+    assert both["paired_fit"]["difference"] == 0.2
+    assert both["pooled_and_mean"]["ours"]["accuracy_after_fit"] == 0.7
+    assert both["pooled_and_mean"]["trl"]["accuracy_after_fit"] == 0.5
+    assert both["pooled_and_mean"]["ours"]["sec_per_pair"] == 1.5  # the mean of the splits' seconds
+    assert both["targets"]["accuracy_ours_ge_trl_minus_0.01"]["met"] is True
+    assert [s["difference"] for s in both["by_split"]] == [-0.25, 0.5]
