@@ -4,6 +4,7 @@
                                          [--oasst-train-groups 16] [--oasst-heldout-groups 24] [--no-oasst]
     .venv/bin/python -m bench.rm_quality --tiny --out /tmp/rmq      # the same code on the tiny model, ~1 min
     .venv/bin/python -m bench.rm_quality --profile                  # where ours' step time goes, ~10 min
+    .venv/bin/python -m bench.rm_quality --seeds 0,1,2 [--set training.learning_rate=1e-3]   # several splits
 
 Both contenders train a reward model on the same base (SmolLM2-135M-Instruct in NF4, LoRA r=16 alpha 32
 dropout 0.05 on every linear layer, the head in full: configs/reward/smollm2-qlora.yaml) with the same
@@ -51,6 +52,11 @@ Each training run is a process of its own: peak RSS is the kernel's figure for t
 the high-water mark before its training span where that is higher (resetting the mark for the span, below,
 resets wait4's figure too); the training span (ours: the stage's batch loop; TRL: `trainer.train()`) is
 timed in wall and CPU seconds, with its own peak (the RSS high-water mark reset just before it).
+
+Each split's HH line also tallies the held-out pairs that fit by which contender orders them right
+(`paired_fit`): ours minus TRL with a 95% interval from the discordant pairs (McNemar). `--seeds` runs several
+splits one after another into rm_quality-splits.json, the tallies pooled over them; `--set` changes a preset
+setting for both contenders.
 
 `--profile` times ours' step on one batch instead (rm_quality-profile.json), in variants of layout and heap
 (`--profile-variants`): the stage's micro-batches as shipped, or as before 2026-12-05 22:54 UTC (completions
