@@ -67,8 +67,8 @@ default, a 2 MB threshold, or the default trimmed after every backward (settle_h
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import os
 import random
 import sys
@@ -474,9 +474,14 @@ def profile_child(spec: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- figures
 
 
+def pair_hits(groups: list, rewards: list[list[float]], keep: list[bool]) -> list[bool]:
+    """For each (winner, loser) pair of the kept groups, in order: r(winner) > r(loser); a tie is wrong."""
+    return [rs[w] > rs[l] for g, rs, k in zip(groups, rewards, keep) if k for w, l in g.pairs]
+
+
 def pair_accuracy(groups: list, rewards: list[list[float]], keep: list[bool]) -> float | None:
-    """Share of the kept groups' (winner, loser) pairs with r(winner) > r(loser); ties count as wrong."""
-    hits = [rs[w] > rs[l] for g, rs, k in zip(groups, rewards, keep) if k for w, l in g.pairs]
+    """Share of the kept groups' pairs ordered right (pair_hits)."""
+    hits = pair_hits(groups, rewards, keep)
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
@@ -490,12 +495,10 @@ def top1_accuracy(groups: list, rewards: list[list[float]], keep: list[bool]) ->
 def paired_tally(groups: list, ours: list[list[float]], trl: list[list[float]], keep: list[bool]) -> dict[str, int]:
     """The kept groups' pairs by which contender orders them right: both, ours only, TRL only, neither. The
     discordant counts give the paired difference's interval (McNemar), over one split or pooled over splits."""
-    tally = {"both": 0, "ours_only": 0, "trl_only": 0, "neither": 0}
-    for g, a, b, k in zip(groups, ours, trl, keep):
-        for w, l in g.pairs if k else ():
-            right = (a[w] > a[l], b[w] > b[l])
-            tally[{(True, True): "both", (True, False): "ours_only", (False, True): "trl_only",
-                   (False, False): "neither"}[right]] += 1
+    names = {(True, True): "both", (True, False): "ours_only", (False, True): "trl_only", (False, False): "neither"}
+    tally = dict.fromkeys(names.values(), 0)
+    for right in zip(pair_hits(groups, ours, keep), pair_hits(groups, trl, keep)):
+        tally[names[right]] += 1
     return tally
 
 
@@ -598,11 +601,17 @@ def child(role: str, spec: dict[str, Any], path: Path, args: argparse.Namespace)
                             timeout=args.child_timeout, env=common.as_align_runs(env) if role != "trl" else env)
 
 
+def shared_overrides(args: argparse.Namespace, workload: dict[str, Any], *own: str) -> list[str]:
+    """The preset settings every run of the bench changes, then a caller's `own`, the workload's and --set's
+    last (they win)."""
+    return [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false", *own,
+            *workload["extra"], *args.set]
+
+
 def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, workload: dict[str, Any], work: Path,
                order: tuple[str, ...]) -> dict[str, Any]:
     """Train each contender in a process of its own; their results by contender."""
-    overrides = [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false",
-                 "tracking.logging_steps=1", *workload["extra"], *args.set]
+    overrides = shared_overrides(args, workload, "tracking.logging_steps=1")
     runs = {}
     for contender in order:
         spec = {"preset": str(args.preset), "overrides": overrides, "train": data["train_file"],
@@ -648,8 +657,7 @@ def settle_heap(setting: str, learner: Any) -> None:
 def profile(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, Any], work: Path) -> dict[str, Any]:
     """Ours' step on the first --profile-pairs training pairs, each variant in a process of its own: minimum
     CPU and wall seconds over the repetitions, and the peak RSS of the steps (loading excluded)."""
-    overrides = [f"model.name={workload['model']}", f"data.max_length={args.max_length}", "tracking.wandb=false",
-                 *workload["extra"], *args.set]
+    overrides = shared_overrides(args, workload)
     out = {}
     for name in args.profile_variants:
         layout, heap_setting = PROFILE_VARIANTS[name]
@@ -684,14 +692,12 @@ def settings(args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, An
     from align.core.config import to_dict
     from align.stages import stage_config
 
-    config = stage_config("reward", args.preset, [f"model.name={workload['model']}",
-                                                  f"data.max_length={args.max_length}", *workload["extra"],
-                                                  *args.set])
+    config = stage_config("reward", args.preset, shared_overrides(args, workload))
     t = config.training
     return {
         "workload": "tiny" if args.tiny else "smollm2", "preset": str(args.preset), "set": args.set,
-        "model": to_dict(config.model),
-        "training": to_dict(t), "max_length": args.max_length, "split_seed": args.seed, "split_seeds": args.seeds, "threads": args.threads,
+        "model": to_dict(config.model), "training": to_dict(t), "max_length": args.max_length,
+        "split_seed": args.seed, "split_seeds": args.seeds, "threads": args.threads,
         "hh_file": str(args.hh), "oasst_file": None if args.no_oasst else str(args.oasst),
         "trl": {"per_device_train_batch_size": args.trl_per_device_batch,
                 "gradient_accumulation_steps": t.batch_size * t.grad_accum // args.trl_per_device_batch,
@@ -767,7 +773,7 @@ def main(argv: list[str] | None = None) -> None:
     versions = common.versions("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate", "datasets")
     header = {"benchmark": name, "machine": machine, "versions": versions,
               "settings": settings(args, workload),
-              "data": {task: {k: v for k, v in d.items() if k != "heldout_fits"} for task, d in data.items()}}
+              "data": data_summary(data)}
     if args.profile:
         return write(args, name, {**header, "results": profile(args, workload, data["hh"], work), "note": PROFILE_NOTE})
     if not args.seeds:
@@ -777,22 +783,26 @@ def main(argv: list[str] | None = None) -> None:
     # several splits: the held-out pairs of one split are too few to tell two trainers 0.01 apart
     splits = []
     for n, seed in enumerate(args.seeds):
-        if seed != args.seed:
+        split_dir = work / f"split-{seed}"
+        split_dir.mkdir(parents=True, exist_ok=True)
+        if seed != args.seed:  # the first split's data is prepared above
             args.seed = seed
-            (work / f"split-{seed}").mkdir(parents=True, exist_ok=True)
-            data = prepare(args, workload, work / f"split-{seed}")
-        results, score_process = run_split(args, workload, data, work / f"split-{seed}", first=n)
-        splits.append({"split_seed": seed, "data": {t: {k: v for k, v in d.items() if k != "heldout_fits"}
-                                                    for t, d in data.items()},
-                       "results": results, "score_process": score_process})
+            data = prepare(args, workload, split_dir)
+        results, score_process = run_split(args, workload, data, split_dir, first=n)
+        splits.append({"split_seed": seed, "data": data_summary(data), "results": results,
+                       "score_process": score_process})
         write(args, name + "-splits", {**header, "splits": splits, "pooled": pooled(splits), "note": NOTE})
+
+
+def data_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """The prepared tasks as the results file records them (without the per-group fit flags)."""
+    return {task: {k: v for k, v in d.items() if k != "heldout_fits"} for task, d in data.items()}
 
 
 def run_split(args: argparse.Namespace, workload: dict[str, Any], data: dict[str, Any], work: Path,
               first: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Both contenders on one split's tasks, then the saved-directory check: figures by task. `first` turns
     the order in which the contenders take their turns (the split's number when there are several)."""
-    work.mkdir(parents=True, exist_ok=True)
     runs = {}
     for i, task in enumerate(data, start=first):
         order = CONTENDERS if i % 2 == 0 else CONTENDERS[::-1]  # the machine's load drifts: alternate who goes first
