@@ -5,11 +5,17 @@
     .venv/bin/python -m bench.rm_quality --tiny --out /tmp/rmq      # the same code on the tiny model, ~1 min
     .venv/bin/python -m bench.rm_quality --profile                  # where ours' step time goes, ~10 min
     .venv/bin/python -m bench.rm_quality --seeds 0,1,2 [--set training.learning_rate=1e-3]   # several splits
+    .venv/bin/python -m bench.rm_quality --own-start                # TRL's own initial weights and pair order
 
 Both contenders train a reward model on the same base (SmolLM2-135M-Instruct in NF4, LoRA r=16 alpha 32
 dropout 0.05 on every linear layer, the head in full: configs/reward/smollm2-qlora.yaml) with the same
 learning rate, schedule, pairs a step, clipping, max length, seed and one epoch over the same pairs.
-Every setting TRL gets is read from the very config object ours trains with.
+Every setting TRL gets is read from the very config object ours trains with. TRL also starts where ours
+started: ours' trainable weights as initialised (LoRA's A and B, the head) are copied into TRL's model, and
+TRL takes ours' pairs in ours' order (`train_sampling_strategy="sequential"` over them). So what differs is
+the two implementations and the dropout masks; the random draws that differed before (LoRA's A, the head,
+the shuffle) are common. Without dropout the two take the same steps (the tiny test checks the losses and
+the trained rewards). `--own-start` lets TRL draw its own (its seeded initialisation and shuffle).
 
     ours   `align.stages.stage("reward").train()(config)`, the config built from the preset plus the
            data overrides, as a user runs it: its token-budget micro-batches, its eval before and after
@@ -252,12 +258,22 @@ def ours_child(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(spec["threads"])
     import align.reward.train as stage_module
+    from align.core import checkpoint, modeling
     from align.stages import stage
     from align.reward.micro_batches import Batcher
 
-    scored, spans = [], []
+    scored, spans, trained = [], [], []
     tokens = {"padded": 0, "nograd_padded": 0, "real": 0, "batches": 0, "micro_batches": 0}
     score_groups, train_batches, batcher_call = stage_module.score_groups, stage_module._train_batches, Batcher.__call__
+    build_learner = stage_module._build_learner
+
+    def recording_build_learner(*args: Any, **kwargs: Any) -> Any:
+        learner = build_learner(*args, **kwargs)
+        if spec.get("start"):  # the trainable weights as initialised, for TRL to start from
+            unwrapped = learner.accelerator.unwrap_model(learner.model)
+            torch.save({k: p.detach().clone() for k, p in checkpoint.trainable(unwrapped).items()},
+                       f"{spec['start']}.pt")
+        return learner
 
     def recording_score_groups(*args: Any, **kwargs: Any) -> list[list[float]]:
         scored.append(score_groups(*args, **kwargs))
@@ -272,11 +288,15 @@ def ours_child(spec: dict[str, Any]) -> None:
     def counting_call(self: Any, groups: list) -> dict[str, Any]:
         batch = batcher_call(self, groups)
         tokens.update({k: tokens[k] + v for k, v in batch_tokens(batch).items()})
+        trained.extend(groups)  # the stage's scoring does not batch through here: these are the training batches
         return batch
 
     stage_module.score_groups, stage_module._train_batches = recording_score_groups, timed_train_batches
-    Batcher.__call__ = counting_call
+    stage_module._build_learner, Batcher.__call__ = recording_build_learner, counting_call
     figures = stage("reward").train()(reward_config(spec), overwrite=True)
+    if spec.get("start"):  # the pairs in the order ours took them, as the texts both read
+        tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(reward_config(spec).model.name))
+        Path(f"{spec['start']}-pairs.json").write_text(json.dumps(pair_texts(tokenizer, trained)))
     span = spans[0]
     log = [json.loads(line) for line in (Path(spec["out_dir"]) / "metrics.jsonl").read_text().splitlines()]
     common.report({
@@ -289,24 +309,25 @@ def ours_child(spec: dict[str, Any]) -> None:
     })
 
 
-def trl_dataset(tokenizer: Any, path: str, max_length: int) -> Any:
-    """TRL's processed form ({chosen_ids, rejected_ids}) of align's token ids, one row per (winner, loser)
-    pair of each ranking (a preference is one pair)."""
+def pair_texts(tokenizer: Any, groups: list) -> list[list[str]]:
+    """[chosen, rejected] texts of every (winner, loser) pair of each ranking, in order (a preference is one pair)."""
+    return [[texts[w], texts[l]] for g in groups for texts in [group_texts(tokenizer, g)] for w, l in g.pairs]
+
+
+def trl_dataset(tokenizer: Any, pairs: list[list[str]], max_length: int) -> Any:
+    """TRL's processed form ({chosen_ids, rejected_ids}) of align's token ids of the pairs' texts."""
     from datasets import Dataset
 
-    from align.reward.formats import load_groups
     from align.reward.score import token_lengths
 
-    rows = []
-    for g in load_groups(path):
-        ids = token_lengths(tokenizer, group_texts(tokenizer, g), max_length)
-        rows += [{"chosen_ids": ids[w], "rejected_ids": ids[l]} for w, l in g.pairs]
-    return Dataset.from_list(rows)
+    return Dataset.from_list([{"chosen_ids": chosen, "rejected_ids": rejected}
+                              for chosen, rejected in (token_lengths(tokenizer, pair, max_length) for pair in pairs)])
 
 
-def trl_trainer(config: Any, tokenizer: Any, dataset: Any, out_dir: Path, per_device: int) -> Any:
+def trl_trainer(config: Any, tokenizer: Any, dataset: Any, out_dir: Path, per_device: int, in_order: bool) -> Any:
     """TRL's RewardTrainer with every knob ours has set from our config; the rest at TRL's defaults.
-    A step is the same batch_size x grad_accum pairs as ours, in forward passes of `per_device` pairs."""
+    A step is the same batch_size x grad_accum pairs as ours, in forward passes of `per_device` pairs;
+    `in_order`: the dataset's order (else TRL's seeded shuffle)."""
 
     import torch
     from trl import RewardConfig, RewardTrainer
@@ -327,7 +348,7 @@ def trl_trainer(config: Any, tokenizer: Any, dataset: Any, out_dir: Path, per_de
         gradient_checkpointing=t.gradient_checkpointing, seed=t.seed, bf16=False, fp16=False,
         disable_dropout=False,  # TRL's default would switch off the LoRA dropout ours trains with
         logging_steps=config.tracking.logging_steps, save_strategy="no", report_to="none", dataloader_num_workers=0,
-        model_init_kwargs={"dtype": torch.float32},
+        model_init_kwargs={"dtype": torch.float32}, train_sampling_strategy="sequential" if in_order else "random",
     )
     trainer = RewardTrainer(
         model=modeling.resolve_model_path(config.model.name), args=args, train_dataset=dataset,
@@ -347,12 +368,19 @@ def trl_child(spec: dict[str, Any]) -> None:
     torch.set_num_threads(spec["threads"])
     from align.core import modeling
     from align.core.base_model import keep_4bit_layout_trainable
+    from align.reward.formats import load_groups
     from align.reward.score import score_texts
 
     config = reward_config(spec)
     tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(config.model.name))
-    dataset = trl_dataset(tokenizer, spec["train"], config.data.max_length)
-    trainer = trl_trainer(config, tokenizer, dataset, Path(spec["out_dir"]) / "trainer", spec["trl_per_device_batch"])
+    start = spec.get("start")
+    pairs = (json.loads(Path(f"{start}-pairs.json").read_text()) if start
+             else pair_texts(tokenizer, load_groups(spec["train"])))
+    dataset = trl_dataset(tokenizer, pairs, config.data.max_length)
+    trainer = trl_trainer(config, tokenizer, dataset, Path(spec["out_dir"]) / "trainer", spec["trl_per_device_batch"],
+                          in_order=bool(start))
+    if start:
+        start_from(trainer.model, torch.load(f"{start}.pt"))
     # bitsandbytes repacks a 4-bit layer for good the first time it runs in eval mode without grad, after
     # which no gradient flows through it (align.core.base_model): the scoring below must not do that to TRL
     keep_4bit_layout_trainable(trainer.model)
@@ -391,6 +419,20 @@ def trl_child(spec: dict[str, Any]) -> None:
         "loss_log": [{"step": e["step"], "loss": e["loss"], "accuracy": e.get("accuracy")}
                      for e in trainer.state.log_history if "loss" in e],
     })
+
+
+def start_from(model: Any, weights: dict[str, Any]) -> None:
+    """TRL's trainable weights (LoRA's and the head's) set to ours' as initialised: the same names under peft."""
+    import torch
+
+    from align.core import checkpoint
+
+    mine = checkpoint.trainable(model)
+    if set(mine) != set(weights):
+        raise SystemExit(f"TRL's trainable weights are not ours': {sorted(set(mine) ^ set(weights))[:4]}")
+    with torch.no_grad():
+        for name, p in mine.items():
+            p.copy_(weights[name])
 
 
 def save_loadable(trainer: Any, tokenizer: Any, config: Any) -> None:
@@ -567,6 +609,10 @@ def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dir
         "ours_stage_eval_before_accuracy": round(stage["eval_before/accuracy"], 4),
         "bench_accuracy_of_stage_scores_before": pair_accuracy(groups, runs["ours"]["before"], everything),
         "trl_pairs_trained_equals_ours": runs["trl"]["pairs_trained"] == data["train_pairs"],
+        # from the same start (the default) both read the same untrained rewards; after training they differ by
+        # the dropout masks and summation order alone, where ours' step is TRL's
+        **{f"{when}_max_abs_diff_ours_trl": round(max(abs(a - b) for os_, ts in zip(runs["ours"][when], runs["trl"][when])
+                                                      for a, b in zip(os_, ts)), 6) for when in ("before", "after")},
     }
     line["paired_fit"] = paired_difference(
         paired_tally(groups, runs["ours"]["after"], runs["trl"]["after"], data["heldout_fits"]))
@@ -616,7 +662,8 @@ def train_task(task: str, data: dict[str, Any], args: argparse.Namespace, worklo
     for contender in order:
         spec = {"preset": str(args.preset), "overrides": overrides, "train": data["train_file"],
                 "heldout": data["heldout_file"], "out_dir": str(work / f"{task}-{contender}"), "threads": args.threads,
-                "train_pairs": data["train_pairs"], "trl_per_device_batch": args.trl_per_device_batch}
+                "train_pairs": data["train_pairs"], "trl_per_device_batch": args.trl_per_device_batch,
+                "start": None if args.own_start else str(work / f"{task}-start")}
         runs[contender] = child(contender, spec, work / f"{task}-{contender}.json", args)
         runs[contender]["out_dir"] = spec["out_dir"]
         print(f"# {task} {contender}: {runs[contender]['process_wall_s']} s, peak {runs[contender]['peak_rss_mb']} MB",
@@ -699,7 +746,8 @@ def settings(args: argparse.Namespace, workload: dict[str, Any]) -> dict[str, An
         "model": to_dict(config.model), "training": to_dict(t), "max_length": args.max_length,
         "split_seed": args.seed, "split_seeds": args.seeds, "threads": args.threads,
         "hh_file": str(args.hh), "oasst_file": None if args.no_oasst else str(args.oasst),
-        "trl": {"per_device_train_batch_size": args.trl_per_device_batch,
+        "trl": {"start": "its own draw" if args.own_start else "ours' initial trainable weights and pair order",
+                "per_device_train_batch_size": args.trl_per_device_batch,
                 "gradient_accumulation_steps": t.batch_size * t.grad_accum // args.trl_per_device_batch,
                 "bf16": False, "disable_dropout": False, "adapters_cast_to_fp32": True,
                 "gradient_checkpointing": t.gradient_checkpointing,
@@ -736,10 +784,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a preset setting for both contenders (TRL's settings are read from the same config), "
                              "e.g. --set training.learning_rate=1e-3; repeatable")
+    parser.add_argument("--own-start", action="store_true",
+                        help="TRL draws its own initial LoRA weights and pair order (default: ours', see above)")
     parser.add_argument("--seed", type=int, help="the held-out split's shuffle; default 0, tiny 2")
     parser.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")],
                         help="several splits, one after another (e.g. 0,1,2): rm_quality-splits.json, rewritten after each "
                              "split, with the paired accuracy difference pooled over them (HH)")
+    parser.add_argument("--pool", nargs="+", type=Path, metavar="SPLITS_JSON",
+                        help="instead: pool the splits of several --seeds runs of the same settings (run apart, e.g. "
+                             "one a core) into rm_quality-splits-pooled.json")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child-timeout", type=float, default=7200)
     parser.add_argument("--out", type=Path, default=common.RESULTS, help="folder for rm_quality[-tiny].json")
@@ -759,6 +812,8 @@ def main(argv: list[str] | None = None) -> None:
         role, spec_path = args.child
         spec = json.loads(Path(spec_path).read_text())
         return {"ours": ours_child, "trl": trl_child, "score": score_child, "profile": profile_child}[role](spec)
+    if args.pool:
+        return write(args, "rm_quality-splits-pooled", pool_files(args.pool))
     workload = WORKLOADS["tiny" if args.tiny else "smollm2"]
     machine = common.machine()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rm_quality-"))
@@ -805,7 +860,8 @@ def run_split(args: argparse.Namespace, workload: dict[str, Any], data: dict[str
     the order in which the contenders take their turns (the split's number when there are several)."""
     runs = {}
     for i, task in enumerate(data, start=first):
-        order = CONTENDERS if i % 2 == 0 else CONTENDERS[::-1]  # the machine's load drifts: alternate who goes first
+        # the machine's load drifts: alternate who goes first, where TRL need not wait for ours' start
+        order = CONTENDERS if i % 2 == 0 or not args.own_start else CONTENDERS[::-1]
         runs[task] = train_task(task, data[task], args, workload, work, order)
     tasks = {task: {"models": {c: runs[task][c]["out_dir"] for c in CONTENDERS}, "heldout": data[task]["heldout_file"]}
              for task in runs}
@@ -834,6 +890,29 @@ def pooled(splits: list[dict[str, Any]]) -> dict[str, Any]:
             "by_split": [{"split_seed": s["split_seed"], **{c: s["results"]["hh"][c]["accuracy_after_fit"]
                                                             for c in CONTENDERS},
                           "difference": s["results"]["hh"]["paired_fit"]["difference"]} for s in splits]}
+
+
+def pool_files(paths: list[Path]) -> dict[str, Any]:
+    """The splits of several rm_quality-splits.json files, pooled as one --seeds run would pool them; their
+    settings must agree but for the split seeds, and no split may come twice."""
+    bodies = [json.loads(Path(p).read_text()) for p in paths]
+
+    def shared(body: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in body["settings"].items() if k not in ("split_seed", "split_seeds")}
+
+    for path, body in zip(paths[1:], bodies[1:]):
+        mine, first = shared(body), shared(bodies[0])
+        if mine != first:
+            differ = sorted(k for k in {*mine, *first} if mine.get(k) != first.get(k))
+            raise SystemExit(f"{path}: settings differ from {paths[0]}'s: {', '.join(differ)}")
+    splits = [s for body in bodies for s in body["splits"]]
+    seeds = [s["split_seed"] for s in splits]
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"a split comes twice: split seeds {seeds}")
+    return {"benchmark": bodies[0]["benchmark"], "versions": bodies[0]["versions"],
+            "settings": {**shared(bodies[0]), "split_seeds": seeds}, "machine": common.machine(),
+            "runs": [{"file": str(p), "machine": b["machine"]} for p, b in zip(paths, bodies)],
+            "splits": splits, "pooled": pooled(splits), "note": NOTE}
 
 
 NOTE = ("2-core machine shared with other engineers' jobs; one run per contender, each in a process of its own with "

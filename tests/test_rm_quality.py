@@ -3,6 +3,8 @@ trainers, scoring, figures) on the tiny model and the fixtures, so the benchmark
 
 import json
 
+import pytest
+
 from bench.rm_quality import CONTENDERS, PROFILE_VARIANTS
 from tests.bench_runs import run_bench
 FIGURES = ("steps", "pairs_trained", "train_s", "sec_per_step", "sec_per_pair", "cpu_s_per_pair", "peak_rss_mb",
@@ -10,7 +12,10 @@ FIGURES = ("steps", "pairs_trained", "train_s", "sec_per_step", "sec_per_pair", 
 
 
 def test_tiny_run_has_every_figure_for_both_contenders(tmp_path):
-    proc = run_bench("rm_quality", "--tiny", "--out", str(tmp_path), "--workdir", str(tmp_path / "work"))
+    """Without dropout, TRL started from ours' initial weights and pair order takes ours' steps: the same losses and
+    the same trained rewards (what is left between the two on real data is the dropout masks' chance)."""
+    proc = run_bench("rm_quality", "--tiny", "--set", "model.lora.dropout=0", "--out", str(tmp_path),
+                     "--workdir", str(tmp_path / "work"))
     body = json.loads((tmp_path / "rm_quality-tiny.json").read_text())
     assert set(body["results"]) == {"hh", "oasst"}
     for task, line in body["results"].items():
@@ -42,6 +47,11 @@ def test_tiny_run_has_every_figure_for_both_contenders(tmp_path):
         # the bench's pair accuracy, on the stage's own scores, is the stage's eval/accuracy
         assert checks["bench_accuracy_of_stage_scores"] == checks["ours_stage_eval_accuracy"]
         assert checks["bench_accuracy_of_stage_scores_before"] == checks["ours_stage_eval_before_accuracy"]
+        assert checks["before_max_abs_diff_ours_trl"] < 1e-5
+        if task == "hh":  # a pair a step for both (oasst: ours a ranking a step, TRL a pair)
+            losses = {c: [e["loss"] for e in line["raw"][c]["loss_log"]] for c in CONTENDERS}
+            assert len(losses["ours"]) == 2 and losses["ours"] == pytest.approx(losses["trl"], rel=1e-5), losses
+            assert checks["after_max_abs_diff_ours_trl"] < 1e-4
     for target in ("accuracy_ours_ge_trl_minus_0.01", "time_per_pair_ours_le_trl", "peak_rss_ours_le_trl"):
         assert isinstance(body["targets"][target]["met"], bool)
     printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -64,9 +74,10 @@ def test_tiny_profile_compares_the_layouts(tmp_path):
         assert twice == (figures["padded_tokens"] if name.startswith("completions_cut") else 0), name
 
 
-def test_the_paired_difference_counts_each_pair_once_and_its_interval_follows_the_discordant_pairs():
+def test_the_paired_difference_counts_each_pair_once_and_its_interval_follows_the_discordant_pairs(tmp_path):
     """bench.rm_quality's accuracy comparison: on the same held-out pairs, ours minus TRL's is (ours only - TRL only)
-    / n, with the normal interval of a mean of +1/0/-1 outcomes; --seeds pools the tallies of its splits."""
+    / n, with the normal interval of a mean of +1/0/-1 outcomes; --seeds pools the tallies of its splits, and --pool
+    the splits of several runs."""
     import math
 
     from bench.rm_quality import paired_difference, paired_tally, pooled
@@ -102,3 +113,24 @@ def test_the_paired_difference_counts_each_pair_once_and_its_interval_follows_th
     assert both["pooled_and_mean"]["ours"]["sec_per_pair"] == 1.5  # the mean of the splits' seconds
     assert both["targets"]["accuracy_ours_ge_trl_minus_0.01"]["met"] is True
     assert [s["difference"] for s in both["by_split"]] == [-0.25, 0.5]
+
+    # --pool: splits run in separate processes pool as one run of them would; other settings or a repeated split refuse
+    from bench.rm_quality import pool_files
+
+    def run_file(name, splits, **settings):
+        body = {"benchmark": "rm_quality", "versions": {}, "machine": {}, "splits": splits,
+                "settings": {"split_seed": splits[0]["split_seed"], "split_seeds": [s["split_seed"] for s in splits],
+                             "set": [], **settings}}
+        path = tmp_path / name
+        path.write_text(json.dumps(body))
+        return path
+
+    first = split(0, {"both": 3, "ours_only": 0, "trl_only": 1, "neither": 0}, 0.75, 1.0)
+    second = split(1, {"both": 1, "ours_only": 3, "trl_only": 0, "neither": 2}, 0.6667, 0.1667)
+    a, b = run_file("a.json", [first]), run_file("b.json", [second])
+    merged = pool_files([a, b])
+    assert merged["pooled"] == both and merged["settings"]["split_seeds"] == [0, 1]
+    with pytest.raises(SystemExit, match="a split comes twice"):
+        pool_files([a, a])
+    with pytest.raises(SystemExit, match=r"c.json: settings differ .*: set"):
+        pool_files([a, run_file("c.json", [second], set=["training.learning_rate=1e-3"])])
