@@ -11,16 +11,10 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from align.core.token_batches import cheapest_batches, token_batches
+from align.core.token_batches import token_batches
 from align.reward.formats import Group
 from align.reward.losses import kwise_ranking_loss
 from align.reward.score import conversation_text, pad, token_lengths
-
-
-CPU_PASS_OVERHEAD_TOKENS = 64
-"""What a training pass costs on the CPU besides its tokens, in padded tokens: a group joins a pass when that
-pads fewer tokens than this. Measured as none (SmolLM2-135M NF4 + LoRA, one thread, 2026-12-07: 10.0-12.2 ms a
-padded token from 128 to 1024 tokens); 64 keeps groups of nearly one length, and a small model's, together."""
 
 
 class Batcher:
@@ -28,15 +22,11 @@ class Batcher:
     padded tokens, plus the pair indices of the loss.
 
     A micro-batch holds whole groups where one fits the budget (K completions padded to the group's
-    longest): the loss then separates by micro-batch and each backs up its own share. Groups share a pass
-    where that costs less than the padding it adds (`overhead_tokens`, core.token_batches.cheapest_batches;
-    None: the fewest passes). Only a group over the budget is split, completion by completion, and pays the
-    gradient cache's extra forward."""
+    longest): the loss then separates by micro-batch and each backs up its own share. Only a group over
+    the budget is split, completion by completion, and pays the gradient cache's extra forward."""
 
-    def __init__(self, tokenizer: Any, max_length: int, use_margin: bool, max_tokens: int = 2048,
-                 overhead_tokens: float | None = None):
+    def __init__(self, tokenizer: Any, max_length: int, use_margin: bool, max_tokens: int = 2048):
         self.tokenizer, self.max_length, self.use_margin, self.max_tokens = tokenizer, max_length, use_margin, max_tokens
-        self.overhead_tokens = overhead_tokens
 
     def __call__(self, groups: list[Group]) -> dict[str, Any]:
         import torch
@@ -64,7 +54,7 @@ class Batcher:
     def cut(self, lengths: list[int], members: list[list[int]]) -> tuple[list[list[int]], list[bool]]:
         """Micro-batches of completion indices, and for each whether it holds whole groups."""
         longest = [max(lengths[i] for i in m) for m in members]
-        units = cheapest_batches(longest, self.max_tokens, [len(m) for m in members], self.overhead_tokens)
+        units = token_batches(longest, self.max_tokens, sizes=[len(m) for m in members])
         if len(units) == 1:
             return [[i for m in members for i in m]], [True]  # all in one forward: in the batch's own order
         micro, whole = [], []

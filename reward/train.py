@@ -189,8 +189,7 @@ def _build_learner(config: RewardConfig, train_groups: int, member: int = 0) -> 
     scheduler = get_scheduler(t.lr_scheduler, optimizer, num_warmup_steps=round(t.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    batcher = micro_batches.Batcher(tokenizer, config.data.max_length, t.use_margin, t.max_tokens_per_batch,
-                                    micro_batches.CPU_PASS_OVERHEAD_TOKENS if accelerator.device.type == "cpu" else None)
+    batcher = micro_batches.Batcher(tokenizer, config.data.max_length, t.use_margin, t.max_tokens_per_batch)
     return _Learner(accelerator, tokenizer, model, optimizer, scheduler, batcher, batches_per_epoch, total_batches,
                     total_steps, trainable, total)
 

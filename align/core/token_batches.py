@@ -4,14 +4,10 @@ One 900-token conversation then pads only the few long ones beside it, not a who
 
     token_batches       indices in micro-batches of like length, each within max_tokens padded tokens (an
                         index may stand for several rows: a group of completions)
-    cheapest_batches    the same cut where a pass's cost is its padded tokens plus a fixed overhead: the least
-                        padding when passes are cheap (a CPU), the fewest passes when they are not
     activation_bytes    the activations one padded token keeps for backward, from a model's shape
 """
 
 from __future__ import annotations
-
-import math
 
 
 def token_batches(lengths: list[int], max_tokens: int, max_items: int | None = None,
@@ -38,40 +34,6 @@ def token_batches(lengths: list[int], max_tokens: int, max_items: int | None = N
             current.append(i)
             rows += sizes[i]
     return batches
-
-
-def cheapest_batches(lengths: list[int], max_tokens: int, sizes: list[int] | None = None,
-                     overhead_tokens: float | None = None) -> list[list[int]]:
-    """Indices 0..N-1, longest first, cut into runs (micro-batches) within max_tokens padded tokens that
-    minimise the sum over runs of overhead_tokens + rows x longest: what a pass costs besides its tokens,
-    counted in tokens, plus the padded tokens it computes. None: a pass costs more than any padding, so the
-    fewest passes, and of those the least padding. Item i is sizes[i] rows of lengths[i] tokens; an item
-    over the budget goes alone.
-
-    Why not token_batches' greedy cut: it packs each pass full, so a long group pads the shorter ones
-    beside it. On the CPU a training pass has no overhead worth that (SmolLM2-135M NF4 + LoRA, forward and
-    back, one thread: 10.8 ms a padded token at 128 tokens, 10.0 at 256, 12.2 at 1024; 2026-12-07).
-    Exact by dynamic programming over the sorted runs, O(N^2) for a batch's N groups."""
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
-    sizes = sizes or [1] * len(lengths)
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    overhead = max_tokens + 1 if overhead_tokens is None else overhead_tokens  # one pass more outweighs any padding
-    best, start = [0.0] + [math.inf] * len(order), [0] * (len(order) + 1)  # best[j]: the first j items' cheapest cut
-    for j in range(1, len(order) + 1):
-        rows = 0
-        for i in range(j - 1, -1, -1):  # the last run is order[i:j], its longest order[i]
-            rows += sizes[order[i]]
-            padded = rows * lengths[order[i]]
-            if padded > max_tokens and i < j - 1:
-                break  # longer runs only pad more
-            if best[i] + overhead + padded < best[j]:  # ties keep the shorter run: no padding bought for nothing
-                best[j], start[j] = best[i] + overhead + padded, i
-    batches, j = [], len(order)
-    while j > 0:
-        batches.append(order[start[j]:j])
-        j = start[j]
-    return batches[::-1]
 
 
 def activation_bytes(hidden: int, intermediate: int, layers: int, *, recompute: bool, bytes_per_value: int = 4) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from align.core.config import load_config
 from align.core.errors import AlignError
-from align.core.token_batches import activation_bytes, cheapest_batches, token_batches
+from align.core.token_batches import activation_bytes, token_batches
 from align.reward.config import RewardConfig
 from tests.reward.test_train import separable_preferences
 
@@ -31,23 +31,6 @@ def test_a_sequence_over_the_budget_goes_alone_and_every_index_once():
     assert token_batches([], 8) == []
     with pytest.raises(ValueError):
         token_batches([1], 0)
-
-
-def test_cheapest_batches_trade_padding_against_passes():
-    lengths = [5, 90, 7, 88, 6, 91, 40]
-    # a pass dearer than any padding: the fewest passes (3, as the greedy cut) and of those the least padding
-    assert cheapest_batches(lengths, 200) == token_batches(lengths, 200)
-    # free passes: no padding at all, every length alone
-    assert cheapest_batches(lengths, 200, overhead_tokens=0) == [[5], [1], [3], [6], [2], [4], [0]]
-    # 20 a pass: 91 and 90 share one (pads 1 < 20), 40 goes alone (beside 88 it would pad 48), 7 6 5 share one;
-    # total 182 + 88 + 40 + 21 padded + 4 x 20 = 411, against the greedy cut's 182 + 176 + 21 + 3 x 20 = 439
-    assert cheapest_batches(lengths, 200, overhead_tokens=20) == [[5, 1], [3], [6], [2, 4, 0]]
-    # rows: a group of 3 at 40 beside one of 2 at 50 pads 5 x 50 = 250 > 200, so they part; one over the budget alone
-    assert cheapest_batches([50, 40, 30], 200, sizes=[2, 3, 1], overhead_tokens=1000) == [[0], [1, 2]]
-    assert cheapest_batches([300, 10, 12, 250], 100, overhead_tokens=1000) == [[0], [3], [2, 1]]
-    assert cheapest_batches([], 8) == []
-    with pytest.raises(ValueError):
-        cheapest_batches([1], 0)
 
 
 def test_activation_bytes_smollm2_shape():
@@ -80,7 +63,6 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tiny_model_dir, tmp_p
     groups = load_groups(config.data.train)[:6]
     learner = _build_learner(config, len(groups))
     learner.model.train()
-    learner.batcher.overhead_tokens = None  # the fewest passes: a budget that holds the batch makes it one
 
     def gradient(max_tokens):
         learner.batcher.max_tokens = max_tokens
