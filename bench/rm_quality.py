@@ -380,7 +380,7 @@ def trl_child(spec: dict[str, Any]) -> None:
     trainer = trl_trainer(config, tokenizer, dataset, Path(spec["out_dir"]) / "trainer", spec["trl_per_device_batch"],
                           in_order=bool(start))
     if start:
-        start_from(trainer.model, torch.load(f"{start}.pt"))
+        start_from(trainer.model, torch.load(f"{start}.pt", weights_only=True))
     # bitsandbytes repacks a 4-bit layer for good the first time it runs in eval mode without grad, after
     # which no gradient flows through it (align.core.base_model): the scoring below must not do that to TRL
     keep_4bit_layout_trainable(trainer.model)
