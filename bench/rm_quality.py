@@ -258,17 +258,18 @@ def ours_child(spec: dict[str, Any]) -> None:
 
     torch.set_num_threads(spec["threads"])
     import align.reward.train as stage_module
-    from align.core import checkpoint, modeling
+    from align.core import checkpoint
     from align.stages import stage
     from align.reward.micro_batches import Batcher
 
-    scored, spans, trained = [], [], []
+    scored, spans, trained, tokenizers = [], [], [], []
     tokens = {"padded": 0, "nograd_padded": 0, "real": 0, "batches": 0, "micro_batches": 0}
     score_groups, train_batches, batcher_call = stage_module.score_groups, stage_module._train_batches, Batcher.__call__
     build_learner = stage_module._build_learner
 
     def recording_build_learner(*args: Any, **kwargs: Any) -> Any:
         learner = build_learner(*args, **kwargs)
+        tokenizers.append(learner.tokenizer)
         if spec.get("start"):  # the trainable weights as initialised, for TRL to start from
             unwrapped = learner.accelerator.unwrap_model(learner.model)
             torch.save({k: p.detach().clone() for k, p in checkpoint.trainable(unwrapped).items()},
@@ -295,8 +296,7 @@ def ours_child(spec: dict[str, Any]) -> None:
     stage_module._build_learner, Batcher.__call__ = recording_build_learner, counting_call
     figures = stage("reward").train()(reward_config(spec), overwrite=True)
     if spec.get("start"):  # the pairs in the order ours took them, as the texts both read
-        tokenizer = modeling.load_tokenizer(modeling.resolve_model_path(reward_config(spec).model.name))
-        Path(f"{spec['start']}-pairs.json").write_text(json.dumps(pair_texts(tokenizer, trained)))
+        Path(f"{spec['start']}-pairs.json").write_text(json.dumps(pair_texts(tokenizers[0], trained)))
     span = spans[0]
     log = [json.loads(line) for line in (Path(spec["out_dir"]) / "metrics.jsonl").read_text().splitlines()]
     common.report({
@@ -592,6 +592,11 @@ def contender_figures(task: str, data: dict[str, Any], run: dict[str, Any], grou
     return figures
 
 
+def max_abs_diff(rewards: list[list[float]], others: list[list[float]]) -> float:
+    """The largest difference between two scorings of the same groups (zip: the shorter's groups)."""
+    return round(max(abs(a - b) for rs, os in zip(rewards, others) for a, b in zip(rs, os)), 6)
+
+
 def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dirs: dict[str, Any]) -> dict[str, Any]:
     """Both contenders' figures for one task, the cross-checks, and the children's other results."""
     from align.reward.formats import load_groups
@@ -601,8 +606,7 @@ def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dir
     everything = [True] * len(groups)
     stage = runs["ours"]["stage_figures"]
     line["checks"] = {
-        **{f"{c}_saved_max_abs_diff": round(max(abs(a - b) for rs, ds in zip(runs[c]["after"], from_dirs[c])
-                                                for a, b in zip(rs, ds)), 6) for c in CONTENDERS},
+        **{f"{c}_saved_max_abs_diff": max_abs_diff(runs[c]["after"], from_dirs[c]) for c in CONTENDERS},
         "saved_groups_checked": len(from_dirs["ours"]),
         "ours_stage_eval_accuracy": round(stage["eval/accuracy"], 4),
         "bench_accuracy_of_stage_scores": pair_accuracy(groups, runs["ours"]["after"], everything),
@@ -611,8 +615,8 @@ def task_figures(task: str, data: dict[str, Any], runs: dict[str, Any], from_dir
         "trl_pairs_trained_equals_ours": runs["trl"]["pairs_trained"] == data["train_pairs"],
         # from the same start (the default) both read the same untrained rewards; after training they differ by
         # the dropout masks and summation order alone, where ours' step is TRL's
-        **{f"{when}_max_abs_diff_ours_trl": round(max(abs(a - b) for os_, ts in zip(runs["ours"][when], runs["trl"][when])
-                                                      for a, b in zip(os_, ts)), 6) for when in ("before", "after")},
+        **{f"{when}_max_abs_diff_ours_trl": max_abs_diff(runs["ours"][when], runs["trl"][when])
+           for when in ("before", "after")},
     }
     line["paired_fit"] = paired_difference(
         paired_tally(groups, runs["ours"]["after"], runs["trl"]["after"], data["heldout_fits"]))
@@ -900,8 +904,9 @@ def pool_files(paths: list[Path]) -> dict[str, Any]:
     def shared(body: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in body["settings"].items() if k not in ("split_seed", "split_seeds")}
 
+    first = shared(bodies[0])
     for path, body in zip(paths[1:], bodies[1:]):
-        mine, first = shared(body), shared(bodies[0])
+        mine = shared(body)
         if mine != first:
             differ = sorted(k for k in {*mine, *first} if mine.get(k) != first.get(k))
             raise SystemExit(f"{path}: settings differ from {paths[0]}'s: {', '.join(differ)}")
@@ -910,7 +915,7 @@ def pool_files(paths: list[Path]) -> dict[str, Any]:
     if len(set(seeds)) < len(seeds):
         raise SystemExit(f"a split comes twice: split seeds {seeds}")
     return {"benchmark": bodies[0]["benchmark"], "versions": bodies[0]["versions"],
-            "settings": {**shared(bodies[0]), "split_seeds": seeds}, "machine": common.machine(),
+            "settings": {**first, "split_seeds": seeds}, "machine": common.machine(),
             "runs": [{"file": str(p), "machine": b["machine"]} for p, b in zip(paths, bodies)],
             "splits": splits, "pooled": pooled(splits), "note": NOTE}
 
